@@ -1,0 +1,60 @@
+"""Hyper-parameters of a PaiNN student (static: they decide array shapes)."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Mapping
+
+DEFAULT_CUTOFF = 5.0  # Å; every trained upstream model uses 5.0, and it cannot be inferred from weights
+
+
+@dataclasses.dataclass(frozen=True)
+class PaiNNConfig:
+    """Shape of a PaiNN student.
+
+    Attributes:
+      hidden_dim: H, width of scalar and vector features.
+      num_interactions: T, number of message + update blocks.
+      num_rbf: K, number of Gaussian radial basis functions.
+      cutoff: rc in Å; pairs with d <= rc are edges, the cosine cutoff is zero at d >= rc.
+      max_z: largest supported atomic number (the embedding has max_z + 1 rows).
+    """
+
+    hidden_dim: int = 128
+    num_interactions: int = 3
+    num_rbf: int = 20
+    cutoff: float = DEFAULT_CUTOFF
+    max_z: int = 100
+
+    def __post_init__(self):
+        for name in ("hidden_dim", "num_interactions", "num_rbf", "max_z"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"PaiNNConfig.{name} must be a positive integer, got {value!r}")
+        if self.hidden_dim % 4:
+            raise ValueError(f"PaiNNConfig.hidden_dim must be a multiple of 4 (readout H -> H/2 -> H/4), got {self.hidden_dim}")
+        if not (isinstance(self.cutoff, (int, float)) and self.cutoff > 0):
+            raise ValueError(f"PaiNNConfig.cutoff must be a positive number of Å, got {self.cutoff!r}")
+        object.__setattr__(self, "cutoff", float(self.cutoff))
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> "PaiNNConfig":
+        """Builds a config from a mapping, ignoring keys that are not hyper-parameters
+        (upstream configs also carry e.g. ``cutoff_fn`` and ``use_torch_cluster``)."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        kwargs = {k: values[k] for k in names if k in values}
+        for key in ("hidden_dim", "num_interactions", "num_rbf", "max_z"):
+            if key in kwargs:
+                kwargs[key] = int(kwargs[key])
+        return cls(**kwargs)
+
+    @property
+    def num_parameters(self) -> int:
+        """Trainable parameters, counted as upstream does (rbf buffers excluded)."""
+        h, k, t = self.hidden_dim, self.num_rbf, self.num_interactions
+        per_block = (k * h + h) + (h * 3 * h + 3 * h) + (2 * h * h + h) + (h * 3 * h + 3 * h) + 9
+        readout = (h * (h // 2) + h // 2) + ((h // 2) * (h // 4) + h // 4) + (h // 4 + 1)
+        return (self.max_z + 1) * h + t * per_block + readout

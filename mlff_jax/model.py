@@ -1,0 +1,187 @@
+"""The user-facing model: validated, padded, jit-compiled energy and forces.
+
+``PaiNNStudent`` holds a config and a parameter pytree; ``mlff_jax.load`` builds one from any
+checkpoint. Host calls validate their input and pad it to size buckets so that molecules of many
+sizes share a few compiled programs; calls made under ``jax.jit``/``vmap`` skip both (shapes are
+already static there) and run the same pure function.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mlff_jax import painn
+from mlff_jax.config import PaiNNConfig
+from mlff_jax.graph import all_pairs_edges
+
+_PRECISIONS = {
+    "highest": jax.lax.Precision.HIGHEST,
+    "high": jax.lax.Precision.HIGH,
+    "default": jax.lax.Precision.DEFAULT,
+}
+_DTYPES = {"float32": jnp.float32, "float64": jnp.float64}
+
+
+def bucket_size(n: int, minimum: int = 8) -> int:
+    """Padded size for n items: the smallest of minimum * {1, 1.5, 2, 3, 4, 6, 8, ...} >= n.
+
+    Powers of two and 1.5x powers of two waste at most a third of each padded array (atoms) and keep
+    the number of compiled programs logarithmic in the largest size seen.
+    """
+    size = minimum
+    while size < n:
+        size = size * 3 // 2 if size & (size - 1) == 0 else size * 4 // 3
+    return size
+
+
+def _is_traced(*arrays) -> bool:
+    return any(isinstance(a, jax.core.Tracer) for a in arrays)
+
+
+class PaiNNStudent:
+    """A PaiNN student force field.
+
+    Attributes:
+      config: :class:`PaiNNConfig` (hidden width, blocks, radial functions, cutoff, max_z).
+      params: parameter pytree (layout in :mod:`mlff_jax.painn`), in ``dtype``.
+      dtype: ``"float32"`` or ``"float64"`` (float64 needs ``jax_enable_x64``).
+      precision: matmul precision, ``"highest"`` by default (float32 on GPU would otherwise use
+        TF32, with force errors near 1e-3 eV/Å); ``"high"``/``"default"`` are faster opt-ins.
+    """
+
+    def __init__(self, config: PaiNNConfig, params: Any, dtype: str = "float32", precision: str = "highest"):
+        if dtype not in _DTYPES:
+            raise ValueError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
+        if precision not in _PRECISIONS:
+            raise ValueError(f"precision must be one of {sorted(_PRECISIONS)}, got {precision!r}")
+        if dtype == "float64" and not jax.config.jax_enable_x64:
+            raise ValueError(
+                "dtype='float64' needs 64-bit JAX: call jax.config.update('jax_enable_x64', True) "
+                "before loading the model"
+            )
+        self.config = config
+        self.dtype = dtype
+        self.precision = precision
+        self.params = painn.cast_params(params, _DTYPES[dtype])
+        self._jitted = jax.jit(self._batched_energy_and_forces, static_argnames=("num_structures",))
+
+    def __repr__(self) -> str:
+        c = self.config
+        return (
+            f"PaiNNStudent(hidden_dim={c.hidden_dim}, num_interactions={c.num_interactions}, num_rbf={c.num_rbf}, "
+            f"cutoff={c.cutoff}, parameters={c.num_parameters}, dtype={self.dtype})"
+        )
+
+    # ----------------------------------------------------------------- pure functions
+    def _structure_energies(self, params, positions, atomic_numbers, atom_mask, batch, num_structures):
+        edges = all_pairs_edges(atom_mask, batch, positions.dtype)
+        return painn.structure_energies(
+            params, self.config, positions, atomic_numbers, edges, atom_mask, batch, num_structures, _PRECISIONS[self.precision]
+        )
+
+    def _batched_energy_and_forces(self, params, positions, atomic_numbers, atom_mask, batch, num_structures):
+        def total(pos):
+            energies = self._structure_energies(params, pos, atomic_numbers, atom_mask, batch, num_structures)
+            return jnp.sum(energies), energies
+
+        grad, energies = jax.grad(total, has_aux=True)(positions)
+        return energies, -grad
+
+    def energy_fn(self, positions: jax.Array, atomic_numbers: jax.Array) -> jax.Array:
+        """Energy (eV, scalar) of one structure as a pure JAX function, for ``jax.grad``/``vmap``/``jit``.
+
+        positions: [N, 3] Å; atomic_numbers: [N] int. No validation or padding happens here.
+        """
+        positions = jnp.asarray(positions, _DTYPES[self.dtype])
+        n = positions.shape[0]
+        mask = jnp.ones(n, bool)
+        batch = jnp.zeros(n, jnp.int32)
+        return self._structure_energies(self.params, positions, jnp.asarray(atomic_numbers), mask, batch, 1)[0]
+
+    # ----------------------------------------------------------------- host API
+    def energy_and_forces(self, positions, atomic_numbers, batch=None):
+        """Energy and forces of one structure, or of a batch of structures.
+
+        Args:
+          positions: [N, 3] Å.
+          atomic_numbers: [N] int, 1 <= Z <= config.max_z.
+          batch: optional [N] int, structure index of each atom (0 .. B-1); structures never interact.
+        Returns:
+          (energy, forces): energy in eV, a scalar, or [B] per-structure energies when ``batch`` is
+          given; forces [N, 3] eV/Å.
+
+        Compilation: on the host, N is padded to ``bucket_size(N)`` (8, 12, 16, 24, 32, 48, ...) and B
+        to a power of two; one program is compiled per (atoms bucket, structures bucket) and reused.
+        Padding atoms have no edges and zero energy, so they change nothing. Under ``jax.jit`` the
+        call is traced at the given shapes instead.
+        """
+        if _is_traced(positions, atomic_numbers, batch):
+            return self._traced_energy_and_forces(positions, atomic_numbers, batch)
+        single = batch is None
+        positions, atomic_numbers, batch, num_structures = self._validate(positions, atomic_numbers, batch)
+        n = positions.shape[0]
+        n_pad = bucket_size(n)
+        b_pad = 1 << max(num_structures - 1, 0).bit_length()
+        dtype = _DTYPES[self.dtype]
+        pos = np.zeros((n_pad, 3), dtype)
+        pos[:n] = positions
+        # Padding atoms sit far apart on a line; they have no edges anyway (mask), so any finite place works.
+        pos[n:, 0] = 1e3 + 10.0 * self.config.cutoff * np.arange(n_pad - n)
+        z = np.ones(n_pad, np.int32)
+        z[:n] = atomic_numbers
+        mask = np.arange(n_pad) < n
+        b = np.zeros(n_pad, np.int32)
+        b[:n] = batch
+        energies, forces = self._jitted(self.params, pos, z, mask, b, num_structures=b_pad)
+        forces = forces[:n]
+        if single:
+            return energies[0], forces
+        return energies[:num_structures], forces
+
+    def _traced_energy_and_forces(self, positions, atomic_numbers, batch):
+        positions = jnp.asarray(positions, _DTYPES[self.dtype])
+        n = positions.shape[0]
+        if positions.shape != (n, 3) or jnp.shape(atomic_numbers) != (n,):
+            raise ValueError(f"positions must be [N, 3] and atomic_numbers [N]; got {positions.shape} and {jnp.shape(atomic_numbers)}")
+        mask = jnp.ones(n, bool)
+        if batch is None:
+            energies, forces = self._batched_energy_and_forces(self.params, positions, atomic_numbers, mask, jnp.zeros(n, jnp.int32), 1)
+            return energies[0], forces
+        raise ValueError("a batch index cannot be traced: the number of structures must be static; call outside jax.jit")
+
+    def _validate(self, positions, atomic_numbers, batch):
+        positions = np.asarray(positions, dtype=np.float64)
+        if positions.ndim != 2 or positions.shape[1] != 3 or positions.shape[0] == 0:
+            raise ValueError(f"positions must have shape [N, 3] with N >= 1, got {list(positions.shape)}")
+        n = positions.shape[0]
+        if not np.all(np.isfinite(positions)):
+            bad = np.unique(np.nonzero(~np.isfinite(positions))[0])
+            raise ValueError(f"positions contain NaN or inf (atoms {bad[:10].tolist()})")
+        z = np.asarray(atomic_numbers)
+        if z.shape != (n,):
+            raise ValueError(f"atomic_numbers must have shape [N] = [{n}] to match positions, got {list(z.shape)}")
+        if z.dtype.kind == "f":
+            if not np.all(np.isfinite(z)) or np.any(z != np.round(z)):
+                raise ValueError("atomic_numbers must be integers")
+        elif z.dtype.kind not in "iu":
+            raise ValueError(f"atomic_numbers must be integers, got dtype {z.dtype}")
+        z = z.astype(np.int64)
+        unknown = (z < 1) | (z > self.config.max_z)
+        if np.any(unknown):
+            raise ValueError(
+                f"unknown element: atomic number(s) {sorted(set(z[unknown].tolist()))} outside 1..{self.config.max_z} "
+                f"(atoms {np.nonzero(unknown)[0][:10].tolist()})"
+            )
+        if batch is None:
+            return positions, z, np.zeros(n, np.int64), 1
+        batch = np.asarray(batch)
+        if batch.shape != (n,) or batch.dtype.kind not in "iu":
+            raise ValueError(f"batch must be an integer array of shape [N] = [{n}], got {list(batch.shape)} {batch.dtype}")
+        if np.any(batch < 0):
+            raise ValueError("batch indices must be >= 0")
+        return positions, z, batch.astype(np.int64), int(batch.max()) + 1

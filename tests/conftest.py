@@ -1,0 +1,68 @@
+"""Shared fixtures: float64 on CPU, the upstream reference data, and the models."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+
+import jax
+import numpy as np
+import pytest
+
+jax.config.update("jax_enable_x64", True)
+if os.environ.get("MLFF_JAX_TEST_ON_DEVICE") != "1":  # float64 tests run on CPU; set to 1 to run them on a GPU
+    jax.config.update("jax_platforms", "cpu")
+
+UPSTREAM = pathlib.Path(os.environ.get("MLFF_JAX_UPSTREAM", pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "upstream"))
+MODEL_NAMES = ("ultra-tiny-21k", "tiny-77k", "student-427k")
+
+
+def upstream_path(*parts) -> pathlib.Path:
+    """A file of ../shared/upstream; skips the test when it is absent, but fails under CI=true."""
+    path = UPSTREAM.joinpath(*parts)
+    if not path.exists():
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"upstream test data missing under CI: {path}")
+        pytest.skip(f"upstream test data not found: {path}")
+    return path
+
+
+class Reference:
+    """One upstream reference file: ``ref.structures`` names, ``ref[name, "R"]`` arrays."""
+
+    def __init__(self, path):
+        self._data = np.load(path)
+        self.structures = sorted({k.split("__")[0] for k in self._data.files} - {"batch"})
+
+    def __getitem__(self, key):
+        name, field = key
+        return self._data[f"{name}__{field}"]
+
+
+@pytest.fixture(scope="session")
+def reference():
+    """reference(model_name) -> Reference of upstream energies/forces."""
+    cache = {}
+
+    def get(name):
+        if name not in cache:
+            cache[name] = Reference(upstream_path("reference", f"{name}.npz"))
+        return cache[name]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def load_model():
+    """load_model(name, dtype) -> PaiNNStudent from the upstream model save (cached)."""
+    import mlff_jax
+
+    cache = {}
+
+    def get(name="tiny-77k", dtype="float64", **kwargs):
+        key = (name, dtype, tuple(sorted(kwargs.items())))
+        if key not in cache:
+            cache[key] = mlff_jax.load(upstream_path("checkpoints", f"{name}.model.pt"), dtype=dtype, **kwargs)
+        return cache[key]
+
+    return get
