@@ -92,3 +92,19 @@ def test_unknown_dtype_or_precision_is_refused(model):
         PaiNNStudent(model.config, model.params, dtype="float16")
     with pytest.raises(ValueError, match="precision must be one of"):
         PaiNNStudent(model.config, model.params, precision="tf32")
+
+
+def test_flax_module_initialises_the_documented_layout_and_applies_converted_weights(model, molecule):
+    from mlff_jax import painn
+    from mlff_jax.graph import all_pairs_edges
+
+    positions, z = molecule
+    n = len(z)
+    mask, batch = jnp.ones(n, bool), jnp.zeros(n, jnp.int32)
+    edges = all_pairs_edges(mask, batch, jnp.float64)
+    module = painn.PaiNN(model.config)
+    variables = module.init(jax.random.PRNGKey(0), jnp.asarray(positions), jnp.asarray(z), edges, mask, batch, 1)
+    fresh = painn.flatten(jax.tree_util.tree_map(np.asarray, dict(variables["params"])))
+    assert {k: v.shape for k, v in fresh.items()} == painn.param_shapes(model.config)
+    energy = module.apply({"params": painn.flatten(model.params)}, jnp.asarray(positions), jnp.asarray(z), edges, mask, batch, 1)
+    assert abs(float(energy[0]) - float(model.energy_fn(positions, z))) <= tol.ROUNDOFF_F64
