@@ -20,3 +20,6 @@ ANALYTIC_F32_VS_F64_FORCES = 1e-5
 FINITE_DIFFERENCE_FORCES = 1e-6
 # parameter gradient of a force-matching loss, analytic vs autodiff, float64
 PARAM_GRAD_F64 = 1e-8
+# compressed (tabulated) radial filters at the default spacing vs the exact model, float64
+COMPRESSED_FORCES = 1e-5  # eV/Å
+COMPRESSED_ENERGY_PER_ATOM = 1e-6  # eV/atom
