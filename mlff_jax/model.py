@@ -15,7 +15,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mlff_jax import painn
+from mlff_jax import analytic, painn
+from mlff_jax.analytic_graph import all_pairs_graph
 from mlff_jax.config import PaiNNConfig
 from mlff_jax.graph import all_pairs_edges
 
@@ -25,6 +26,12 @@ _PRECISIONS = {
     "default": jax.lax.Precision.DEFAULT,
 }
 _DTYPES = {"float32": jnp.float32, "float64": jnp.float64}
+_METHODS = ("analytic", "autodiff")  # forces: hand-derived reverse sweep (mlff_jax.analytic) or jax.grad
+
+
+def _check_method(method: str) -> None:
+    if method not in _METHODS:
+        raise ValueError(f"method must be one of {_METHODS}, got {method!r}")
 
 
 def bucket_size(n: int, minimum: int = 8) -> int:
@@ -68,7 +75,7 @@ class PaiNNStudent:
         self.dtype = dtype
         self.precision = precision
         self.params = painn.cast_params(params, _DTYPES[dtype])
-        self._jitted = jax.jit(self._batched_energy_and_forces, static_argnames=("num_structures",))
+        self._jitted = jax.jit(self._batched_energy_and_forces, static_argnames=("num_structures", "method"))
 
     def __repr__(self) -> str:
         c = self.config
@@ -93,7 +100,13 @@ class PaiNNStudent:
             params, self.config, positions, atomic_numbers, edges, atom_mask, batch, num_structures, _PRECISIONS[self.precision]
         )
 
-    def _batched_energy_and_forces(self, params, positions, atomic_numbers, atom_mask, batch, num_structures):
+    def _batched_energy_and_forces(self, params, positions, atomic_numbers, atom_mask, batch, num_structures, method="analytic"):
+        if method == "analytic":
+            graph = all_pairs_graph(atom_mask, batch, positions.dtype)
+            return analytic.structure_energies_and_forces(
+                params, self.config, positions, atomic_numbers, graph, atom_mask, batch, num_structures, _PRECISIONS[self.precision]
+            )
+
         def total(pos):
             energies = self._structure_energies(params, pos, atomic_numbers, atom_mask, batch, num_structures)
             return jnp.sum(energies), energies
@@ -105,21 +118,28 @@ class PaiNNStudent:
         """Energy (eV, scalar) of one structure as a pure JAX function, for ``jax.grad``/``vmap``/``jit``.
 
         positions: [N, 3] Å; atomic_numbers: [N] int. No validation or padding happens here.
+        Wrapped in ``jax.custom_vjp`` (:func:`mlff_jax.analytic.structure_energies`): ``jax.grad``
+        of it runs the analytic sweep and returns minus the analytic forces.
         """
         positions = jnp.asarray(positions, _DTYPES[self.dtype])
         n = positions.shape[0]
         mask = jnp.ones(n, bool)
         batch = jnp.zeros(n, jnp.int32)
-        return self._structure_energies(self.params, positions, jnp.asarray(atomic_numbers), mask, batch, 1)[0]
+        graph = all_pairs_graph(mask, batch, positions.dtype)
+        return analytic.structure_energies(
+            self.params, self.config, positions, jnp.asarray(atomic_numbers), graph, mask, batch, 1, _PRECISIONS[self.precision]
+        )[0]
 
     # ----------------------------------------------------------------- host API
-    def energy_and_forces(self, positions, atomic_numbers, batch=None):
+    def energy_and_forces(self, positions, atomic_numbers, batch=None, method: str = "analytic"):
         """Energy and forces of one structure, or of a batch of structures.
 
         Args:
           positions: [N, 3] Å.
           atomic_numbers: [N] int, 1 <= Z <= config.max_z.
           batch: optional [N] int, structure index of each atom (0 .. B-1); structures never interact.
+          method: ``"analytic"`` (default: one forward and one hand-derived backward sweep, see
+            docs/analytic-forces.md) or ``"autodiff"`` (``jax.grad`` of the energy).
         Returns:
           (energy, forces): energy in eV, a scalar, or [B] per-structure energies when ``batch`` is
           given; forces [N, 3] eV/Å. NumPy values from a host call; JAX arrays under ``jax.jit``.
@@ -129,8 +149,9 @@ class PaiNNStudent:
         Padding atoms have no edges and zero energy, so they change nothing. Under ``jax.jit`` the
         call is traced at the given shapes instead.
         """
+        _check_method(method)
         if _is_traced(positions, atomic_numbers, batch):
-            return self._traced_energy_and_forces(positions, atomic_numbers, batch)
+            return self._traced_energy_and_forces(positions, atomic_numbers, batch, method)
         single = batch is None
         positions, atomic_numbers, batch, num_structures = self._validate(positions, atomic_numbers, batch)
         n = positions.shape[0]
@@ -148,19 +169,19 @@ class PaiNNStudent:
         b[:n] = batch
         # One device->host transfer for both outputs; slicing off the padding happens in NumPy, so no
         # extra device dispatch per call (each costs as much as a small molecule's whole evaluation).
-        energies, forces = jax.device_get(self._jitted(self.params, pos, z, mask, b, num_structures=b_pad))
+        energies, forces = jax.device_get(self._jitted(self.params, pos, z, mask, b, num_structures=b_pad, method=method))
         if single:
             return energies[0], forces[:n]
         return energies[:num_structures], forces[:n]
 
-    def _traced_energy_and_forces(self, positions, atomic_numbers, batch):
+    def _traced_energy_and_forces(self, positions, atomic_numbers, batch, method="analytic"):
         positions = jnp.asarray(positions, _DTYPES[self.dtype])
         n = positions.shape[0]
         if positions.shape != (n, 3) or jnp.shape(atomic_numbers) != (n,):
             raise ValueError(f"positions must be [N, 3] and atomic_numbers [N]; got {positions.shape} and {jnp.shape(atomic_numbers)}")
         mask = jnp.ones(n, bool)
         if batch is None:
-            energies, forces = self._batched_energy_and_forces(self.params, positions, atomic_numbers, mask, jnp.zeros(n, jnp.int32), 1)
+            energies, forces = self._batched_energy_and_forces(self.params, positions, atomic_numbers, mask, jnp.zeros(n, jnp.int32), 1, method)
             return energies[0], forces
         raise ValueError("a batch index cannot be traced: the number of structures must be static; call outside jax.jit")
 
