@@ -25,6 +25,7 @@ import jax.numpy as jnp
 from mlff_jax import painn
 from mlff_jax.analytic_graph import ops_for
 from mlff_jax.config import PaiNNConfig
+from mlff_jax.radial_table import tabulated_filter
 
 HIGHEST = jax.lax.Precision.HIGHEST
 
@@ -108,6 +109,32 @@ def filter_forward(block, rbf, within, precision):
     return painn.dense(jax.nn.silu(pre), block["filter_out"], precision) * within[:, None], pre
 
 
+def table_slope(table, d, cutoff: float):
+    """dW/dd [U, 3H] of the cubic Hermite table (:func:`mlff_jax.radial_table.tabulated_filter`):
+    dW/dd = (h00' V_i + h10' h S_i + h01' V_i+1 + h11' h S_i+1) / h, with h00' = 6t^2 - 6t,
+    h10' = 3t^2 - 4t + 1, h01' = -6t^2 + 6t, h11' = 3t^2 - 2t; 0 where d is clamped (outside [0, rc])."""
+    values, slopes = table["values"], table["slopes"]
+    intervals = values.shape[0] - 1
+    h = cutoff / intervals
+    x_raw = d / h
+    x = jnp.clip(x_raw, 0.0, float(intervals))
+    i = jnp.clip(jnp.floor(x).astype(jnp.int32), 0, intervals - 1)
+    t = (x - i)[:, None]
+    t2 = t * t
+    dh00, dh10 = 6 * t2 - 6 * t, 3 * t2 - 4 * t + 1
+    dh01, dh11 = -6 * t2 + 6 * t, 3 * t2 - 2 * t
+    dw_dt = dh00 * values[i] + dh10 * (h * slopes[i]) + dh01 * values[i + 1] + dh11 * (h * slopes[i + 1])
+    inside = (x_raw > 0.0) & (x_raw < intervals)
+    return jnp.where(inside[:, None], dw_dt / h, 0.0)
+
+
+def block_filter(block, rbf, d, within, cutoff: float, precision):
+    """W [U, 3H] of one block: the network, or its compressed table (``filter_table``, mlff_jax.compress)."""
+    if "filter_table" in block:
+        return tabulated_filter(block["filter_table"], d, cutoff) * within[:, None]
+    return filter_forward(block, rbf, within, precision)[0]
+
+
 def filter_backward(block, rbf, gw, within, precision):
     """dE/de [U, K] from dE/dW [U, 3H] (pre is recomputed: one [U, K] x [K, H] matmul)."""
     pre = painn.dense(rbf, block["filter_in"], precision)
@@ -182,10 +209,11 @@ def forward_sweep(params, config: PaiNNConfig, positions, atomic_numbers, graph,
     tapes = []
     for t in range(config.num_interactions):
         block = params[f"interactions_{t}"]
-        w, _ = filter_forward(block, rbf, geom.within, precision)
+        w = block_filter(block, rbf, geom.d, geom.within, config.cutoff, precision)
         s_mid, v_mid = ops.message(graph, s, v, w, geom.direction, t == 0)
         s_out, v_out, norm, pre, out = update_forward(block, s_mid, v_mid, precision)
-        tapes.append(BlockTape(s, v, w if store_filters else None, v_mid, norm, pre, out))
+        keep = store_filters and "filter_table" not in block  # a table lookup is cheaper to redo than to store
+        tapes.append(BlockTape(s, v, w if keep else None, v_mid, norm, pre, out))
         s, v = s_out, v_out
     per_atom = painn.readout(params, s, precision) + _reference_energies(params, atomic_numbers)
     if atom_mask is not None:
@@ -199,16 +227,21 @@ def backward_sweep(params, config: PaiNNConfig, graph, tape, seed, precision=HIG
     geom, rbf, blocks, s_final = tape
     gs = readout_backward(params["readout"], s_final, seed, precision)
     gv = None
-    g_rbf = jnp.zeros_like(rbf)
+    g_rbf = jnp.zeros_like(rbf)  # dE/de, from blocks with a filter network
+    gd = jnp.zeros_like(geom.d)  # dE/dd, from blocks with a filter table
     gdir = jnp.zeros_like(geom.direction)
     for t in reversed(range(config.num_interactions)):
         block, bt = params[f"interactions_{t}"], blocks[t]
         gs, gv = update_backward(block, bt, gs, gv, precision)
-        w = bt.filters if bt.filters is not None else filter_forward(block, rbf, geom.within, precision)[0]
+        w = bt.filters if bt.filters is not None else block_filter(block, rbf, geom.d, geom.within, config.cutoff, precision)
         gs, gv, gw, gdir_t = ops.message_backward(graph, gs, gv, bt.s_in, bt.v_in, w, geom.direction, t == 0)
         gdir = gdir + gdir_t
-        g_rbf = g_rbf + filter_backward(block, rbf, gw, geom.within, precision)
-    gd = radial_backward(geom.d, g_rbf, params["rbf"]["centers"], params["rbf"]["widths"], config.cutoff)
+        if "filter_table" in block:
+            slope = table_slope(block["filter_table"], geom.d, config.cutoff)
+            gd = gd + jnp.where(geom.within, jnp.sum(gw * slope, axis=-1), 0.0)
+        else:
+            g_rbf = g_rbf + filter_backward(block, rbf, gw, geom.within, precision)
+    gd = gd + radial_backward(geom.d, g_rbf, params["rbf"]["centers"], params["rbf"]["widths"], config.cutoff)
     return geometry_backward(geom, gd, gdir)
 
 
