@@ -186,9 +186,23 @@ class NeighborListFns:
           ValueError: NaN positions, a bad or singular cell, a zero periodic cell vector, a cell
             too thin for the cutoff, inconsistent batch or mask.
         """
+        for _ in range(4):
+            spec, args = self._measure(positions, cell, batch, atom_mask, num_structures, extra_capacity)
+            nbrs = _build_jit(*args, spec=spec)
+            if not bool(nbrs.did_buffer_overflow):
+                return nbrs
+        raise RuntimeError("neighbour list allocation did not converge")  # pragma: no cover
+
+    def measure(self, positions, *, cell=None, batch=None, atom_mask=None, num_structures=None, extra_capacity=0) -> SearchSpec:
+        """The :class:`SearchSpec` that ``allocate`` would build with (same arguments), without building."""
+        return self._measure(positions, cell, batch, atom_mask, num_structures, extra_capacity)[0]
+
+    def _measure(self, positions, cell, batch, atom_mask, num_structures, extra_capacity):
+        """Plans the grid on the host, then counts bin occupancy and neighbours on the device."""
         r = cell_lib.validate_positions(positions)
         n = r.shape[0]
-        dtype = jnp.asarray(positions).dtype if jnp.issubdtype(jnp.asarray(positions).dtype, jnp.floating) else jnp.float32
+        given = jnp.asarray(positions)
+        dtype = given.dtype if jnp.issubdtype(given.dtype, jnp.floating) else jnp.float32
         batch = np.zeros(n, np.int64) if batch is None else np.asarray(batch)
         if batch.shape != (n,) or (n and (batch.dtype.kind not in "iu" or batch.min() < 0)):
             raise ValueError(f"batch must be [N] = [{n}] non-negative integers, got shape {list(batch.shape)} dtype {batch.dtype}")
@@ -199,24 +213,17 @@ class NeighborListFns:
         if mask.shape != (n,):
             raise ValueError(f"atom_mask must be [N] = [{n}] bools, got shape {list(mask.shape)}")
         cells = cell_lib.validate_cells(self.cell if cell is None else cell, self.pbc, b)
-        radius = self.cutoff + self.skin
-        grid, stencil, occupancy = plan_lib.plan_grid(r[mask], cells, batch[mask], b, self.pbc, radius, self.method)
-        spec = SearchSpec(self.cutoff, self.skin, self.pbc, grid, stencil, plan_lib.next_power_of_two(math.ceil(max(occupancy, 1) * self.capacity_multiplier)),
-                          0, b, self.implementation, self.interpret)
+        grid, stencil, occupancy = plan_lib.plan_grid(r[mask], cells, batch[mask], b, self.pbc, self.cutoff + self.skin, self.method)
+        grow = lambda count: math.ceil(max(count, 1) * self.capacity_multiplier)  # noqa: E731
+        spec = SearchSpec(self.cutoff, self.skin, self.pbc, grid, stencil, plan_lib.next_power_of_two(grow(occupancy)), 0, b,
+                          self.implementation, self.interpret)
         args = (jnp.asarray(r, dtype), jnp.asarray(cells, dtype), jnp.asarray(batch, jnp.int32), jnp.asarray(mask))
-        for _ in range(8):
+        counted = _build_jit(*args, spec=spec)
+        while int(counted.max_bin_occupancy) > spec.bin_capacity:  # the device binned differently (round-off)
+            spec = dataclasses.replace(spec, bin_capacity=plan_lib.next_power_of_two(grow(int(counted.max_bin_occupancy))))
             counted = _build_jit(*args, spec=spec)
-            occupancy = int(counted.max_bin_occupancy)
-            if occupancy > spec.bin_capacity:  # device round-off binned differently from the host plan
-                spec = dataclasses.replace(spec, bin_capacity=plan_lib.next_power_of_two(math.ceil(occupancy * self.capacity_multiplier)))
-                continue
-            need = math.ceil(int(counted.max_neighbors) * self.capacity_multiplier) + int(extra_capacity)
-            spec = dataclasses.replace(spec, capacity=plan_lib.bucket_capacity(max(need, 1)))
-            nbrs = _build_jit(*args, spec=spec)
-            if not bool(nbrs.did_buffer_overflow):
-                return nbrs
-            spec = dataclasses.replace(spec, capacity=0)
-        raise RuntimeError("neighbour list allocation did not converge")  # pragma: no cover
+        capacity = plan_lib.bucket_capacity(grow(int(counted.max_neighbors)) + int(extra_capacity))
+        return dataclasses.replace(spec, capacity=capacity), args
 
     def update(self, positions, nbrs: NeighborList, *, cell=None) -> NeighborList:
         """Jittable update (see :func:`update`); ``cell`` [B, 3, 3] or [3, 3] for a changed cell."""
@@ -234,7 +241,8 @@ def neighbor_list_fn(cutoff, skin=0.0, cell=None, pbc=None, capacity_multiplier=
 
     Args:
       cutoff: Å. skin: Å (Verlet skin; 0 rebuilds on every move).
-      cell: [3, 3] (or [B, 3, 3]) Å, rows are cell vectors; None for molecules in vacuum.
+      cell: [3, 3] (or [B, 3, 3]) Å, rows are cell vectors; None for molecules in vacuum (or
+        to pass the cell to ``allocate``).
       pbc: three bools (default: periodic everywhere iff a cell is given).
       capacity_multiplier: >= 1, margin on measured sizes.
       method: "auto" (fewest candidates), "all_pairs" (one bin: small systems, tiny cells) or
@@ -252,9 +260,9 @@ def neighbor_list_fn(cutoff, skin=0.0, cell=None, pbc=None, capacity_multiplier=
     if implementation not in kernel_api.IMPLEMENTATIONS:
         raise ValueError(f"implementation must be one of {kernel_api.IMPLEMENTATIONS}, got {implementation!r}")
     pbc = cell_lib.normalize_pbc(pbc, cell)
-    if cell is not None:
+    if cell is not None:  # otherwise ``allocate`` must be given one (if any direction is periodic)
         cell = np.asarray(cell, np.float64)
-    cell_lib.validate_cells(cell, pbc, None if cell is None or cell.ndim == 2 else cell.shape[0])
+        cell_lib.validate_cells(cell, pbc, None if cell.ndim == 2 else cell.shape[0])
     return NeighborListFns(cutoff, skin, cell, pbc, float(capacity_multiplier), method, implementation, bool(interpret))
 
 
