@@ -20,3 +20,5 @@ ANALYTIC_F32_VS_F64_FORCES = 1e-5
 FINITE_DIFFERENCE_FORCES = 1e-6
 # parameter gradient of a force-matching loss, analytic vs autodiff, float64
 PARAM_GRAD_F64 = 1e-8
+# stress (autodiff strain derivative) vs central finite differences of the energy, float64
+FINITE_DIFFERENCE_STRESS = 1e-8  # eV/Å^3
