@@ -215,12 +215,13 @@ class NeighborListFns:
         cells = cell_lib.validate_cells(self.cell if cell is None else cell, self.pbc, b)
         grid, stencil, occupancy = plan_lib.plan_grid(r[mask], cells, batch[mask], b, self.pbc, self.cutoff + self.skin, self.method)
         grow = lambda count: math.ceil(max(count, 1) * self.capacity_multiplier)  # noqa: E731
-        spec = SearchSpec(self.cutoff, self.skin, self.pbc, grid, stencil, plan_lib.next_power_of_two(grow(occupancy)), 0, b,
-                          self.implementation, self.interpret)
+        # The Pallas kernel tiles bins: their capacity must be a power of two; XLA takes any bucket.
+        bin_bucket = plan_lib.next_power_of_two if self.implementation == "pallas" else plan_lib.bucket_capacity
+        spec = SearchSpec(self.cutoff, self.skin, self.pbc, grid, stencil, bin_bucket(grow(occupancy)), 0, b, self.implementation, self.interpret)
         args = (jnp.asarray(r, dtype), jnp.asarray(cells, dtype), jnp.asarray(batch, jnp.int32), jnp.asarray(mask))
         counted = _build_jit(*args, spec=spec)
         while int(counted.max_bin_occupancy) > spec.bin_capacity:  # the device binned differently (round-off)
-            spec = dataclasses.replace(spec, bin_capacity=plan_lib.next_power_of_two(grow(int(counted.max_bin_occupancy))))
+            spec = dataclasses.replace(spec, bin_capacity=bin_bucket(grow(int(counted.max_bin_occupancy))))
             counted = _build_jit(*args, spec=spec)
         capacity = plan_lib.bucket_capacity(grow(int(counted.max_neighbors)) + int(extra_capacity))
         return dataclasses.replace(spec, capacity=capacity), args

@@ -41,7 +41,7 @@ class SearchSpec:
       pbc: periodic directions, shared by all structures.
       grid: bins per direction (n_x, n_y, n_z), the same for every structure.
       stencil: bins searched on each side (m_x, m_y, m_z).
-      bin_capacity: atom slots per bin (a power of two: the Pallas kernel needs it).
+      bin_capacity: atom slots per bin (a power of two for the Pallas kernel).
       capacity: neighbour slots per atom (0: count neighbours only).
       num_structures: B.
       implementation: "xla" or "pallas" (the gather of :mod:`mlff_jax.kernels.neighbors`).
@@ -196,7 +196,7 @@ def plan_grid(positions, cells, batch, num_structures, pbc, radius, method="auto
         bins = host_bins(positions, cells, batch, num_structures, pbc, grid, r)
         stencil = _stencil_for(grid, bins.widths, pbc, r)
         occupancy = int(np.max(np.bincount(bins.bin_id))) if len(positions) else 0
-        cost = math.prod(2 * m + 1 for m in stencil) * next_power_of_two(max(occupancy, 1))
+        cost = math.prod(2 * m + 1 for m in stencil) * bucket_capacity(max(occupancy, 1))
         if best is None or cost < best[0]:
             best = (cost, grid, stencil, occupancy)
     _, grid, stencil, occupancy = best
