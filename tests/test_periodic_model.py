@@ -38,7 +38,7 @@ def test_large_molecule_uses_the_neighbour_list_and_matches_all_pairs(load_model
     positions, numbers = water_box(6, np.eye(3) * 18.6, seed=4)  # the first 150 atoms, in vacuum
     positions, numbers = positions[:150], numbers[:150]
     energy, forces = model.energy_and_forces(positions, numbers)
-    dense_energy, dense_grad = jax.value_and_grad(model.energy_fn)(jnp.asarray(positions), jnp.asarray(numbers))
+    dense_energy, dense_grad = jax.jit(jax.value_and_grad(model.energy_fn))(jnp.asarray(positions), jnp.asarray(numbers))
     assert abs(float(energy) - float(dense_energy)) <= tol.ROUNDOFF_F64
     np.testing.assert_allclose(np.asarray(forces), -np.asarray(dense_grad), rtol=0, atol=tol.ROUNDOFF_F64)
 

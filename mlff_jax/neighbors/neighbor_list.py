@@ -150,6 +150,14 @@ def update(positions, nbrs: NeighborList, cells=None) -> NeighborList:
 _update_jit = jax.jit(update)
 
 
+def _placeholder(positions, cells, batch, atom_mask, spec: SearchSpec) -> NeighborList:
+    """An empty list of the right shapes that any ``update`` rebuilds."""
+    n = positions.shape[0]
+    zero = jnp.zeros((), jnp.int32)
+    return NeighborList(jnp.full((n, spec.capacity), n, jnp.int32), jnp.zeros((n, spec.capacity, 3), jnp.int8), jnp.zeros((n, 3), jnp.int32),
+                        jnp.full_like(positions, jnp.inf), cells, batch, atom_mask, jnp.array(False), zero, zero, spec)
+
+
 @dataclasses.dataclass(frozen=True)
 class NeighborListFns:
     """``allocate`` (host) and ``update`` (jittable) for one cutoff, skin, pbc and method.
@@ -188,7 +196,9 @@ class NeighborListFns:
         """
         for _ in range(4):
             spec, args = self._measure(positions, cell, batch, atom_mask, num_structures, extra_capacity)
-            nbrs = _build_jit(*args, spec=spec)
+            # Built through the jitted ``update`` of a placeholder whose reference positions are
+            # infinitely far: the program compiled here is the one later updates reuse.
+            nbrs = _update_jit(args[0], _placeholder(*args, spec), None)
             if not bool(nbrs.did_buffer_overflow):
                 return nbrs
         raise RuntimeError("neighbour list allocation did not converge")  # pragma: no cover
