@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mlff_jax import analytic, painn
+from mlff_jax import analytic, painn, periodic
 from mlff_jax.analytic_graph import all_pairs_graph
 from mlff_jax.config import PaiNNConfig
 from mlff_jax.graph import all_pairs_edges
@@ -32,6 +32,10 @@ _METHODS = ("analytic", "autodiff")  # forces: hand-derived reverse sweep (mlff_
 def _check_method(method: str) -> None:
     if method not in _METHODS:
         raise ValueError(f"method must be one of {_METHODS}, got {method!r}")
+
+# Molecules up to this many (padded) atoms use the dense all-pairs graph; larger systems and
+# every periodic one take their edges from a neighbour list (mlff_jax.periodic).
+ALL_PAIRS_MAX_ATOMS = 128
 
 
 def bucket_size(n: int, minimum: int = 8) -> int:
@@ -76,6 +80,7 @@ class PaiNNStudent:
         self.precision = precision
         self.params = painn.cast_params(params, _DTYPES[dtype])
         self._jitted = jax.jit(self._batched_energy_and_forces, static_argnames=("num_structures", "method"))
+        self._neighbor_specs = periodic.SpecCache()
 
     def __repr__(self) -> str:
         c = self.config
@@ -114,15 +119,23 @@ class PaiNNStudent:
         grad, energies = jax.grad(total, has_aux=True)(positions)
         return energies, -grad
 
-    def energy_fn(self, positions: jax.Array, atomic_numbers: jax.Array) -> jax.Array:
+    def energy_fn(self, positions: jax.Array, atomic_numbers: jax.Array, neighbors=None, cell=None) -> jax.Array:
         """Energy (eV, scalar) of one structure as a pure JAX function, for ``jax.grad``/``vmap``/``jit``.
 
         positions: [N, 3] Å; atomic_numbers: [N] int. No validation or padding happens here.
         Wrapped in ``jax.custom_vjp`` (:func:`mlff_jax.analytic.structure_energies`): ``jax.grad``
         of it runs the analytic sweep and returns minus the analytic forces.
+        neighbors: optional :class:`mlff_jax.neighbors.NeighborList` (periodic systems, MD with a
+        Verlet skin): edges come from it; ``cell`` ([3, 3] Å) overrides its cell, e.g. strained.
+        With a batched list, the energies of all structures are summed.
         """
         positions = jnp.asarray(positions, _DTYPES[self.dtype])
         n = positions.shape[0]
+        if neighbors is not None:
+            cells = neighbors.cells if cell is None else jnp.broadcast_to(jnp.asarray(cell), neighbors.cells.shape)
+            energies = periodic.structure_energies(self.params, self.config, _PRECISIONS[self.precision], positions, jnp.asarray(atomic_numbers),
+                                                   neighbors, cells.astype(positions.dtype), neighbors.atom_mask, neighbors.spec.num_structures)
+            return jnp.sum(energies)
         mask = jnp.ones(n, bool)
         batch = jnp.zeros(n, jnp.int32)
         graph = all_pairs_graph(mask, batch, positions.dtype)
@@ -131,13 +144,16 @@ class PaiNNStudent:
         )[0]
 
     # ----------------------------------------------------------------- host API
-    def energy_and_forces(self, positions, atomic_numbers, batch=None, method: str = "analytic"):
+    def energy_and_forces(self, positions, atomic_numbers, batch=None, cell=None, pbc=None, method: str = "analytic"):
         """Energy and forces of one structure, or of a batch of structures.
 
         Args:
           positions: [N, 3] Å.
           atomic_numbers: [N] int, 1 <= Z <= config.max_z.
           batch: optional [N] int, structure index of each atom (0 .. B-1); structures never interact.
+          cell: optional [3, 3] Å (rows are cell vectors, ASE's convention), or [B, 3, 3] with a batch.
+          pbc: three bools (shared by the batch); default: periodic in every direction iff a cell
+            is given. Periodic images within the cutoff interact; atoms may lie outside the cell.
           method: ``"analytic"`` (default: one forward and one hand-derived backward sweep, see
             docs/analytic-forces.md) or ``"autodiff"`` (``jax.grad`` of the energy).
         Returns:
@@ -151,10 +167,16 @@ class PaiNNStudent:
         """
         _check_method(method)
         if _is_traced(positions, atomic_numbers, batch):
+            if cell is not None or pbc is not None:
+                raise ValueError("periodic cells need a neighbour list under jax.jit: use energy_fn(positions, Z, neighbors=nbrs) "
+                                 "with mlff_jax.neighbors.neighbor_list_fn")
             return self._traced_energy_and_forces(positions, atomic_numbers, batch, method)
         single = batch is None
         positions, atomic_numbers, batch, num_structures = self._validate(positions, atomic_numbers, batch)
         n = positions.shape[0]
+        if cell is not None or pbc is not None or bucket_size(n) > ALL_PAIRS_MAX_ATOMS:
+            energies, forces, _ = self._neighbor_evaluate(positions, atomic_numbers, batch, num_structures, cell, pbc, False, method)
+            return (energies[0], forces) if single else (energies, forces)
         n_pad = bucket_size(n)
         b_pad = 1 << max(num_structures - 1, 0).bit_length()
         dtype = _DTYPES[self.dtype]
@@ -173,6 +195,36 @@ class PaiNNStudent:
         if single:
             return energies[0], forces[:n]
         return energies[:num_structures], forces[:n]
+
+    def energy_forces_stress(self, positions, atomic_numbers, batch=None, cell=None, pbc=None, method: str = "analytic"):
+        """Energy, forces and stress of a periodic structure (or a batch), host call.
+
+        Arguments as :meth:`energy_and_forces` (a cell is required). Returns (energy eV, forces
+        [N, 3] eV/Å, stress [3, 3] eV/Å^3), or [B], [N, 3], [B, 3, 3] with a batch. The stress is
+        ASE's: (1 / V) dE/d(strain), symmetrised (see :mod:`mlff_jax.periodic`).
+        """
+        if cell is None:
+            raise ValueError("stress needs a cell")
+        single = batch is None
+        positions, atomic_numbers, batch, num_structures = self._validate(positions, atomic_numbers, batch)
+        energies, forces, stress = self._neighbor_evaluate(positions, atomic_numbers, batch, num_structures, cell, pbc, True, method)
+        return (energies[0], forces, stress[0]) if single else (energies, forces, stress)
+
+    def _neighbor_evaluate(self, positions, atomic_numbers, batch, num_structures, cell, pbc, compute_stress, method="analytic"):
+        """Padded evaluation with edges from a neighbour list; returns unpadded energies, forces, stress."""
+        n = positions.shape[0]
+        n_pad = bucket_size(n)
+        b_pad = 1 << max(num_structures - 1, 0).bit_length()
+        pos = np.zeros((n_pad, 3))
+        pos[:n] = positions
+        z = np.ones(n_pad, np.int32)
+        z[:n] = atomic_numbers
+        mask = np.arange(n_pad) < n
+        b = np.zeros(n_pad, np.int64)
+        b[:n] = batch
+        energies, forces, stress = periodic.evaluate(self, _PRECISIONS[self.precision], pos, z, mask, b, b_pad, cell, pbc, compute_stress,
+                                                     self._neighbor_specs, method)
+        return energies[:num_structures], forces[:n], stress
 
     def _traced_energy_and_forces(self, positions, atomic_numbers, batch, method="analytic"):
         positions = jnp.asarray(positions, _DTYPES[self.dtype])

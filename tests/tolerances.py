@@ -23,3 +23,5 @@ PARAM_GRAD_F64 = 1e-8
 # compressed (tabulated) radial filters at the default spacing vs the exact model, float64
 COMPRESSED_FORCES = 1e-5  # eV/Å
 COMPRESSED_ENERGY_PER_ATOM = 1e-6  # eV/atom
+# stress (autodiff strain derivative) vs central finite differences of the energy, float64
+FINITE_DIFFERENCE_STRESS = 1e-8  # eV/Å^3
