@@ -1,0 +1,6 @@
+"""Fused GPU kernels, one folder per operation (installed as ``mlff_jax.kernels``).
+
+Each folder holds ``reference.py`` (plain JAX, the definition), the kernel(s) (``pallas.py``,
+optionally ``triton.py``) and ``api.py``, whose functions take ``implementation="xla"|"pallas"|
+"triton"`` and ``interpret=False``. See ``docs/kernels.md``.
+"""
