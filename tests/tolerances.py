@@ -20,3 +20,6 @@ ANALYTIC_F32_VS_F64_FORCES = 1e-5
 FINITE_DIFFERENCE_FORCES = 1e-6
 # parameter gradient of a force-matching loss, analytic vs autodiff, float64
 PARAM_GRAD_F64 = 1e-8
+# fused kernels vs their plain-JAX reference in float32 (same math, other summation order),
+# relative to the largest magnitude of each compared array
+KERNEL_VS_REFERENCE_F32 = 1e-5
