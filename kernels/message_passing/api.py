@@ -98,7 +98,7 @@ def message_block(
     interpret: bool = False,
     precision: str = "highest",
     block_atoms: int | None = None,
-    num_warps: int = 4,
+    num_warps: int | None = None,
     num_stages: int = 1,
 ):
     """Message increments of one PaiNN block (the op of :mod:`.reference`).
@@ -114,8 +114,10 @@ def message_block(
       interpret: Pallas interpret mode (CPU); only for "pallas".
       precision: float32 matmuls, "highest" (IEEE float32, default) | "tf32" | "bf16" (bf16 inputs,
         float32 accumulation); float64 inputs are always computed in float64.
-      block_atoms: receivers per kernel program (power of two >= 16; default by size).
-      num_warps, num_stages: Triton launch parameters of the kernels.
+      block_atoms: receivers per kernel program (power of two >= 16; default: 16 up to 512 atoms,
+        else the largest block whose kernels fit in shared memory, see ``pallas.max_block_atoms``).
+      num_warps, num_stages: Triton launch parameters of the kernels (num_warps default: 4 for
+        blocks up to 32 receivers, else 8).
     Returns:
       (ds [N, H], dv [N, 3, H]).
     """
@@ -128,8 +130,12 @@ def message_block(
         return message_block_reference(s, v, neighbors, distances, directions, filt, rbf_centers, rbf_widths, cutoff, precision)
     if interpret and implementation != "pallas":
         raise ValueError("interpret=True runs Pallas kernels only: use implementation='pallas'")
-    n = s.shape[0]
-    block_atoms = pallas_kernels.default_block_atoms(n) if block_atoms is None else int(block_atoms)
+    n, h = s.shape
+    if pallas_kernels.next_power_of_two(h) > pallas_kernels.MAX_HIDDEN:
+        raise ValueError(f"the fused kernels support hidden widths up to {pallas_kernels.MAX_HIDDEN}, got {h}: use implementation='xla'")
+    if block_atoms is None:
+        block_atoms = pallas_kernels.default_block_atoms(n, s.dtype, precision)
+    block_atoms = int(block_atoms)
     if block_atoms < pallas_kernels.MIN_DIM or block_atoms & (block_atoms - 1):
         raise ValueError(f"block_atoms must be a power of two >= {pallas_kernels.MIN_DIM}, got {block_atoms}")
     cfg = pallas_kernels.KernelConfig(
@@ -137,7 +143,7 @@ def message_block(
         cutoff=float(cutoff),
         precision=precision,
         block_atoms=block_atoms,
-        num_warps=int(num_warps),
+        num_warps=pallas_kernels.default_num_warps(block_atoms) if num_warps is None else int(num_warps),
         num_stages=int(num_stages),
         interpret=bool(interpret),
     )

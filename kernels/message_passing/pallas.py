@@ -39,6 +39,12 @@ from jax.experimental import pallas as pl
 from .reference import matmul
 
 MIN_DIM = 16  # smallest tl.dot dimension
+MAX_HIDDEN = 128  # a whole [H, H] weight operand is staged in shared memory: H = 256 does not fit
+SMEM_LIMIT_BYTES = 232448  # 227 KiB: most dynamic shared memory one H100/H200 block may use
+
+# Largest block of receivers whose backward fits SMEM_LIMIT_BYTES at H = 128 (measured by compiling
+# to PTX for sm_90, ``benchmarks/gpu_check_kernels.py --compile-only``; docs/kernels.md has the table).
+_MAX_BLOCK_ATOMS = {"float64": 16, "tf32x3": 32, "highest": 64, "tf32": 64, "bf16": 64}
 
 
 def next_power_of_two(n: int, minimum: int = 1) -> int:
@@ -52,7 +58,7 @@ class KernelConfig:
     Attributes:
       num_atoms: N, real atoms; neighbour indices outside [0, N) are empty slots.
       cutoff: rc in Å.
-      precision: "highest" | "tf32" | "bf16" (see ``reference.matmul``).
+      precision: "highest" | "tf32x3" | "tf32" | "bf16" (see ``reference.matmul``).
       block_atoms: receivers per program (a power of two >= 16).
       num_warps, num_stages: Triton launch parameters.
       interpret: run the kernel in Pallas interpret mode (CPU tests).
@@ -66,10 +72,23 @@ class KernelConfig:
     num_stages: int = 1
     interpret: bool = False
 
+    def dot(self, x, w):
+        """x @ w in this launch's precision mode (TF32 modes need tensor cores: not in interpret mode)."""
+        return matmul(x, w, self.precision, tensor_cores=not self.interpret)
 
-def default_block_atoms(num_atoms: int) -> int:
-    """Receivers per program: 16 for small systems (fewer padded rows), 64 for large ones."""
-    return 16 if num_atoms <= 512 else 64
+
+def max_block_atoms(dtype, precision: str) -> int:
+    """Largest ``block_atoms`` whose kernels fit in shared memory (at H <= 128)."""
+    return _MAX_BLOCK_ATOMS["float64" if jnp.dtype(dtype) == jnp.float64 else precision]
+
+
+def default_block_atoms(num_atoms: int, dtype=jnp.float32, precision: str = "highest") -> int:
+    """Receivers per program: 16 for small systems (fewer padded rows), else the largest that fits."""
+    return 16 if num_atoms <= 512 else max_block_atoms(dtype, precision)
+
+
+def default_num_warps(block_atoms: int) -> int:
+    return 4 if block_atoms <= 32 else 8
 
 
 @dataclasses.dataclass(frozen=True)
@@ -154,11 +173,11 @@ def _forward_kernel(nbr_ref, d_ref, u_ref, s_ref, v_ref, w1_ref, b1_ref, w2_ref,
         def accumulate(carry):
             ds, dv0, dv1, dv2 = carry
             e, _ = _radial(d, mu, width, cfg.cutoff)
-            h = jax.nn.silu(matmul(e, w1_ref[...], cfg.precision) + b1_ref[...])
-            ws = jnp.where(within, matmul(h, w2_ref[0], cfg.precision) + b2_ref[0], 0.0)
+            h = jax.nn.silu(cfg.dot(e, w1_ref[...]) + b1_ref[...])
+            ws = jnp.where(within, cfg.dot(h, w2_ref[0]) + b2_ref[0], 0.0)
             ds = ds + s_ref[idx, :] * ws
-            wv1 = jnp.where(within, matmul(h, w2_ref[1], cfg.precision) + b2_ref[1], 0.0)
-            wv2 = jnp.where(within, matmul(h, w2_ref[2], cfg.precision) + b2_ref[2], 0.0)
+            wv1 = jnp.where(within, cfg.dot(h, w2_ref[1]) + b2_ref[1], 0.0)
+            wv2 = jnp.where(within, cfg.dot(h, w2_ref[2]) + b2_ref[2], 0.0)
             dv = [
                 acc + v_ref[i, idx, :] * wv1 + u_ref[i, k, :][:, None] * wv2
                 for i, acc in enumerate((dv0, dv1, dv2))
@@ -191,12 +210,12 @@ def _backward_kernel(
         def slot_gradients(carry):
             acc_s, acc_v0, acc_v1, acc_v2 = carry
             e, de = _radial(d, mu, width, cfg.cutoff)
-            pre = matmul(e, w1_ref[...], cfg.precision) + b1_ref[...]
+            pre = cfg.dot(e, w1_ref[...]) + b1_ref[...]
             sig = jax.nn.sigmoid(pre)
             h = pre * sig
-            ws = jnp.where(within, matmul(h, w2_ref[0], cfg.precision) + b2_ref[0], 0.0)
-            wv1 = jnp.where(within, matmul(h, w2_ref[1], cfg.precision) + b2_ref[1], 0.0)
-            wv2 = jnp.where(within, matmul(h, w2_ref[2], cfg.precision) + b2_ref[2], 0.0)
+            ws = jnp.where(within, cfg.dot(h, w2_ref[0]) + b2_ref[0], 0.0)
+            wv1 = jnp.where(within, cfg.dot(h, w2_ref[1]) + b2_ref[1], 0.0)
+            wv2 = jnp.where(within, cfg.dot(h, w2_ref[2]) + b2_ref[2], 0.0)
             # (ii) reverse edge: sender cotangents gathered from the neighbours' rows.
             acc_s = acc_s + gs_ref[idx, :] * ws
             acc_v = [acc + gv_ref[i, idx, :] * wv1 for i, acc in enumerate((acc_v0, acc_v1, acc_v2))]
@@ -214,12 +233,12 @@ def _backward_kernel(
             g_wv2 = jnp.where(within, g_wv2, 0.0)
             # ... then back through Linear2, SiLU, Linear1 and e(d) to the distance.
             g_h = (
-                matmul(g_ws, w2t_ref[0], cfg.precision)
-                + matmul(g_wv1, w2t_ref[1], cfg.precision)
-                + matmul(g_wv2, w2t_ref[2], cfg.precision)
+                cfg.dot(g_ws, w2t_ref[0])
+                + cfg.dot(g_wv1, w2t_ref[1])
+                + cfg.dot(g_wv2, w2t_ref[2])
             )
             g_pre = g_h * (sig * (1.0 + pre * (1.0 - sig)))
-            g_e = matmul(g_pre, w1t_ref[...], cfg.precision)
+            g_e = cfg.dot(g_pre, w1t_ref[...])
             g_d = jnp.sum(g_e * de, axis=1)
             return (acc_s, *acc_v), (g_d, *g_dir)
 

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 
 from mlff_jax.painn import radial_features
 
-PRECISIONS = ("highest", "tf32", "bf16")
+PRECISIONS = ("highest", "tf32x3", "tf32", "bf16")
 
 
 def check_precision(precision: str) -> None:
@@ -27,23 +27,33 @@ def check_precision(precision: str) -> None:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
 
 
-def matmul(x: jax.Array, w: jax.Array, precision: str = "highest") -> jax.Array:
+def matmul(x: jax.Array, w: jax.Array, precision: str = "highest", tensor_cores: bool | None = None) -> jax.Array:
     """x @ w in the kernels' precision modes (float64 inputs are always exact float64).
 
-    ``highest``: full float32 (IEEE) products. ``tf32``: TF32 inputs (10-bit mantissa) with float32
-    accumulation on GPU tensor cores (exact float32 on CPU). ``bf16``: bfloat16 inputs, float32
-    accumulation (emulated bit for bit on CPU).
+    ``highest``: full float32 (IEEE) products, the default. Opt-in faster modes, all with float32
+    accumulation: ``tf32x3``: three TF32 passes (split-float trick; ~float32 accuracy on tensor
+    cores); ``tf32``: one TF32 pass (10-bit mantissa inputs); ``bf16``: bfloat16 inputs (8-bit
+    mantissa). Where TF32 does not exist (CPU, Pallas interpret mode: ``tensor_cores=False``;
+    default: the default backend is a GPU) ``tf32``/``tf32x3`` compute in full float32; ``bf16``
+    is emulated bit for bit everywhere.
     """
-    if precision == "bf16" and x.dtype == jnp.float32:
+    if x.dtype != jnp.float32:
+        return jnp.dot(x, w, precision=jax.lax.Precision.HIGHEST)
+    if precision == "bf16":
         return jnp.dot(x.astype(jnp.bfloat16), w.astype(jnp.bfloat16), preferred_element_type=jnp.float32)
-    level = jax.lax.Precision.DEFAULT if precision == "tf32" else jax.lax.Precision.HIGHEST
-    return jnp.dot(x, w, precision=level)
+    if tensor_cores is None:
+        tensor_cores = jax.default_backend() == "gpu"
+    if precision == "highest" or not tensor_cores:
+        return jnp.dot(x, w, precision=jax.lax.Precision.HIGHEST)
+    if precision == "tf32":
+        return jnp.dot(x, w, precision=jax.lax.DotAlgorithmPreset.TF32_TF32_F32, preferred_element_type=jnp.float32)
+    return jnp.dot(x, w, precision=jax.lax.DotAlgorithmPreset.TF32_TF32_F32_X3, preferred_element_type=jnp.float32)
 
 
-def filter_network(block, rbf: jax.Array, precision: str = "highest") -> jax.Array:
+def filter_network(block, rbf: jax.Array, precision: str = "highest", tensor_cores: bool | None = None) -> jax.Array:
     """W = Linear2(SiLU(Linear1(rbf))), unmasked: [..., K] -> [..., 3H]."""
-    hidden = jax.nn.silu(matmul(rbf, block["filter_in"]["kernel"], precision) + block["filter_in"]["bias"])
-    return matmul(hidden, block["filter_out"]["kernel"], precision) + block["filter_out"]["bias"]
+    hidden = jax.nn.silu(matmul(rbf, block["filter_in"]["kernel"], precision, tensor_cores) + block["filter_in"]["bias"])
+    return matmul(hidden, block["filter_out"]["kernel"], precision, tensor_cores) + block["filter_out"]["bias"]
 
 
 def slot_masks(neighbors: jax.Array, distances: jax.Array, cutoff: float):
@@ -64,6 +74,7 @@ def message_block_reference(
     rbf_widths: jax.Array,
     cutoff: float,
     precision: str = "highest",
+    tensor_cores: bool | None = None,
 ):
     """The message increments of one block.
 
@@ -72,6 +83,7 @@ def message_block_reference(
       neighbors: [N, C] int, sentinel N; distances: [N, C] Å; directions: [N, C, 3].
       block: this block's parameters (uses ``filter_in`` Dense K -> H, ``filter_out`` Dense H -> 3H).
       rbf_centers, rbf_widths: [K] Å; cutoff: rc in Å.
+      precision, tensor_cores: float32 matmul mode (see :func:`matmul`).
     Returns:
       (ds [N, H], dv [N, 3, H]): the model then sets s += ds, v += dv.
     """
@@ -80,7 +92,7 @@ def message_block_reference(
     safe_d = jnp.where(valid, distances, cutoff)  # any finite value: these slots are masked
     safe_dir = jnp.where(valid[..., None], directions, 0.0)
     rbf = radial_features(safe_d.reshape(-1), rbf_centers, rbf_widths, cutoff)
-    w = filter_network(block, rbf, precision).reshape(*neighbors.shape, 3 * hidden)
+    w = filter_network(block, rbf, precision, tensor_cores).reshape(*neighbors.shape, 3 * hidden)
     w = jnp.where(within[..., None], w, 0.0)
     ws, wv1, wv2 = w[..., :hidden], w[..., hidden : 2 * hidden], w[..., 2 * hidden :]
     senders = jnp.where(valid, neighbors, 0)
