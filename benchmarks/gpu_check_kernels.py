@@ -10,6 +10,7 @@ error text of every failure; writes JSON to benchmarks/results/.
 PTX without a GPU (checks that Triton compiles the kernels and that they fit in shared memory):
     python3 -m venv --system-site-packages /tmp/venvcuda
     /tmp/venvcuda/bin/pip install --no-deps jax-cuda13-plugin==$JAXV jax-cuda13-pjrt==$JAXV   # $JAXV = jax version
+    /tmp/venvcuda/bin/pip install jax-triton==0.3.1 triton==3.6.0                               # optional
     JAX_PLATFORMS=cpu /tmp/venvcuda/bin/python benchmarks/gpu_check_kernels.py --compile-only
 
 Reference values come from the XLA reference in float64 on the same device; the error of the XLA
@@ -295,6 +296,47 @@ def compile_only(rows, failures, compile_ptx):
                     rows.append(row)
                     print(f"{row['status']:5s} | H={hidden} {dtype} {precision} block_atoms={block} warps={cfg.num_warps}"
                           f"{' (default)' if not launch else ''} | Triton IR modules={row.get('triton_ir_modules')} smem={row.get('smem_bytes')}", flush=True)  # fmt: skip
+    compile_only_triton(rows, failures)
+
+
+def compile_only_triton(rows, failures):
+    """The jax-triton kernels (default launches) compiled to PTX by Triton itself, if it imports."""
+    try:
+        import jax_triton.triton_lib as triton_lib
+    except ImportError as err:
+        print(f"SKIP implementation 'triton': {err}")
+        return
+    from mlff_jax.kernels.message_passing import pallas as kp
+
+    triton_lib.triton_kernel_call_lib.get_compute_capability = lambda device: 90  # no device: target sm_90
+    smem = []
+    original = triton_lib.compile_ttir_inplace
+
+    def capture(*args, **kwargs):
+        result = original(*args, **kwargs)
+        smem.append(result.shared_mem_bytes)
+        return result
+
+    triton_lib.compile_ttir_inplace = capture
+    nbr, args64, ct64 = block_inputs("water-1k", 128, 20)
+    for dtype in ("float32", "float64"):
+        for precision in ("highest", "tf32x3", "tf32", "bf16") if dtype == "float32" else ("highest",):
+            args, ct = cast(args64, dtype), cast(ct64, dtype)
+            block = kp.default_block_atoms(nbr.shape[0], dtype, precision)
+            row = dict(check="compile", system="water-1k", H=128, implementation="triton", dtype=dtype, precision=precision,
+                       launch=dict(block_atoms=block, num_warps=kp.default_num_warps(block)), default=True)  # fmt: skip
+            smem.clear()
+            try:
+                value_and_vjp("triton", nbr, args, ct, precision).trace(args, ct).lower(lowering_platforms=("cuda",))
+                row["smem_bytes"] = list(smem)
+                row["status"] = "PASS" if smem and max(smem) <= kp.SMEM_LIMIT_BYTES else "FAIL"
+                if row["status"] == "FAIL":
+                    failures.append((row, f"shared memory {smem} above the limit {kp.SMEM_LIMIT_BYTES} (or nothing compiled)"))
+            except Exception as err:  # noqa: BLE001
+                row["status"] = "ERROR"
+                failures.append((row, "".join(traceback.format_exception(err))[-4000:]))
+            rows.append(row)
+            print(f"{row['status']:5s} | triton H=128 {dtype} {precision} block_atoms={block} | smem={row.get('smem_bytes')}", flush=True)
 
 
 def main():
