@@ -10,6 +10,7 @@ water boxes of ~1k, 10k and 100k atoms (neighbour list built on the host with as
     python benchmarks/bench_message_passing.py                 # GPU, the full set (~5-8 min)
     python benchmarks/bench_message_passing.py --quick         # CPU smoke test (interpret mode)
     python benchmarks/bench_message_passing.py --precisions highest,tf32x3,tf32,bf16 --sizes 10000
+    python benchmarks/bench_message_passing.py --sweep --sizes 10000   # launch settings of the kernels
 
 Medians after warm-up (``block_until_ready``), with min/max/IQR; results (with device, versions
 and commit) go to benchmarks/results/bench_message_passing_<device>_<time>.json. A case that fails
@@ -98,6 +99,7 @@ def main():
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--block-atoms", type=int, default=None)
     parser.add_argument("--num-warps", type=int, default=None)
+    parser.add_argument("--sweep", action="store_true", help="launch settings sweep: block forward+backward of the kernels on one box (--sizes, first entry)")
     parser.add_argument("--skip-block", action="store_true")
     parser.add_argument("--skip-model", action="store_true")
     args = parser.parse_args()
@@ -143,7 +145,22 @@ def main():
             print(f"{row['workload']:22s} {row['system']:20s} {row['implementation']:7s} {row['precision']:8s} FAILED: {row['error'][:300]}", flush=True)
         rows.append(row)
 
-    for name, pos, z, nbr, shifts in systems(sizes, args.quick):
+    if args.sweep:
+        name, pos, z, nbr, shifts = systems(sizes[:1], True)[-1]
+        for impl in [i for i in implementations if i != "xla"]:
+            for precision in precisions:
+                for block_atoms, num_warps, num_stages in ((16, 4, 1), (32, 4, 1), (32, 8, 1), (64, 4, 1), (64, 8, 1), (64, 8, 2)):
+                    sweep_launch = dict(block_atoms=block_atoms, num_warps=num_warps, num_stages=num_stages)
+                    case = dict(system=name, atoms=len(pos), capacity=int(nbr.shape[1]), model=model_name, weights=source, dtype="float32",
+                                implementation=impl, precision=precision, launch=sweep_launch)  # fmt: skip
+                    try:
+                        (fwd, fwd_bwd), inputs = block_case(params, config, pos, nbr, shifts, impl, precision, interpret and impl == "pallas", sweep_launch)
+                        record(dict(case, workload="block forward"), fwd, *inputs)
+                        record(dict(case, workload="block forward+backward"), fwd_bwd, *inputs)
+                    except Exception as err:  # noqa: BLE001
+                        rows.append(dict(case, workload="block", error="".join(traceback.format_exception_only(err))[-2000:]))
+                        print(f"sweep {impl} {precision} {sweep_launch} FAILED: {rows[-1]['error'][:300]}", flush=True)
+    for name, pos, z, nbr, shifts in [] if args.sweep else systems(sizes, args.quick):
         valid = np.asarray(mask_neighbors(jnp.asarray(nbr), None, None)) < len(pos)
         d = np.linalg.norm(pos[np.where(valid, nbr, 0)] - pos[:, None, :] + shifts, axis=-1)
         base = dict(system=name, atoms=len(pos), capacity=int(nbr.shape[1]), edges_within_cutoff=int((valid & (d <= config.cutoff)).sum()),
@@ -162,7 +179,7 @@ def main():
                     record(dict(case, workload="model energy+forces"), model_case(params, config, pos, z, nbr, shifts, impl, precision, interpret and impl == "pallas", launch))
 
     ks.RESULTS.mkdir(parents=True, exist_ok=True)
-    tag = ("quick_" if args.quick else "") + env["device"].replace(" ", "_")
+    tag = ("quick_" if args.quick else "") + ("sweep_" if args.sweep else "") + env["device"].replace(" ", "_")
     out = ks.RESULTS / f"bench_message_passing_{tag}_{time.strftime('%Y%m%d-%H%M%S')}.json"
     out.write_text(json.dumps({"environment": env, "model": model_name, "weights": source, "rows": rows}, indent=1))
     print(f"# wrote {out}")

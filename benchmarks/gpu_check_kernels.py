@@ -12,6 +12,8 @@ PTX without a GPU (checks that Triton compiles the kernels and that they fit in 
     /tmp/venvcuda/bin/pip install --no-deps jax-cuda13-plugin==$JAXV jax-cuda13-pjrt==$JAXV   # $JAXV = jax version
     /tmp/venvcuda/bin/pip install jax-triton==0.3.1 triton==3.6.0                               # optional
     JAX_PLATFORMS=cpu /tmp/venvcuda/bin/python benchmarks/gpu_check_kernels.py --compile-only
+    JAX_PLATFORMS=cpu /tmp/venvcuda/bin/python benchmarks/gpu_check_kernels.py --triton-interpret   # runs the
+                                                            # Triton kernels in Triton's CPU interpreter
 
 Reference values come from the XLA reference in float64 on the same device; the error of the XLA
 reference itself in float32 is printed next to the kernel's, so the table shows whether a kernel
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import pathlib
 import sys
 import time
@@ -339,18 +342,105 @@ def compile_only_triton(rows, failures):
             print(f"{row['status']:5s} | triton H=128 {dtype} {precision} block_atoms={block} | smem={row.get('smem_bytes')}", flush=True)
 
 
+# ----------------------------------------------------------------------------- Triton interpreter mode
+class _HostBuffer:
+    """A numpy array dressed as the torch tensor Triton's CPU interpreter expects (it reads and writes
+    memory through ``data_ptr``). Relies on Triton internals: a developer aid."""
+
+    def __init__(self, array):
+        self.array = np.ascontiguousarray(np.asarray(array))
+        self.dtype = {"float32": "fp32", "float64": "fp64", "int32": "i32"}[str(self.array.dtype)]
+
+    def data_ptr(self):
+        return self.array.ctypes.data
+
+    def untyped_storage(self):
+        return self
+
+    def cpu(self):
+        return self
+
+    def new_empty(self, *args, **kwargs):
+        return self
+
+    def set_(self, *args):
+        return self
+
+    def storage_offset(self):
+        return 0
+
+    def size(self):
+        return self.array.shape
+
+    def stride(self):
+        return tuple(s // self.array.itemsize for s in self.array.strides)
+
+    def copy_(self, other):
+        pass
+
+
+def triton_interpret(rows, failures):
+    """The jax-triton kernels run by Triton's CPU interpreter (TRITON_INTERPRET=1, set by main) on
+    kernel-layout inputs, against the XLA reference: checks the Triton code itself without a GPU.
+    bf16 is not checked (the interpreter mishandles bf16 dots); TF32 modes run as IEEE."""
+    from mlff_jax.kernels.message_passing import pallas as kp
+    from mlff_jax.kernels.message_passing import triton as kt
+
+    for kind, hidden, num_rbf in (("odd", 32, 10), ("benzene", 64, 12)):
+        nbr, args64, ct64 = block_inputs(kind, hidden, num_rbf)
+        ref_out, ref_grads = value_and_vjp("xla", nbr, args64, ct64)(args64, ct64)
+        for dtype, bound in (("float64", BOUNDS[("float64", "highest")]), ("float32", BOUNDS[("float32", "highest")])):
+            a, ct = cast(args64, dtype), cast(ct64, dtype)
+            n, c = nbr.shape
+            row = dict(check="triton-interpret", system=kind, N=int(n), C=int(c), H=hidden, implementation="triton", dtype=dtype, precision="highest")
+            try:
+                cfg = kp.KernelConfig(num_atoms=n, cutoff=5.0, block_atoms=16)
+                p = kp.pack(nbr, a["distances"], a["directions"], a["block"], a["centers"], a["widths"], cfg)
+                n_pad, h_pad, _ = kp.padded_sizes(n, hidden, num_rbf, 16)
+                s_pad, v_pad = kp.pack_features(a["s"], a["v"], n_pad, h_pad)
+                gs_pad, gv_pad = kp.pack_features(ct[0], ct[1], n_pad, h_pad)
+                consts = kt._constants(p, s_pad, cfg)
+                grid = (n_pad // 16,)
+                zeros = lambda x: _HostBuffer(np.zeros(x.shape, s_pad.dtype))
+                ds, dv = zeros(s_pad), zeros(v_pad)
+                inputs = (p.neighbors, p.distances, p.directions, s_pad, v_pad, p.w1, p.b1, p.w2, p.b2, p.centers, p.widths)
+                kt._forward_kernel[grid](*map(_HostBuffer, inputs), ds, dv, **consts)
+                outs = [zeros(s_pad), zeros(v_pad), zeros(p.distances), zeros(p.directions)]
+                inputs = (p.neighbors, p.distances, p.directions, s_pad, v_pad, gs_pad, gv_pad, p.w1, p.b1, p.w2, p.b2,
+                          p.w1.T, jnp.transpose(p.w2, (0, 2, 1)), p.centers, p.widths)  # fmt: skip
+                kt._backward_kernel[grid](*map(_HostBuffer, inputs), *outs, **consts)
+                g_s, g_v, g_d, g_u = (o.array for o in outs)
+                out = (ds.array[:n, :hidden], dv.array[:, :n, :hidden].transpose(1, 0, 2))
+                grads = (g_s[:n, :hidden], g_v[:, :n, :hidden].transpose(1, 0, 2), g_d[:, :n].T, g_u[:, :, :n].transpose(2, 1, 0))
+                row["value_error"] = relative_errors(out, ref_out)
+                row["grad_error"] = relative_errors(grads, ref_grads[:4])
+                row["status"] = "PASS" if max(row["value_error"], row["grad_error"]) <= bound else "FAIL"
+                if row["status"] == "FAIL":
+                    failures.append((row, f"error above bound {bound:g}"))
+            except Exception as err:  # noqa: BLE001
+                row["status"] = "ERROR"
+                failures.append((row, "".join(traceback.format_exception(err))[-4000:]))
+            rows.append(row)
+            print_row(row)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--compile-only", action="store_true", help="no GPU: lower (and compile to PTX if possible) only")
+    parser.add_argument("--triton-interpret", action="store_true", help="no GPU: run the jax-triton kernels in Triton's CPU interpreter")
     parser.add_argument("--quick", action="store_true", help="default launch settings only")
     parser.add_argument("--skip-models", action="store_true", help="kernel blocks only")
     args = parser.parse_args()
+    if args.triton_interpret:
+        os.environ["TRITON_INTERPRET"] = "1"  # before triton decorates our kernels
     compile_ptx = ptx_compiler() if args.compile_only else None  # before JAX initialises its backends
     env = ks.environment()
     print(json.dumps(env))
     rows, failures = [], []
     if args.compile_only:
         compile_only(rows, failures, compile_ptx)
+    elif args.triton_interpret:
+        triton_interpret(rows, failures)
     else:
         if jax.default_backend() != "gpu":
             sys.exit("no GPU: run with --compile-only, or on the GPU machine")
@@ -363,7 +453,7 @@ def main():
     for row, text in failures:
         print("\n" + "=" * 100 + f"\n{row['status']}: {json.dumps({k: v for k, v in row.items() if k != 'status'}, default=str)}\n{text}")
     ks.RESULTS.mkdir(parents=True, exist_ok=True)
-    tag = "compile" if args.compile_only else env["device"].replace(" ", "_")
+    tag = "compile" if args.compile_only else "triton_interpret" if args.triton_interpret else env["device"].replace(" ", "_")
     out = ks.RESULTS / f"gpu_check_kernels_{tag}_{time.strftime('%Y%m%d-%H%M%S')}.json"
     out.write_text(json.dumps({"environment": env, "rows": rows, "failures": [(r, t) for r, t in failures]}, indent=1, default=str))
     print(f"\nwrote {out}")

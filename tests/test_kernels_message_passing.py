@@ -341,3 +341,13 @@ def test_kernel_model_periodic_box_matches_edge_list_model(load_model):
     np.testing.assert_allclose(float(energies[0]), float(energy), rtol=0, atol=tol.ROUNDOFF_F64)
     np.testing.assert_allclose(np.asarray(forces), -np.asarray(grad), rtol=0, atol=tol.ROUNDOFF_F64)
     np.testing.assert_allclose(np.asarray(forces).sum(axis=0), 0.0, rtol=0, atol=tol.ROUNDOFF_F64)
+
+
+def test_kernel_model_rejects_mismatched_shapes(load_model):
+    model = load_model("ultra-tiny-21k", "float64")
+    n = 4
+    good = dict(positions=jnp.zeros((n, 3)), atomic_numbers=jnp.ones(n, int), neighbors_idx=jnp.full((n, 2), n),
+                shifts=jnp.zeros((n, 2, 3)), atom_mask=jnp.ones(n, bool), batch=jnp.zeros(n, int))  # fmt: skip
+    for name, bad in (("shifts", jnp.zeros((n, 3, 3))), ("atomic_numbers", jnp.ones(n + 1, int)), ("batch", jnp.zeros(n - 1, int))):
+        with pytest.raises(ValueError, match=name):
+            energy_and_forces_kernel(model.params, model.config, num_structures=1, **dict(good, **{name: bad}))

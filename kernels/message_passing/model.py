@@ -37,6 +37,22 @@ def mask_neighbors(neighbors: jax.Array, atom_mask: jax.Array | None, batch: jax
     return jnp.where(valid, neighbors, n).astype(jnp.int32)
 
 
+def check_model_inputs(positions, atomic_numbers, neighbors, shifts, atom_mask=None, batch=None) -> None:
+    """Raises ValueError naming the first array whose shape does not fit positions [N, 3]."""
+    if positions.ndim != 2 or positions.shape[1] != 3:
+        raise ValueError(f"positions must be [N, 3], got {positions.shape}")
+    n = positions.shape[0]
+    if atomic_numbers.shape != (n,):
+        raise ValueError(f"atomic_numbers must be [N] = [{n}], got {atomic_numbers.shape}")
+    if neighbors.ndim != 2 or neighbors.shape[0] != n:
+        raise ValueError(f"neighbors must be [N, C] with N = {n}, got {neighbors.shape}")
+    if shifts.shape != (*neighbors.shape, 3):
+        raise ValueError(f"shifts must be [N, C, 3] = {(*neighbors.shape, 3)}, got {shifts.shape}")
+    for name, x in (("atom_mask", atom_mask), ("batch", batch)):
+        if x is not None and x.shape != (n,):
+            raise ValueError(f"{name} must be [N] = [{n}], got {x.shape}")
+
+
 def atomic_energies_kernel(
     params,
     config: PaiNNConfig,
@@ -57,6 +73,7 @@ def atomic_energies_kernel(
     list); shifts: [N, C, 3] Å; atom_mask: [N] bool; batch: [N] int structure index.
     ``kernel_options`` (block_atoms, num_warps, num_stages) go to :func:`message_block`.
     """
+    check_model_inputs(positions, atomic_numbers, neighbors, shifts, atom_mask, batch)
     neighbors = mask_neighbors(neighbors, atom_mask, batch)
     distances, directions, _ = slot_geometry(positions, neighbors, shifts.astype(positions.dtype))
     centers, widths = params["rbf"]["centers"], params["rbf"]["widths"]
