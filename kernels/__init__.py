@@ -1,5 +1,7 @@
-"""GPU kernels of mlff-jax, one folder per op (``reference.py``, the kernel, ``api.py``).
+"""Fused GPU kernels of mlff-jax, one folder per operation (installed as ``mlff_jax.kernels``).
 
-Installed as ``mlff_jax.kernels`` (package-dir mapping in pyproject.toml); from a source checkout
-the shim ``mlff_jax/kernels/__init__.py`` points ``mlff_jax.kernels`` at this folder.
+Each folder holds ``reference.py`` (plain JAX, the definition), the kernel(s) (``pallas.py``,
+optionally ``triton.py``) and ``api.py``, whose functions take ``implementation="xla"|"pallas"|
+"triton"`` and ``interpret=False``. See ``docs/kernels.md``. From a source checkout the shim
+``mlff_jax/kernels/__init__.py`` points ``mlff_jax.kernels`` at this folder.
 """

@@ -25,3 +25,6 @@ COMPRESSED_FORCES = 1e-5  # eV/Å
 COMPRESSED_ENERGY_PER_ATOM = 1e-6  # eV/atom
 # stress (autodiff strain derivative) vs central finite differences of the energy, float64
 FINITE_DIFFERENCE_STRESS = 1e-8  # eV/Å^3
+# fused kernels vs their plain-JAX reference in float32 (same math, other summation order),
+# relative to the largest magnitude of each compared array
+KERNEL_VS_REFERENCE_F32 = 1e-5
