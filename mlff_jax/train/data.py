@@ -72,9 +72,16 @@ def _system_rng(seed: int, name: str) -> np.random.Generator:
 
 
 def read_smiles(path) -> list[str]:
-    """SMILES of a text file: one a line; '#' comments and blank lines are skipped."""
-    lines = pathlib.Path(path).read_text().splitlines()
-    return [ln.split("#")[0].strip() for ln in lines if ln.split("#")[0].strip()]
+    """SMILES of a text file: the first word of each line; blank lines and lines starting with '#'
+    are skipped ('#' inside a SMILES is a triple bond, so comments are whole lines only).
+
+    Raises ValueError if a SMILES is listed twice (its frames and split would be duplicated).
+    """
+    words = [ln.split()[0] for ln in pathlib.Path(path).read_text().splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
+    repeated = sorted({w for w in words if words.count(w) > 1})
+    if repeated:
+        raise ValueError(f"{path}: SMILES listed more than once: {repeated[:10]}")
+    return words
 
 
 def embed_smiles(smiles: str, seed: int):
@@ -243,11 +250,42 @@ def _worker(args):
     return name, generate_system(cfg, name, kind, recipe), time.perf_counter() - t0
 
 
-def generate(cfg: GenerationConfig, workers: int = 1, log=print) -> Dataset:
-    """Generates every system of :func:`system_list` and returns the labelled, split dataset."""
+# Settings that do not change the frames of a given system (they only choose which systems exist).
+_LIST_ONLY_SETTINGS = ("smiles_file", "max_molecules", "water_cluster_sizes", "water_clusters_per_size", "dimers",
+                       "mixed_clusters", "validation_fraction", "test_fraction")
+
+
+def reusable_frames(cfg: GenerationConfig, previous: Dataset) -> dict[str, list]:
+    """Frames of ``previous`` (a file made by this generator) by system name, if it was made with the
+    same sampling settings: a system's frames depend only on (seed, name, settings), so reusing them
+    gives exactly the file a full regeneration would. Raises ValueError if the settings differ."""
+    normal = lambda d: json.loads(json.dumps({k: v for k, v in d.items() if k not in _LIST_ONLY_SETTINGS}))  # noqa: E731
+    old = previous.metadata.get("config", {})
+    if normal(old) != normal(dataclasses.asdict(cfg)):
+        raise ValueError("the previous dataset was made with other sampling settings; it cannot be reused")
+    first = {}
+    for index, name in enumerate(previous.system_name):
+        first.setdefault(str(name), index)  # a name listed twice has the same frames twice: keep one copy
+    frames: dict[str, list] = {}
+    for i in range(previous.num_frames):
+        name = str(previous.system_name[previous.system[i]])
+        if first[name] == previous.system[i]:
+            frames.setdefault(name, []).append(previous.frame(i))
+    return frames
+
+
+def generate(cfg: GenerationConfig, workers: int = 1, log=print, reuse: Dataset | None = None) -> Dataset:
+    """Generates every system of :func:`system_list` and returns the labelled, split dataset.
+
+    reuse: a dataset made earlier with the same settings; its systems are copied, not recomputed.
+    """
     systems = system_list(cfg)
-    tasks = [(cfg, name, kind, recipe) for name, kind, recipe in systems]
     results: dict[str, list] = {}
+    if reuse is not None:
+        old = reusable_frames(cfg, reuse)
+        results = {name: old[name] for name, _, _ in systems if name in old}
+        log(f"[data] reusing {len(results)} systems of the previous dataset", flush=True)
+    tasks = [(cfg, name, kind, recipe) for name, kind, recipe in systems if name not in results]
     t0 = time.perf_counter()
     if workers > 1:
         import multiprocessing
@@ -284,6 +322,7 @@ def generate(cfg: GenerationConfig, workers: int = 1, log=print) -> Dataset:
         "versions": {p: _version(p) for p in ("tblite", "rdkit", "ase", "numpy")},
         "generation_seconds": round(time.perf_counter() - t0, 1),
         "workers": workers,
+        "reused_systems": len(systems) - len(tasks),
     }
     return Dataset(
         numbers=np.concatenate(numbers).astype(np.int32),
@@ -323,6 +362,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--subset-out", default=None, help="also write a small test-split subset here")
     parser.add_argument("--subset-frames", type=int, default=4, help="frames per test system in the subset")
     parser.add_argument("--from-dataset", default=None, help="skip generation: cut --subset-out from this existing dataset")
+    parser.add_argument("--reuse", default=None, help="copy the systems of this earlier dataset (same settings) instead of recomputing them")
     args = parser.parse_args(argv)
     os.environ.setdefault("OMP_NUM_THREADS", "1")  # before tblite loads: one core per teacher process
 
@@ -332,7 +372,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = GenerationConfig(seed=args.seed, smiles_file=args.smiles, max_molecules=args.max_molecules)
         if args.no_clusters:
             cfg = dataclasses.replace(cfg, water_cluster_sizes=(), dimers=0, mixed_clusters=0)
-        dataset = generate(cfg, workers=args.workers)
+        dataset = generate(cfg, workers=args.workers, reuse=Dataset.load(args.reuse) if args.reuse else None)
         pathlib.Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         dataset.save(args.out)
         print(f"[data] wrote {args.out}: {json.dumps(dataset.summary())}")
