@@ -84,14 +84,14 @@ def test_split_is_by_system_so_no_test_molecule_is_in_training(subset):
 # ------------------------------------------------------------------------------------------ model pieces
 def test_packed_batches_give_the_same_energies_and_forces_as_the_model(subset):
     """Cutoff-pruned per-frame edges + padding == the model's dense all-pairs evaluation, in float64."""
-    ds = subset.select(np.arange(12))
+    ds = subset.select(np.arange(0, 120, 10))  # 12 frames of 12 molecules
     params = float64_params(TINY)
     model = PaiNNStudent(TINY, params, dtype="float64")
     packer = Packer(ds, TINY.cutoff)
     shape = packer.auto_shape(5)
+    evaluate = jax.jit(lambda p, b: energies_and_forces(p, TINY, b, jax.lax.Precision.HIGHEST))
     for group in packer.groups(np.arange(ds.num_frames), shape):
-        batch = to_batch({k: jnp.asarray(v) for k, v in packer.pack(group, shape, np.float64).items()})
-        energies, forces = energies_and_forces(params, TINY, batch, jax.lax.Precision.HIGHEST)
+        energies, forces = evaluate(params, to_batch({k: jnp.asarray(v) for k, v in packer.pack(group, shape, np.float64).items()}))
         a0 = 0
         for slot, i in enumerate(group):
             z, r, _, _ = ds.frame(i)
@@ -260,8 +260,9 @@ def test_data_generation_is_seeded_and_labels_with_the_teacher():
     quiet = lambda *a, **k: None  # noqa: E731
     first, second = generate(cfg, log=quiet), generate(cfg, log=quiet)
     assert first.num_frames == 5 + 5 + 2 and list(first.system_name) == ["O", "N", "cluster:O.O#0"]
-    np.testing.assert_array_equal(first.positions, second.positions)
-    np.testing.assert_array_equal(first.energy, second.energy)
+    # bit-identical with OMP_NUM_THREADS=1 (as `mlff-jax data` runs); threaded SCF sums differ in round-off
+    np.testing.assert_allclose(first.positions, second.positions, rtol=0, atol=1e-9)
+    np.testing.assert_allclose(first.energy, second.energy, rtol=0, atol=1e-9)
     # labels are the teacher's: re-evaluate one frame with tblite directly
     from ase import Atoms
 
@@ -270,5 +271,5 @@ def test_data_generation_is_seeded_and_labels_with_the_teacher():
     z, r, e, f = first.frame(4)
     atoms = Atoms(numbers=z, positions=r)
     atoms.calc = teacher_calculator()
-    assert abs(atoms.get_potential_energy() - e) < 1e-8
-    np.testing.assert_allclose(atoms.get_forces(), f, atol=1e-8)
+    assert abs(atoms.get_potential_energy() - e) < tol.TEACHER_RELABEL_ENERGY
+    np.testing.assert_allclose(atoms.get_forces(), f, rtol=0, atol=tol.TEACHER_RELABEL_FORCES)

@@ -70,14 +70,27 @@ def frame_edges(positions: np.ndarray, cutoff: float) -> tuple[np.ndarray, np.nd
     return a.astype(np.int32), b.astype(np.int32)
 
 
+def _ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """Concatenation of arange(s, s + n) for each (s, n), vectorised."""
+    total = int(np.sum(lengths))
+    if total == 0:
+        return np.zeros(0, np.int64)
+    first = np.repeat(np.cumsum(lengths) - lengths, lengths)
+    return np.repeat(starts, lengths) + (np.arange(total) - first)
+
+
 class Packer:
-    """Host-side batcher of one dataset: edges are found once, batches are built per epoch."""
+    """Host-side batcher of one dataset: edges are found once, batches are built per epoch
+    (vectorised NumPy: an epoch of ~15 000 frames packs in well under a second)."""
 
     def __init__(self, dataset: Dataset, cutoff: float):
         self.dataset = dataset
         self.offsets = dataset.offsets
-        self.edges = [frame_edges(dataset.frame(i)[1], cutoff) for i in range(dataset.num_frames)]
-        self.num_edges = np.array([len(s) for s, _ in self.edges], np.int64)
+        edges = [frame_edges(dataset.frame(i)[1], cutoff) for i in range(dataset.num_frames)]
+        self.num_edges = np.array([len(s) for s, _ in edges], np.int64)
+        self.edge_offsets = np.concatenate([[0], np.cumsum(self.num_edges)]).astype(np.int64)
+        self.senders = np.concatenate([s for s, _ in edges]) if edges else np.zeros(0, np.int32)
+        self.receivers = np.concatenate([r for _, r in edges]) if edges else np.zeros(0, np.int32)
 
     def auto_shape(self, max_structures: int, slack: float = 1.15, multiple: int = 64) -> BatchShape:
         """Atom and edge budgets for ``max_structures`` frames of average size (plus slack), and at
@@ -89,75 +102,95 @@ class Packer:
 
     def groups(self, order: np.ndarray, shape: BatchShape) -> list[list[int]]:
         """Consecutive frames of ``order`` packed greedily into batches that respect ``shape``."""
-        too_big = [i for i in order if self.dataset.num_atoms[i] > shape.max_atoms or self.num_edges[i] > shape.max_edges]
-        if too_big:
-            i = too_big[0]
+        order = np.asarray(order, np.int64)
+        atoms_of, edges_of = self.dataset.num_atoms[order], self.num_edges[order]
+        too_big = np.nonzero((atoms_of > shape.max_atoms) | (edges_of > shape.max_edges))[0]
+        if len(too_big):
+            i = int(order[too_big[0]])
             raise ValueError(
                 f"frame {i} ({self.dataset.num_atoms[i]} atoms, {self.num_edges[i]} edges) does not fit a batch of "
                 f"{shape.max_atoms} atoms / {shape.max_edges} edges"
             )
         groups, current, atoms, edges = [], [], 0, 0
-        for i in order:
-            n, e = int(self.dataset.num_atoms[i]), int(self.num_edges[i])
+        for i, n, e in zip(order.tolist(), atoms_of.tolist(), edges_of.tolist()):
             if current and (len(current) == shape.max_structures or atoms + n > shape.max_atoms or edges + e > shape.max_edges):
                 groups.append(current)
                 current, atoms, edges = [], 0, 0
-            current.append(int(i))
+            current.append(i)
             atoms += n
             edges += e
         if current:
             groups.append(current)
         return groups
 
-    def pack(self, frames: list[int], shape: BatchShape, dtype=np.float32) -> dict[str, np.ndarray]:
-        """One batch as NumPy arrays (the fields of :class:`Batch`, edges flattened as edge_*)."""
+    def pack_groups(self, groups: list[list[int]], shape: BatchShape, dtype=np.float32) -> dict[str, np.ndarray]:
+        """Batches (one per group of frames) as stacked NumPy arrays [num_batches, ...]: the fields
+        of :class:`Batch`, with the edges flattened as ``edge_senders``/``edge_receivers``/``edge_mask``."""
+        ds, nb = self.dataset, len(groups)
+        frames = np.fromiter((i for g in groups for i in g), np.int64)
+        sizes = np.array([len(g) for g in groups], np.int64)
+        batch_of_frame = np.repeat(np.arange(nb), sizes)
+        slot = np.arange(len(frames)) - np.repeat(np.cumsum(sizes) - sizes, sizes)
+        n_atoms, n_edges = ds.num_atoms[frames].astype(np.int64), self.num_edges[frames]
+
+        def start_in_batch(counts):  # where each frame starts inside its batch
+            total = np.cumsum(counts) - counts
+            return total - np.repeat(total[np.cumsum(sizes) - sizes], sizes)
+
+        atom_start, edge_start = start_in_batch(n_atoms), start_in_batch(n_edges)
+        src_atoms = _ranges(self.offsets[frames], n_atoms)
+        dst_batch = np.repeat(batch_of_frame, n_atoms)
+        dst_atom = _ranges(atom_start, n_atoms)
+        src_edges = _ranges(self.edge_offsets[frames], n_edges)
+        edge_batch = np.repeat(batch_of_frame, n_edges)
+        edge_slot = _ranges(edge_start, n_edges)
+        edge_shift = np.repeat(atom_start, n_edges)  # local atom index -> index inside the batch
+
         out = {
-            "positions": np.zeros((shape.max_atoms, 3), dtype),
-            "numbers": np.ones(shape.max_atoms, np.int32),
-            "atom_mask": np.zeros(shape.max_atoms, bool),
-            "structure": np.zeros(shape.max_atoms, np.int32),
-            "edge_senders": np.zeros(shape.max_edges, np.int32),
-            "edge_receivers": np.zeros(shape.max_edges, np.int32),
-            "edge_mask": np.zeros(shape.max_edges, bool),
-            "energy": np.zeros(shape.max_structures, np.float64),
-            "forces": np.zeros((shape.max_atoms, 3), dtype),
-            "num_atoms": np.zeros(shape.max_structures, dtype),
-            "structure_mask": np.zeros(shape.max_structures, bool),
+            "positions": np.zeros((nb, shape.max_atoms, 3), dtype),
+            "numbers": np.ones((nb, shape.max_atoms), np.int32),
+            "atom_mask": np.zeros((nb, shape.max_atoms), bool),
+            "structure": np.zeros((nb, shape.max_atoms), np.int32),
+            "edge_senders": np.zeros((nb, shape.max_edges), np.int32),
+            "edge_receivers": np.zeros((nb, shape.max_edges), np.int32),
+            "edge_mask": np.zeros((nb, shape.max_edges), bool),
+            "energy": np.zeros((nb, shape.max_structures), np.float64),
+            "forces": np.zeros((nb, shape.max_atoms, 3), dtype),
+            "num_atoms": np.zeros((nb, shape.max_structures), dtype),
+            "structure_mask": np.zeros((nb, shape.max_structures), bool),
         }
-        a0 = e0 = 0
-        ds = self.dataset
-        for slot, i in enumerate(frames):
-            lo, hi = self.offsets[i], self.offsets[i + 1]
-            n = hi - lo
-            senders, receivers = self.edges[i]
-            e = len(senders)
-            out["positions"][a0 : a0 + n] = ds.positions[lo:hi]
-            out["numbers"][a0 : a0 + n] = ds.numbers[lo:hi]
-            out["atom_mask"][a0 : a0 + n] = True
-            out["structure"][a0 : a0 + n] = slot
-            out["forces"][a0 : a0 + n] = ds.forces[lo:hi]
-            out["edge_senders"][e0 : e0 + e] = senders + a0
-            out["edge_receivers"][e0 : e0 + e] = receivers + a0
-            out["edge_mask"][e0 : e0 + e] = True
-            out["energy"][slot] = ds.energy[i]
-            out["num_atoms"][slot] = n
-            out["structure_mask"][slot] = True
-            a0 += n
-            e0 += e
+        out["positions"][dst_batch, dst_atom] = ds.positions[src_atoms]
+        out["numbers"][dst_batch, dst_atom] = ds.numbers[src_atoms]
+        out["atom_mask"][dst_batch, dst_atom] = True
+        out["structure"][dst_batch, dst_atom] = np.repeat(slot, n_atoms)
+        out["forces"][dst_batch, dst_atom] = ds.forces[src_atoms]
+        out["edge_senders"][edge_batch, edge_slot] = self.senders[src_edges] + edge_shift
+        out["edge_receivers"][edge_batch, edge_slot] = self.receivers[src_edges] + edge_shift
+        out["edge_mask"][edge_batch, edge_slot] = True
+        out["energy"][batch_of_frame, slot] = ds.energy[frames]
+        out["num_atoms"][batch_of_frame, slot] = n_atoms
+        out["structure_mask"][batch_of_frame, slot] = True
         return out
+
+    def pack(self, frames: list[int], shape: BatchShape, dtype=np.float32) -> dict[str, np.ndarray]:
+        """One batch (arrays without the leading batch axis)."""
+        return {k: v[0] for k, v in self.pack_groups([list(frames)], shape, dtype).items()}
 
     def epoch(self, shape: BatchShape, rng: np.random.Generator | None, multiple_of: int = 1, dtype=np.float32) -> dict[str, np.ndarray]:
         """All frames (shuffled when ``rng`` is given) packed and stacked: arrays [num_batches, ...].
 
         With ``multiple_of`` > 1 the batch count is cut to a multiple of it (the dropped frames are
-        reshuffled into the next epoch); with ``rng=None`` every frame is kept, in order.
+        reshuffled into the next epoch), or, for a dataset of fewer batches, the batches are repeated up
+        to it; with ``rng=None`` every frame is kept, in order.
         """
         order = rng.permutation(self.dataset.num_frames) if rng is not None else np.arange(self.dataset.num_frames)
         groups = self.groups(order, shape)
         if multiple_of > 1:
-            groups = groups[: max(len(groups) // multiple_of, 1) * multiple_of] if len(groups) >= multiple_of else groups
-        packed = [self.pack(g, shape, dtype) for g in groups]
-        return {k: np.stack([p[k] for p in packed]) for k in packed[0]}
+            if len(groups) >= multiple_of:
+                groups = groups[: len(groups) // multiple_of * multiple_of]
+            else:
+                groups = [groups[i % len(groups)] for i in range(multiple_of)]
+        return self.pack_groups(groups, shape, dtype)
 
 
 def to_batch(arrays: dict, energy_dtype=None) -> Batch:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import importlib.metadata
+import importlib.util
 import json
 import os
 import pathlib
@@ -279,6 +280,9 @@ def generate(cfg: GenerationConfig, workers: int = 1, log=print, reuse: Dataset 
 
     reuse: a dataset made earlier with the same settings; its systems are copied, not recomputed.
     """
+    for package in ("tblite", "rdkit"):  # fail here, not once per system inside the per-system error handling
+        if importlib.util.find_spec(package) is None:
+            raise ModuleNotFoundError(f"data generation needs {package}: pip install 'mlff-jax[train]'", name=package)
     systems = system_list(cfg)
     results: dict[str, list] = {}
     if reuse is not None:

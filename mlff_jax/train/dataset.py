@@ -108,6 +108,12 @@ class Dataset:
             system=self.system[frames],
         )
 
+    def compact(self) -> "Dataset":
+        """The same frames, with the systems that have no frame dropped (and the rest renumbered)."""
+        used, system = np.unique(self.system, return_inverse=True)
+        return dataclasses.replace(self, system=system.astype(np.int32), system_name=self.system_name[used],
+                                   system_split=self.system_split[used])
+
     def split(self, name: str) -> "Dataset":
         """Frames of the 'train', 'validation' or 'test' systems."""
         if name not in SPLITS:
@@ -200,4 +206,4 @@ def small_subset(dataset: Dataset, split: str = "test", frames_per_system: int =
         frames = np.nonzero(dataset.system == s)[0]
         if len(frames):
             chosen.extend(sorted(rng.choice(frames, min(frames_per_system, len(frames)), replace=False).tolist()))
-    return dataset.select(np.asarray(sorted(chosen), np.int64))
+    return dataset.select(np.asarray(sorted(chosen), np.int64)).compact()

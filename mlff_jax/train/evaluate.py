@@ -59,9 +59,9 @@ class Predictor:
         packer = Packer(dataset, config.cutoff)
         shape = packer.auto_shape(batch_structures)
         self.groups = packer.groups(np.arange(dataset.num_frames), shape)
-        stacked = [packer.pack(g, shape, dtype) for g in self.groups]
-        self.arrays = {k: jnp.asarray(np.stack([p[k] for p in stacked])) for k in stacked[0] if k != "energy"}
-        self.arrays["energy"] = jnp.zeros((len(self.groups), shape.max_structures), dtype)
+        stacked = packer.pack_groups(self.groups, shape, dtype)
+        stacked["energy"] = np.zeros_like(stacked["energy"], dtype)  # not needed to predict
+        self.arrays = {k: jnp.asarray(v) for k, v in stacked.items()}
 
     def __call__(self, params, precision: str = "highest") -> tuple[np.ndarray, np.ndarray]:
         """(energies [F] eV, forces [A, 3] eV/Å) in the dataset's frame and atom order."""
