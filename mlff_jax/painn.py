@@ -14,6 +14,7 @@ Parameter pytree (Flax layout: ``Dense`` kernels are [in, out], i.e. the transpo
     interactions_t/update_out    Dense H -> 3H
     interactions_t/mixing_matrix [3, 3]
     readout/dense_0, dense_1, dense_2   Dense H -> H/2 -> H/4 -> 1
+    atom_reference/energies      [max_z + 1] eV  (optional, ours only: see ATOM_REFERENCE)
 
 :class:`PaiNN` is the same model as a Flax ``nn.Module`` (for fresh initialisation and training).
 """
@@ -34,6 +35,10 @@ from mlff_jax.radial_table import tabulated_filter
 Params = dict[str, Any]
 
 DIR_EPS = 1e-8  # upstream's dir = vec / (d + 1e-8)
+# Optional leaf ``atom_reference/energies`` [max_z + 1] eV: a fixed energy per element added to each
+# real atom's energy. Not part of the upstream model (its checkpoints never have it, and converters
+# reject it); our distilled models carry it because the teacher's total energies are large.
+ATOM_REFERENCE = "atom_reference"
 
 
 def dense(x: jax.Array, layer: Params, precision) -> jax.Array:
@@ -141,6 +146,8 @@ def atomic_energies(
         s, v = message(s, v, w, direction, edges)
         s, v = update(block, s, v, precision)
     energies = readout(params, s, precision)
+    if ATOM_REFERENCE in params:  # optional per-element reference energies (our distilled models; upstream has none)
+        energies = energies + params[ATOM_REFERENCE]["energies"][atomic_numbers]
     if atom_mask is not None:
         energies = jnp.where(atom_mask, energies, 0.0)
     return energies
@@ -181,6 +188,11 @@ def param_shapes(config: PaiNNConfig, table_rows: int | None = None) -> dict[str
         shapes[f"readout/dense_{i}/kernel"] = (fan_in, fan_out)
         shapes[f"readout/dense_{i}/bias"] = (fan_out,)
     return shapes
+
+
+def optional_param_shapes(config: PaiNNConfig) -> dict[str, tuple[int, ...]]:
+    """Leaves a model may have on top of :func:`param_shapes` (only our own format stores them)."""
+    return {f"{ATOM_REFERENCE}/energies": (config.max_z + 1,)}
 
 
 def unflatten(flat: dict[str, Any]) -> Params:
