@@ -77,6 +77,15 @@ class PaiNNStudent:
             f"cutoff={c.cutoff}, parameters={c.num_parameters}, dtype={self.dtype})"
         )
 
+    def compress(self, spacing: float | None = None) -> "PaiNNStudent":
+        """A copy whose radial filter networks are replaced by exact-derivative cubic Hermite tables
+        (see :mod:`mlff_jax.compress`; default spacing from the measured error curve)."""
+        from mlff_jax.compress import DEFAULT_SPACING, compress_params
+
+        float64_params = painn.cast_params(self.params, jnp.float64 if jax.config.jax_enable_x64 else jnp.float32)
+        tables = compress_params(float64_params, self.config, DEFAULT_SPACING if spacing is None else spacing)
+        return PaiNNStudent(self.config, tables, dtype=self.dtype, precision=self.precision)
+
     # ----------------------------------------------------------------- pure functions
     def _structure_energies(self, params, positions, atomic_numbers, atom_mask, batch, num_structures):
         edges = all_pairs_edges(atom_mask, batch, positions.dtype)

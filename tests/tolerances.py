@@ -24,3 +24,6 @@ PARAM_GRAD_F64 = 1e-8
 MD_ENERGY_DRIFT_PER_ATOM = 1e-4
 # the same run: largest |E(t) - E(0)| per atom, drift plus velocity Verlet's O(dt²) oscillation
 MD_ENERGY_MAX_DEVIATION_PER_ATOM = 2e-4
+# compressed (tabulated) radial filters at the default spacing vs the exact model, float64
+COMPRESSED_FORCES = 1e-5  # eV/Å
+COMPRESSED_ENERGY_PER_ATOM = 1e-6  # eV/atom
