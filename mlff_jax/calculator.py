@@ -105,7 +105,7 @@ def atomic_energies(model: PaiNNStudent, positions, atomic_numbers) -> np.ndarra
     positions, atomic_numbers, _, _ = model._validate(positions, atomic_numbers, None)
     n = positions.shape[0]
     n_pad = bucket_size(n)
-    dtype = model.params["embedding"]["embedding"].dtype
+    dtype = jnp.dtype(model.dtype)
     pos = np.zeros((n_pad, 3), dtype)
     pos[:n] = positions
     pos[n:, 0] = 1e3 + 10.0 * model.config.cutoff * np.arange(n_pad - n)  # padding atoms: far apart, masked anyway

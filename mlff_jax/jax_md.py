@@ -105,7 +105,7 @@ def energy_neighbor_list(
         format=jax_md.partition.Dense,
         **neighbor_kwargs,
     )
-    dtype = model.params["embedding"]["embedding"].dtype
+    dtype = jnp.dtype(model.dtype)
     precision = _PRECISIONS[model.precision]
 
     def energy_fn(positions, neighbor=None, **kwargs):
