@@ -23,7 +23,8 @@ PARAM_GRAD_F64 = 1e-8
 # MD (userland): total-energy drift of NVE in float64 at 0.25 fs over 2,000 steps, eV/atom
 MD_ENERGY_DRIFT_PER_ATOM = 1e-4
 # the same run: largest |E(t) - E(0)| per atom, drift plus velocity Verlet's O(dt²) oscillation
-MD_ENERGY_MAX_DEVIATION_PER_ATOM = 2e-4
+# (measured 0.9e-4 to 2.0e-4 for ethanol at 300 K with student-427k, depending on the seed)
+MD_ENERGY_MAX_DEVIATION_PER_ATOM = 5e-4
 # compressed (tabulated) radial filters at the default spacing vs the exact model, float64
 COMPRESSED_FORCES = 1e-5  # eV/Å
 COMPRESSED_ENERGY_PER_ATOM = 1e-6  # eV/atom
