@@ -203,15 +203,19 @@ def _frame(state: MDState) -> Frames:
     return Frames(state.positions, state.velocities, state.forces, state.potential_energy, kinetic_energy(state.velocities, state.masses), state.step)
 
 
-def trajectory_chunk(step_fn, frame_interval: int, frames_per_chunk: int, *, jit: bool = True):
+def trajectory_chunk(step_fn, frame_interval: int, frames_per_chunk: int, *, neighbor_update=None, jit: bool = True):
     """One compiled call that runs ``frames_per_chunk * frame_interval`` steps.
 
     Returns ``chunk(state, neighbor=None) -> (state, neighbor, frames, overflow)``: ``frames`` holds
-    the state after every ``frame_interval`` steps; with a neighbour list (any object with
-    ``update(positions)`` and ``did_buffer_overflow``, e.g. JAX-MD's), it is updated before every
-    step and ``overflow`` tells whether it overflowed at any step of the chunk (then the chunk's
-    results are invalid: :func:`run` recomputes it).
+    the state after every ``frame_interval`` steps; with a neighbour list (anything with a
+    ``did_buffer_overflow`` flag), it is updated before every step by
+    ``neighbor_update(positions, neighbor)`` (default: ``neighbor.update(positions)``, JAX-MD's
+    method; pass ``neighbor_fn.update`` for :mod:`mlff_jax.neighbors`), and ``overflow`` tells whether
+    it overflowed at any step of the chunk (then the chunk's results are invalid: :func:`run`
+    recomputes it).
     """
+    if neighbor_update is None:
+        neighbor_update = lambda positions, neighbor: neighbor.update(positions)  # noqa: E731
     if frame_interval < 1 or frames_per_chunk < 1:
         raise ValueError(f"frame_interval and frames_per_chunk must be >= 1, got {frame_interval}, {frames_per_chunk}")
 
@@ -220,7 +224,7 @@ def trajectory_chunk(step_fn, frame_interval: int, frames_per_chunk: int, *, jit
             state, neighbor, overflow = carry
             if neighbor is None:
                 return step_fn(state), None, overflow
-            neighbor = neighbor.update(state.positions)
+            neighbor = neighbor_update(state.positions, neighbor)
             overflow = overflow | jnp.asarray(neighbor.did_buffer_overflow, bool)  # JAX-MD keeps it as uint8
             return step_fn(state, neighbor=neighbor), neighbor, overflow
 
