@@ -122,7 +122,7 @@ class PaiNNStudent:
           batch: optional [N] int, structure index of each atom (0 .. B-1); structures never interact.
         Returns:
           (energy, forces): energy in eV, a scalar, or [B] per-structure energies when ``batch`` is
-          given; forces [N, 3] eV/Å.
+          given; forces [N, 3] eV/Å. NumPy values from a host call; JAX arrays under ``jax.jit``.
 
         Compilation: on the host, N is padded to ``bucket_size(N)`` (8, 12, 16, 24, 32, 48, ...) and B
         to a power of two; one program is compiled per (atoms bucket, structures bucket) and reused.
@@ -146,11 +146,12 @@ class PaiNNStudent:
         mask = np.arange(n_pad) < n
         b = np.zeros(n_pad, np.int32)
         b[:n] = batch
-        energies, forces = self._jitted(self.params, pos, z, mask, b, num_structures=b_pad)
-        forces = forces[:n]
+        # One device->host transfer for both outputs; slicing off the padding happens in NumPy, so no
+        # extra device dispatch per call (each costs as much as a small molecule's whole evaluation).
+        energies, forces = jax.device_get(self._jitted(self.params, pos, z, mask, b, num_structures=b_pad))
         if single:
-            return energies[0], forces
-        return energies[:num_structures], forces
+            return energies[0], forces[:n]
+        return energies[:num_structures], forces[:n]
 
     def _traced_energy_and_forces(self, positions, atomic_numbers, batch):
         positions = jnp.asarray(positions, _DTYPES[self.dtype])
