@@ -99,15 +99,20 @@ def energy_and_forces_fn(potential: Potential) -> Callable[..., tuple[jax.Array,
 
 
 def model_potential(model, atomic_numbers) -> Potential:
-    """``positions [N, 3] Å -> (energy eV, forces eV/Å)`` of ``model`` for fixed atomic numbers.
+    """``(positions [N, 3] Å, neighbor=None) -> (energy eV, forces eV/Å)`` of ``model`` for fixed atoms.
 
-    Uses the model's own traced ``energy_and_forces`` (all pairs within the cutoff for now), so its
-    force method is the model's. Non-periodic.
+    Without ``neighbor``: the model's own traced ``energy_and_forces`` (all pairs within the
+    cutoff, non-periodic; its force method is the model's). With ``neighbor`` (a
+    :class:`mlff_jax.neighbors.NeighborList`, periodic or not): ``model.energy_fn(...,
+    neighbors=neighbor)`` and its gradient.
     """
     z = jnp.asarray(np.asarray(atomic_numbers), jnp.int32)
 
-    def potential(positions, **unused):
-        return model.energy_and_forces(positions, z)
+    def potential(positions, neighbor=None, **unused):
+        if neighbor is None:
+            return model.energy_and_forces(positions, z)
+        energy, grad = jax.value_and_grad(lambda r: model.energy_fn(r, z, neighbors=neighbor))(positions)
+        return energy, -grad
 
     return potential
 

@@ -97,7 +97,7 @@ MD_JAX_MD = [
         "from mlff_jax import md\n\n"
         "init_fn, step_fn = md.nve(md.model_potential(model, atoms.numbers), timestep=0.25)\n"
         "state = init_fn(atoms.positions, atoms.get_masses(), key=jax.random.key(0), temperature=300.0)\n"
-        "state, frames = md.run(md.trajectory_chunk(step_fn, frame_interval=20, frames_per_chunk=50), state, num_chunks=2)\n"
+        "state, frames = md.run(md.trajectory_chunk(step_fn, frame_interval=20, frames_per_chunk=50), state, num_chunks=1)\n"
         "e = frames.total_energy\n"
         "print(f\"{int(state.step)} steps, {len(e)} frames; largest deviation of the total energy {np.abs(e - e[0]).max() / len(atoms):.2e} eV/atom, \"\n"
         "      f\"mean temperature {frames.temperature().mean():.0f} K\")",
