@@ -176,3 +176,21 @@ def test_unknown_element_is_refused(load_model):
     displacement_fn, _ = jax_md.space.free()
     with pytest.raises(ValueError, match="unknown element"):
         energy_neighbor_list(model, displacement_fn, 100.0, np.array([1, 0, 8]))
+
+
+def test_periodic_general_with_fractional_coordinates_gives_the_same_energy(load_model):
+    model = load_model("ultra-tiny-21k", "float64")
+    numbers, positions, side = _water_box()
+    displacement_fn, _ = jax_md.space.periodic(side)
+    neighbor_fn, energy_fn = energy_neighbor_list(model, displacement_fn, side, numbers)
+    expected = energy_fn(jnp.asarray(positions), neighbor=neighbor_fn.allocate(jnp.asarray(positions)))
+
+    box = jnp.eye(3) * side
+    general_fn, _ = jax_md.space.periodic_general(box, fractional_coordinates=True)
+    neighbor_fn, energy_fn = energy_neighbor_list(model, general_fn, box, numbers, fractional_coordinates=True)
+    fractional = jnp.asarray(positions / side)
+    nbrs = neighbor_fn.allocate(fractional)
+    assert abs(float(energy_fn(fractional, neighbor=nbrs)) - float(expected)) <= tol.ROUNDOFF_F64
+    # a box passed at call time (JAX-MD's convention for NPT / stress) reaches the displacement
+    stretched = float(energy_fn(fractional, neighbor=nbrs, box=box * 1.01))
+    assert abs(stretched - float(expected)) > 1e-4
