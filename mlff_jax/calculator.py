@@ -46,21 +46,24 @@ class MLFFCalculator(Calculator):
 
     implemented_properties = ["energy", "free_energy", "forces", "energies", "stress"]
 
-    def __init__(self, model, dtype: str = "float32", **kwargs):
+    def __init__(self, model, dtype: str = "float32", skin: float = 0.5, **kwargs):
         load_kwargs = {k: kwargs.pop(k) for k in ("precision",) if k in kwargs}
         super().__init__(**kwargs)
         self.model = resolve_model(model, dtype, **load_kwargs)
+        self.skin = float(skin)
+        self._periodic = None  # PeriodicEvaluator, created on the first periodic structure
 
     # ------------------------------------------------------------------ ASE interface
     def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
         super().calculate(atoms, properties, system_changes)
         atoms = self.atoms
-        periodic = bool(np.any(atoms.pbc))
-        if periodic:
-            raise NotImplementedError(
-                "periodic cells are not supported yet (the model is evaluated without periodic images); "
-                "set atoms.pbc = False for a molecule"
-            )
+        if np.any(atoms.pbc):
+            if self._periodic is None:
+                from mlff_jax.calculator_periodic import PeriodicEvaluator
+
+                self._periodic = PeriodicEvaluator(self.model, self.skin)
+            self.results.update(self._periodic(atoms, want_energies="energies" in properties))
+            return
         if "stress" in properties:
             raise PropertyNotImplementedError("stress needs a periodic cell (atoms.pbc is all False)")
         energy, forces = self.model.energy_and_forces(atoms.positions, atoms.numbers)
