@@ -112,6 +112,10 @@ def _chunk_plan(steps: int, frame_interval: int) -> tuple[int, int, int]:
     return per_chunk, frames // per_chunk, frames % per_chunk
 
 
+ALL_PAIRS_MAX_ATOMS = 64  # larger molecules, and every periodic cell, use the neighbour list (O(N))
+SKIN = 0.5  # Å, Verlet skin of the neighbour list in MD
+
+
 def _integrator(model, atoms, args):
     from mlff_jax import md
 
@@ -119,6 +123,23 @@ def _integrator(model, atoms, args):
     if args.thermostat == "langevin":
         return md.langevin(potential, args.timestep, temperature=args.temperature, friction=args.friction)
     return md.nve(potential, args.timestep)
+
+
+def _neighbor_list(model, atoms, positions):
+    """(neighbor_fn, nbrs) from mlff_jax.neighbors for periodic or large systems, else (None, None)."""
+    periodic = bool(np.any(atoms.pbc))
+    if not periodic and len(atoms) <= ALL_PAIRS_MAX_ATOMS:
+        return None, None
+    try:
+        from mlff_jax import neighbors
+    except ImportError:
+        if periodic:
+            raise UserError("periodic structures need mlff_jax.neighbors, which this installation lacks") from None
+        return None, None
+    cell = np.asarray(atoms.cell.array) if periodic else None
+    pbc = tuple(bool(p) for p in atoms.pbc) if periodic else None
+    neighbor_fn = neighbors.neighbor_list_fn(model.config.cutoff, skin=SKIN, cell=cell, pbc=pbc)
+    return neighbor_fn, neighbor_fn.allocate(positions)
 
 
 def run_md(args) -> int:
@@ -137,7 +158,10 @@ def run_md(args) -> int:
     init_fn, step_fn = _integrator(model, atoms, args)
     dtype = np.float64 if args.dtype == "float64" else np.float32
     velocities = atoms.get_velocities().astype(dtype) if args.keep_velocities else None
-    state = init_fn(atoms.positions.astype(dtype), atoms.get_masses().astype(dtype), velocities, key=jax.random.key(args.seed), temperature=args.temperature)
+    neighbor_fn, nbrs = _neighbor_list(model, atoms, atoms.positions.astype(dtype))
+    extra = {} if nbrs is None else {"neighbor": nbrs}
+    state = init_fn(atoms.positions.astype(dtype), atoms.get_masses().astype(dtype), velocities, key=jax.random.key(args.seed), temperature=args.temperature, **extra)
+    update = None if neighbor_fn is None else neighbor_fn.update
     writer = TrajectoryWriter(atoms, args.output, log_path, args.timestep)
     writer.write(jax.tree_util.tree_map(lambda x: np.asarray(x)[None], md._frame(state)))
     e0 = float(state.potential_energy) + float(md.kinetic_energy(state.velocities, state.masses))
@@ -159,10 +183,10 @@ def run_md(args) -> int:
     if bar:
         bar.update(0)
     try:
-        if full_chunks:
-            state, _ = md.run(md.trajectory_chunk(step_fn, args.frame_interval, per_chunk), state, full_chunks, on_chunk=on_chunk)
-        if remainder:
-            state, _ = md.run(md.trajectory_chunk(step_fn, args.frame_interval, remainder), state, 1, on_chunk=on_chunk)
+        for frames_per_chunk, num_chunks in ((per_chunk, full_chunks), (remainder, 1 if remainder else 0)):
+            if num_chunks:
+                chunk = md.trajectory_chunk(step_fn, args.frame_interval, frames_per_chunk, neighbor_update=update)
+                state, _ = md.run(chunk, state, num_chunks, neighbor=nbrs, neighbor_fn=neighbor_fn, on_chunk=on_chunk)
     finally:
         writer.close()
     elapsed = time.perf_counter() - start

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 import os
+
+import numpy as np
 import pathlib
 import sys
 import time
@@ -98,11 +100,26 @@ def read_structure(spec: str, index=-1):
 
 def _check_structure(model, atoms) -> None:
     """Validates elements and positions once on the host (MD loops run traced, without checks)."""
-    import numpy as np
-
     if np.any(atoms.pbc):
-        raise UserError("periodic structures are not supported yet: set pbc to False (molecules only)")
+        if not _has_periodic_support(model):
+            raise UserError("periodic structures are not supported by this installation: set pbc to False (molecules only)")
+        if abs(np.linalg.det(atoms.cell.array)) < 1e-9:
+            raise UserError("a periodic structure needs a cell with three non-zero, independent vectors")
     model._validate(atoms.positions, atoms.numbers, None)
+
+
+def _has_periodic_support(model) -> bool:
+    import importlib.util
+    import inspect
+
+    return importlib.util.find_spec("mlff_jax.neighbors") is not None and "cell" in inspect.signature(model.energy_and_forces).parameters
+
+
+def _energy_and_forces(model, atoms):
+    """Host evaluation of one structure: periodic images when ``atoms.pbc`` says so."""
+    if np.any(atoms.pbc):
+        return model.energy_and_forces(atoms.positions, atoms.numbers, cell=atoms.cell.array, pbc=atoms.pbc)
+    return model.energy_and_forces(atoms.positions, atoms.numbers)
 
 
 def _formula(atoms) -> str:
@@ -111,14 +128,12 @@ def _formula(atoms) -> str:
 
 # ----------------------------------------------------------------------------- eval
 def cmd_eval(args) -> int:
-    import numpy as np
-
     model = load_model(args.model, args.dtype)
     frames = read_structure(args.structure, index=":")
     for k, atoms in enumerate(frames):
         _check_structure(model, atoms)
         start = time.perf_counter()
-        energy, forces = model.energy_and_forces(atoms.positions, atoms.numbers)
+        energy, forces = _energy_and_forces(model, atoms)
         forces = np.asarray(forces)
         first_s = time.perf_counter() - start
         header = f"frame {k}: " if len(frames) > 1 else ""
@@ -133,7 +148,7 @@ def cmd_eval(args) -> int:
             times = []
             for _ in range(args.repeats):
                 start = time.perf_counter()
-                energy, forces = model.energy_and_forces(atoms.positions, atoms.numbers)
+                energy, forces = _energy_and_forces(model, atoms)
                 np.asarray(forces)
                 times.append(time.perf_counter() - start)
             print(f"time: first call {first_s * 1e3:.1f} ms (compiles), then {np.median(times) * 1e6:.0f} µs per call (median of {args.repeats})")

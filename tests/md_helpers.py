@@ -29,3 +29,18 @@ def pair_distances(positions, cell=None):
         lengths = np.diag(np.asarray(cell))
         d -= lengths * np.round(d / lengths)
     return np.linalg.norm(d, axis=-1)
+
+
+def two_ethanols_in_a_box(side: float = 14.0):
+    """Two ethanols in a cubic periodic box of ``side`` Å, the first straddling a corner (its bonds
+    cross three faces), the second at the centre, mirrored: every intermolecular pair (images too)
+    starts more than 5 Å apart."""
+    from mlff_jax.data import example
+
+    ethanol = example("ethanol")
+    centred = ethanol.positions - ethanol.positions.mean(axis=0)
+    box = ethanol + ethanol
+    box.positions = np.mod(np.concatenate([centred, centred @ np.diag([-1.0, 1.0, -1.0]) + side / 2]), side)
+    box.cell = np.eye(3) * side
+    box.pbc = True
+    return box

@@ -84,12 +84,51 @@ def test_stress_of_a_molecule_is_not_defined(load_model):
         atoms.get_stress()
 
 
-def test_stress_equals_ase_numerical_stress(load_model):
-    model = load_model("ultra-tiny-21k", "float64")
+def _periodic_water(model):
     if not _has_periodic_model_support(model):
         pytest.skip("periodic support (energy_and_forces(..., cell=, pbc=)) has not landed yet")
     atoms = example("water10")
     atoms.cell = np.diag([9.0, 9.5, 10.0])
     atoms.pbc = True
+    return atoms
+
+
+def test_stress_equals_ase_numerical_stress(load_model):
+    from ase.calculators.fd import calculate_numerical_stress
+
+    model = load_model("ultra-tiny-21k", "float64")
+    atoms = _periodic_water(model)
     atoms.calc = MLFFCalculator(model)
-    np.testing.assert_allclose(atoms.get_stress(), atoms.calc.calculate_numerical_stress(atoms, d=1e-5), rtol=0, atol=tol.FINITE_DIFFERENCE_FORCES)
+    stress = atoms.get_stress()
+    assert np.abs(stress).max() > 1e-3  # not trivially zero
+    np.testing.assert_allclose(stress, calculate_numerical_stress(atoms, eps=1e-5), rtol=0, atol=tol.FINITE_DIFFERENCE_FORCES)
+
+
+def test_periodic_calculator_equals_the_model_and_its_energies_sum(load_model):
+    model = load_model("ultra-tiny-21k", "float64")
+    atoms = _periodic_water(model)
+    atoms.calc = MLFFCalculator(model)
+    energy, forces = model.energy_and_forces(atoms.positions, atoms.numbers, cell=atoms.cell.array, pbc=atoms.pbc)
+    assert abs(atoms.get_potential_energy() - float(energy)) <= tol.ROUNDOFF_F64
+    np.testing.assert_allclose(atoms.get_forces(), forces, rtol=0, atol=tol.ROUNDOFF_F64)
+    assert abs(atoms.get_potential_energies().sum() - float(energy)) <= tol.ROUNDOFF_F64
+    free = example("water10")
+    free.calc = MLFFCalculator(model)
+    assert abs(free.get_potential_energy() - float(energy)) > 1e-3  # the images matter
+
+
+def test_periodic_md_keeps_one_neighbour_list_and_stays_exact(load_model):
+    from ase import units
+    from ase.md.verlet import VelocityVerlet
+
+    model = load_model("ultra-tiny-21k", "float64")
+    atoms = _periodic_water(model)
+    atoms.calc = calc = MLFFCalculator(model, skin=1.0)
+    atoms.set_velocities(np.random.default_rng(0).normal(scale=0.01, size=(len(atoms), 3)))
+    dyn = VelocityVerlet(atoms, timestep=0.5 * units.fs)
+    for _ in range(10):
+        dyn.run(1)
+        energy, forces = model.energy_and_forces(atoms.positions, atoms.numbers, cell=atoms.cell.array, pbc=atoms.pbc)
+        assert abs(atoms.get_potential_energy() - float(energy)) <= tol.ROUNDOFF_F64
+        np.testing.assert_allclose(atoms.get_forces(), forces, rtol=0, atol=tol.ROUNDOFF_F64)
+    assert calc._periodic.allocations == 1

@@ -151,3 +151,26 @@ def test_data_and_train_delegate_to_the_trainer(monkeypatch, capsys):
     assert code == 0 and calls == [["--help", "--out", "x"]]
     with pytest.raises(cli.UserError, match="not available"):
         cli._delegate("mlff_jax.no_such_module", "train", [])
+
+
+def test_md_and_eval_of_a_periodic_box(model_path, capsys, tmp_path, load_model):
+    pytest.importorskip("mlff_jax.neighbors")
+    from md_helpers import two_ethanols_in_a_box
+
+    box = two_ethanols_in_a_box()
+    start = tmp_path / "box.xyz"
+    ase.io.write(start, box, format="extxyz")
+    model = load_model("ultra-tiny-21k", "float64")
+    energy, _ = model.energy_and_forces(box.positions, box.numbers, cell=box.cell.array, pbc=box.pbc)
+    code, out, err = _run(["eval", str(start), "--model", model_path, "--dtype", "float64", "--repeats", "0"], capsys)
+    assert code == 0, err
+    assert f"energy: {float(energy):.6f} eV" in out
+
+    traj = tmp_path / "run.xyz"
+    code, out, err = _run(["md", str(start), "--model", model_path, "--dtype", "float64", "--steps", "20", "--timestep", "0.25", "--output", str(traj), "--quiet"], capsys)
+    assert code == 0, err
+    last = ase.io.read(traj, index=-1)
+    assert last.pbc.all() and np.allclose(last.cell.array, box.cell.array)
+    energy, forces = model.energy_and_forces(last.positions, last.numbers, cell=last.cell.array, pbc=last.pbc)
+    assert abs(last.get_potential_energy() - float(energy)) < 1e-6
+    np.testing.assert_allclose(last.get_forces(), forces, rtol=0, atol=1e-6)

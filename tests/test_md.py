@@ -8,7 +8,7 @@ import pytest
 from ase import units
 
 import tolerances as tol
-from md_helpers import energy_drift_per_atom, max_deviation_per_atom, pair_distances
+from md_helpers import energy_drift_per_atom, max_deviation_per_atom, pair_distances, two_ethanols_in_a_box
 from mlff_jax import md
 from mlff_jax.data import example
 
@@ -134,3 +134,43 @@ def test_neighbor_overflow_in_a_chunk_is_caught_and_the_chunk_recomputed(load_mo
     _, recovered = md.run(chunk, state, 1, neighbor=small, neighbor_fn=neighbor_fn)
     _, reference = md.run(chunk, state, 1, neighbor=full)
     np.testing.assert_allclose(recovered.positions, reference.positions, rtol=0, atol=tol.ROUNDOFF_F64)
+
+
+@pytest.mark.slow
+def test_nve_conserves_total_energy_in_a_periodic_box_float64(load_model):
+    """Our loop with mlff_jax.neighbors (updated inside the compiled loop) on two ethanols in a 14 Å box.
+
+    The model's energy jumps when a pair crosses the 5 Å cutoff, so the molecules (and images) are
+    kept more than 5 Å apart, and the test checks that they stayed so.
+    """
+    neighbors = pytest.importorskip("mlff_jax.neighbors")
+    model = load_model("student-427k", "float64")
+    atoms = two_ethanols_in_a_box()
+    neighbor_fn = neighbors.neighbor_list_fn(model.config.cutoff, skin=0.5, cell=atoms.cell.array, pbc=(True, True, True))
+    nbrs = neighbor_fn.allocate(jnp.asarray(atoms.positions))
+    init_fn, step_fn = md.nve(md.model_potential(model, atoms.numbers), 0.25)
+    state = init_fn(atoms.positions, atoms.get_masses(), key=jax.random.key(1), temperature=300.0, neighbor=nbrs)
+    chunk = md.trajectory_chunk(step_fn, 10, 100, neighbor_update=neighbor_fn.update)
+    _, frames = md.run(chunk, state, 2, neighbor=nbrs, neighbor_fn=neighbor_fn)
+    d = pair_distances(frames.positions, atoms.cell.array)
+    assert np.abs(d - model.config.cutoff).min() > 0.3, "a pair came near the cutoff, where the energy jumps"
+    assert energy_drift_per_atom(frames.total_energy, len(atoms)) < tol.MD_ENERGY_DRIFT_PER_ATOM
+    assert max_deviation_per_atom(frames.total_energy, len(atoms)) < tol.MD_ENERGY_MAX_DEVIATION_PER_ATOM
+
+
+def test_our_neighbor_list_overflow_in_a_chunk_is_caught(load_model):
+    neighbors = pytest.importorskip("mlff_jax.neighbors")
+    model = load_model("ultra-tiny-21k", "float64")
+    atoms = example("water10")  # 30 atoms: more neighbours than the smallest capacity (8)
+    neighbor_fn = neighbors.neighbor_list_fn(model.config.cutoff, skin=0.2, capacity_multiplier=1.0)
+    small = neighbor_fn.allocate(jnp.asarray(atoms.positions * 3.0))  # few neighbours: too small for the molecule
+    full = neighbor_fn.allocate(jnp.asarray(atoms.positions))
+    init_fn, step_fn = md.nve(md.model_potential(model, atoms.numbers), 0.25)
+    state = init_fn(atoms.positions, atoms.get_masses(), key=jax.random.key(0), temperature=100.0, neighbor=full)
+    chunk = md.trajectory_chunk(step_fn, 2, 3, neighbor_update=neighbor_fn.update)
+    with pytest.raises(RuntimeError, match="overflow"):
+        md.run(chunk, state, 1, neighbor=small)
+    _, recovered = md.run(chunk, state, 1, neighbor=small, neighbor_fn=neighbor_fn)
+    init_ap, step_ap = md.nve(md.model_potential(model, atoms.numbers), 0.25)
+    _, all_pairs = md.run(md.trajectory_chunk(step_ap, 2, 3), init_ap(atoms.positions, atoms.get_masses(), velocities=state.velocities), 1)
+    np.testing.assert_allclose(recovered.positions, all_pairs.positions, rtol=0, atol=tol.ROUNDOFF_F64)
