@@ -174,3 +174,17 @@ def test_md_and_eval_of_a_periodic_box(model_path, capsys, tmp_path, load_model)
     energy, forces = model.energy_and_forces(last.positions, last.numbers, cell=last.cell.array, pbc=last.pbc)
     assert abs(last.get_potential_energy() - float(energy)) < 1e-6
     np.testing.assert_allclose(last.get_forces(), forces, rtol=0, atol=1e-6)
+
+
+def test_eval_uses_the_bundled_default_model(capsys):
+    import mlff_jax
+
+    try:
+        model = mlff_jax.load("default")
+    except (FileNotFoundError, ValueError):
+        pytest.skip("no bundled default model in this installation yet")
+    code, out, err = _run(["eval", "ethanol", "--repeats", "0"], capsys)
+    assert code == 0, err
+    atoms = example("ethanol")
+    energy, _ = model.energy_and_forces(atoms.positions, atoms.numbers)
+    assert f"energy: {float(energy):.6f} eV" in out
