@@ -214,7 +214,12 @@ def _model_args(p) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="mlff-jax", description="PaiNN student force fields in JAX: evaluate, run MD, benchmark, convert, train.")
+    parser = _Parser(
+        prog="mlff-jax",
+        description="PaiNN student force fields in JAX: evaluate, run MD, benchmark, convert, train.",
+        epilog="examples:\n  mlff-jax eval ethanol --model student.safetensors\n  mlff-jax md water10 --model student.safetensors --steps 10000 --output run.xyz\n\n'mlff-jax COMMAND --help' explains each command.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--version", action="version", version=_version())
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
 
