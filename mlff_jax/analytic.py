@@ -264,9 +264,17 @@ def energy_forces_virial(
     forces = -ops.positions_gradient(graph, gvec, positions.shape[0])
     geom = tape[0]
     edge_structure = ops.edge_structures(graph, batch)
-    virial = -jax.ops.segment_sum(geom.vec[:, :, None] * gvec[:, None, :], edge_structure, num_structures)
-    energies = jax.ops.segment_sum(per_atom, batch, num_structures)
+    virial = -per_structure_sum(geom.vec[:, :, None] * gvec[:, None, :], edge_structure, num_structures)
+    energies = per_structure_sum(per_atom, batch, num_structures)
     return AnalyticResult(energies, forces, virial, -gvec)
+
+
+def per_structure_sum(values, structure, num_structures: int):
+    """Sum of values [M, ...] per structure -> [B, ...]; a plain reduction (no scatter) when B = 1,
+    since a scatter-add of many rows into one slot serialises its atomics on a GPU."""
+    if num_structures == 1:
+        return jnp.sum(values, axis=0)[None]
+    return jax.ops.segment_sum(values, structure, num_structures)
 
 
 def structure_energies_and_forces(params, config, positions, atomic_numbers, graph, atom_mask, batch, num_structures, precision=HIGHEST):
@@ -287,7 +295,7 @@ def structure_energies(params, config, positions, atomic_numbers, graph, atom_ma
     the analytic sweep itself, which is plain JAX.
     """
     per_atom, _ = forward_sweep(params, config, positions, atomic_numbers, graph, atom_mask, precision)
-    return jax.ops.segment_sum(per_atom, batch, num_structures)
+    return per_structure_sum(per_atom, batch, num_structures)
 
 
 def _structure_energies_fwd(params, config, positions, atomic_numbers, graph, atom_mask, batch, num_structures, precision):
@@ -307,7 +315,7 @@ def _structure_energies_bwd(config, num_structures, precision, residuals, g):
 
     def energies_of(p):
         per_atom, _ = forward_sweep(p, config, positions, atomic_numbers, graph, atom_mask, precision)
-        return jax.ops.segment_sum(per_atom, batch, num_structures)
+        return per_structure_sum(per_atom, batch, num_structures)
 
     _, vjp = jax.vjp(energies_of, params)
     (g_params,) = vjp(g)
