@@ -50,7 +50,7 @@ def main(argv=None):
         t0 = time.time()
         print(f"=== {name} (budget {budget} s): {' '.join(cmd)}", flush=True)
         try:
-            env = dict(os.environ, MLFF_JAX_UPSTREAM=os.path.abspath(upstream_dir := args.upstream))
+            env = dict(os.environ, MLFF_JAX_UPSTREAM=os.path.abspath(args.upstream))
             proc = subprocess.run(cmd, timeout=budget, capture_output=True, text=True, env=env)
             status = "ok" if proc.returncode == 0 else f"exit {proc.returncode}"
             log = proc.stdout + proc.stderr
