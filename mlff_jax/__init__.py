@@ -10,5 +10,13 @@ from mlff_jax.api import load, save
 from mlff_jax.config import PaiNNConfig
 from mlff_jax.model import PaiNNStudent
 
-__all__ = ["load", "save", "PaiNNConfig", "PaiNNStudent"]
+__all__ = ["load", "save", "PaiNNConfig", "PaiNNStudent", "MLFFCalculator"]
 __version__ = "0.1.0"
+
+
+def __getattr__(name):  # userland: the ASE calculator is imported on first use (keeps `import mlff_jax` light)
+    if name == "MLFFCalculator":
+        from mlff_jax.calculator import MLFFCalculator
+
+        return MLFFCalculator
+    raise AttributeError(f"module 'mlff_jax' has no attribute {name!r}")

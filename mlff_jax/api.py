@@ -32,7 +32,10 @@ def load(path: str | os.PathLike, dtype: str = "float32", precision: str = "high
 
 def save(model: PaiNNStudent, path: str | os.PathLike) -> None:
     """Writes ``model`` in our format (safetensors, config in the metadata); ``load`` reads it back."""
-    write_checkpoint(path, model.config, painn.flatten(model.params))
+    flat = painn.flatten(model.params)
+    tables = [v for k, v in flat.items() if k.endswith("filter_table/values")]
+    extra = {"filter_table_rows": str(tables[0].shape[0])} if tables else None
+    write_checkpoint(path, model.config, flat, extra_metadata=extra)
 
 
 # ------------------------------------------------------------------ bundled models (package data)

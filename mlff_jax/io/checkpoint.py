@@ -100,7 +100,8 @@ def _read_safetensors(path) -> tuple[PaiNNConfig, dict[str, np.ndarray]]:
         raise ValueError(f"{path} is not a readable safetensors file ({exc})") from exc
     if metadata.get("format") == FORMAT_NAME:
         config = PaiNNConfig.from_dict(json.loads(metadata["config"]))
-        required = param_shapes(config)
+        table_rows = int(metadata["filter_table_rows"]) if "filter_table_rows" in metadata else None
+        required = param_shapes(config, table_rows)
         expected = required | {k: v for k, v in optional_param_shapes(config).items() if k in tensors}
         problems = [f"  missing tensor: {p}" for p in required if p not in tensors]
         problems += [f"  unexpected tensor: {k}" for k in tensors if k not in expected]

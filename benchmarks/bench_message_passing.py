@@ -1,0 +1,189 @@
+"""Timing of the fused message-passing kernels against the XLA path (float32).
+
+Workloads, per implementation (xla, pallas, triton when jax-triton imports) and precision mode:
+  block     one interaction block's message step: forward (ds, dv), and forward + backward
+            (VJP w.r.t. s, v and the slot geometry: what forces need);
+  model     the whole model's energy + forces (``energy_and_forces_kernel``, one jitted call).
+Systems: single molecules (benzene 12, C60 60 atoms, a 64-water cluster 192 atoms) and periodic
+water boxes of ~1k, 10k and 100k atoms (neighbour list built on the host with ase, not timed).
+
+    python benchmarks/bench_message_passing.py                 # GPU, the full set (~5-8 min)
+    python benchmarks/bench_message_passing.py --quick         # CPU smoke test (interpret mode)
+    python benchmarks/bench_message_passing.py --precisions highest,tf32x3,tf32,bf16 --sizes 10000
+    python benchmarks/bench_message_passing.py --sweep --sizes 10000   # launch settings of the kernels
+
+Medians after warm-up (``block_until_ready``), with min/max/IQR; results (with device, versions
+and commit) go to benchmarks/results/bench_message_passing_<device>_<time>.json. A case that fails
+(e.g. XLA out of memory at 100k atoms) is recorded with its error and the run goes on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import pathlib
+import sys
+import time
+import traceback
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # the working tree's mlff_jax
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+import kernel_systems as ks  # noqa: E402
+from mlff_jax.kernels.message_passing import layout, message_block  # noqa: E402
+from mlff_jax.kernels.message_passing.model import energy_and_forces_kernel, mask_neighbors  # noqa: E402
+
+
+def systems(sizes, quick):
+    """(name, positions, Z, neighbors, shifts) with neighbour lists built on the host."""
+    out = []
+    mols = [("benzene", *ks.molecule("C6H6"))] if quick else [
+        ("benzene", *ks.molecule("C6H6")), ("C60", *ks.molecule("C60")), ("water-cluster-192", *ks.water_cluster(64))]  # fmt: skip
+    for name, pos, z in mols:
+        nbr, shifts = layout.all_pairs_dense(pos, 5.0)
+        out.append((name, pos, z, nbr, shifts))
+    for size in sizes:
+        pos, z, cell = ks.water_box_of(size)
+        start = time.perf_counter()
+        nbr, shifts = layout.periodic_dense(pos, cell, 5.0)
+        print(f"# neighbour list of {len(pos)} atoms: {time.perf_counter() - start:.1f} s, capacity {nbr.shape[1]}", flush=True)
+        out.append((f"water-box-{len(pos)}", pos, z, nbr, shifts))
+    return out
+
+
+def block_case(params, config, pos, nbr, shifts, implementation, precision, interpret, launch):
+    """Jitted forward and forward+backward of the first block's message step on this geometry."""
+    rng = np.random.default_rng(0)
+    n, h = len(pos), config.hidden_dim
+    s = jnp.asarray(rng.normal(size=(n, h)), jnp.float32)
+    v = jnp.asarray(0.1 * rng.normal(size=(n, 3, h)), jnp.float32)
+    nbr = jnp.asarray(nbr)
+    d, u, _ = layout.slot_geometry(jnp.asarray(pos, jnp.float32), nbr, jnp.asarray(shifts, jnp.float32))
+    block = params["interactions_0"]
+    centers, widths = params["rbf"]["centers"], params["rbf"]["widths"]
+    f = functools.partial(message_block, neighbors=nbr, block=block, rbf_centers=centers, rbf_widths=widths, cutoff=config.cutoff,
+                          implementation=implementation, interpret=interpret, precision=precision, **launch)  # fmt: skip
+    forward = jax.jit(lambda s, v, d, u: f(s, v, distances=d, directions=u))
+
+    @jax.jit
+    def forward_backward(s, v, d, u):
+        out, pullback = jax.vjp(lambda s, v, d, u: f(s, v, distances=d, directions=u), s, v, d, u)
+        return pullback(out)
+
+    return (forward, forward_backward), (s, v, d, u)
+
+
+def model_case(params, config, pos, z, nbr, shifts, implementation, precision, interpret, launch):
+    n = len(pos)
+    fn = jax.jit(functools.partial(energy_and_forces_kernel, config=config, num_structures=1, implementation=implementation,
+                                   interpret=interpret, precision=precision, **launch))  # fmt: skip
+    args = dict(
+        params=params, positions=jnp.asarray(pos, jnp.float32), atomic_numbers=jnp.asarray(z), neighbors_idx=jnp.asarray(nbr),
+        shifts=jnp.asarray(shifts, jnp.float32), atom_mask=jnp.ones(n, bool), batch=jnp.zeros(n, jnp.int32),
+    )  # fmt: skip
+    return lambda: fn(**args)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="CPU smoke test: tiny systems, Pallas in interpret mode")
+    parser.add_argument("--sizes", default="1000,10000,100000", help="water box sizes (atoms)")
+    parser.add_argument("--implementations", default=None, help="default: xla,pallas (+triton if jax-triton imports)")
+    parser.add_argument("--precisions", default=None, help="float32 matmul modes (default: highest,tf32x3,tf32; --quick: highest)")
+    parser.add_argument("--model", default="student-427k")
+    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--block-atoms", type=int, default=None)
+    parser.add_argument("--num-warps", type=int, default=None)
+    parser.add_argument("--sweep", action="store_true", help="launch settings sweep: block forward+backward of the kernels on one box (--sizes, first entry)")
+    parser.add_argument("--skip-block", action="store_true")
+    parser.add_argument("--skip-model", action="store_true")
+    args = parser.parse_args()
+
+    interpret = args.quick
+    if args.quick:
+        sizes, repeats, model_name = [81], 2, "ultra-tiny-21k"
+        implementations = ["xla", "pallas"]
+    else:
+        if jax.default_backend() != "gpu":
+            print("# warning: no GPU; timings are of the CPU (use --quick for a smoke test)")
+        sizes, repeats, model_name = [int(x) for x in args.sizes.split(",") if x], args.repeats, args.model
+        implementations = ["xla", "pallas"]
+        try:
+            import jax_triton  # noqa: F401
+
+            implementations.append("triton")
+        except ImportError:
+            pass
+    if args.implementations:
+        implementations = args.implementations.split(",")
+    precisions = (args.precisions or ("highest" if args.quick else "highest,tf32x3,tf32")).split(",")
+    launch = {k: v for k, v in (("block_atoms", args.block_atoms), ("num_warps", args.num_warps)) if v is not None}
+
+    env = ks.environment()
+    config, params, source = ks.load_params(model_name, "float32")
+    print(json.dumps(env), flush=True)
+    print(f"# model {model_name} ({source}); implementations {implementations}; precisions {precisions}", flush=True)
+    rows = []
+
+    def record(row, fn, *fn_args):
+        try:
+            start = time.perf_counter()
+            jax.block_until_ready(fn(*fn_args))
+            row["first_call_s"] = round(time.perf_counter() - start, 3)
+            row.update(ks.timed(fn, *fn_args, repeats=repeats, warmup=1))
+            if row["workload"] == "model energy+forces":
+                row["atom_steps_per_s"] = row["atoms"] / row["median_s"]
+            print(f"{row['workload']:22s} {row['system']:20s} {row['implementation']:7s} {row['precision']:8s} "
+                  f"{1e3 * row['median_s']:10.3f} ms  (min {1e3 * row['min_s']:.3f}, max {1e3 * row['max_s']:.3f})", flush=True)  # fmt: skip
+        except Exception as err:  # noqa: BLE001 - record and go on (out of memory, missing backend, ...)
+            row["error"] = "".join(traceback.format_exception_only(err))[-2000:]
+            print(f"{row['workload']:22s} {row['system']:20s} {row['implementation']:7s} {row['precision']:8s} FAILED: {row['error'][:300]}", flush=True)
+        rows.append(row)
+
+    if args.sweep:
+        name, pos, z, nbr, shifts = systems(sizes[:1], True)[-1]
+        for impl in [i for i in implementations if i != "xla"]:
+            for precision in precisions:
+                for block_atoms, num_warps, num_stages in ((16, 4, 1), (32, 4, 1), (32, 8, 1), (64, 4, 1), (64, 8, 1), (64, 8, 2)):
+                    sweep_launch = dict(block_atoms=block_atoms, num_warps=num_warps, num_stages=num_stages)
+                    case = dict(system=name, atoms=len(pos), capacity=int(nbr.shape[1]), model=model_name, weights=source, dtype="float32",
+                                implementation=impl, precision=precision, launch=sweep_launch)  # fmt: skip
+                    try:
+                        (fwd, fwd_bwd), inputs = block_case(params, config, pos, nbr, shifts, impl, precision, interpret and impl == "pallas", sweep_launch)
+                        record(dict(case, workload="block forward"), fwd, *inputs)
+                        record(dict(case, workload="block forward+backward"), fwd_bwd, *inputs)
+                    except Exception as err:  # noqa: BLE001
+                        rows.append(dict(case, workload="block", error="".join(traceback.format_exception_only(err))[-2000:]))
+                        print(f"sweep {impl} {precision} {sweep_launch} FAILED: {rows[-1]['error'][:300]}", flush=True)
+    for name, pos, z, nbr, shifts in [] if args.sweep else systems(sizes, args.quick):
+        valid = np.asarray(mask_neighbors(jnp.asarray(nbr), None, None)) < len(pos)
+        d = np.linalg.norm(pos[np.where(valid, nbr, 0)] - pos[:, None, :] + shifts, axis=-1)
+        base = dict(system=name, atoms=len(pos), capacity=int(nbr.shape[1]), edges_within_cutoff=int((valid & (d <= config.cutoff)).sum()),
+                    model=model_name, weights=source, dtype="float32", launch=launch or "default")  # fmt: skip
+        for impl in implementations:
+            for precision in precisions if impl != "xla" else ["highest"] + [p for p in precisions if p != "highest"]:
+                case = dict(base, implementation=impl, precision=precision)
+                if not args.skip_block:
+                    try:
+                        (fwd, fwd_bwd), inputs = block_case(params, config, pos, nbr, shifts, impl, precision, interpret and impl == "pallas", launch)
+                        record(dict(case, workload="block forward"), fwd, *inputs)
+                        record(dict(case, workload="block forward+backward"), fwd_bwd, *inputs)
+                    except Exception as err:  # noqa: BLE001
+                        rows.append(dict(case, workload="block", error="".join(traceback.format_exception_only(err))[-2000:]))
+                if not args.skip_model:
+                    record(dict(case, workload="model energy+forces"), model_case(params, config, pos, z, nbr, shifts, impl, precision, interpret and impl == "pallas", launch))
+
+    ks.RESULTS.mkdir(parents=True, exist_ok=True)
+    tag = ("quick_" if args.quick else "") + ("sweep_" if args.sweep else "") + env["device"].replace(" ", "_")
+    out = ks.RESULTS / f"bench_message_passing_{tag}_{time.strftime('%Y%m%d-%H%M%S')}.json"
+    out.write_text(json.dumps({"environment": env, "model": model_name, "weights": source, "rows": rows}, indent=1))
+    print(f"# wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,464 @@
+"""One GPU run tells what works: every message-passing kernel compiled for real (no interpret mode),
+values and gradients against the XLA reference at several sizes, precisions and launch settings,
+then the full model against the upstream reference set. Prints a PASS/FAIL table and, below it, the
+error text of every failure; writes JSON to benchmarks/results/.
+
+    python benchmarks/gpu_check_kernels.py                  # on the GPU machine (~2-4 min)
+    python benchmarks/gpu_check_kernels.py --compile-only   # anywhere: lower every kernel to Triton
+                                                            # IR, and to PTX if jax's CUDA plugin imports
+
+PTX without a GPU (checks that Triton compiles the kernels and that they fit in shared memory):
+    python3 -m venv --system-site-packages /tmp/venvcuda
+    /tmp/venvcuda/bin/pip install --no-deps jax-cuda13-plugin==$JAXV jax-cuda13-pjrt==$JAXV   # $JAXV = jax version
+    /tmp/venvcuda/bin/pip install jax-triton==0.3.1 triton==3.6.0                               # optional
+    JAX_PLATFORMS=cpu /tmp/venvcuda/bin/python benchmarks/gpu_check_kernels.py --compile-only
+    JAX_PLATFORMS=cpu /tmp/venvcuda/bin/python benchmarks/gpu_check_kernels.py --triton-interpret   # runs the
+                                                            # Triton kernels in Triton's CPU interpreter
+
+Reference values come from the XLA reference in float64 on the same device; the error of the XLA
+reference itself in float32 is printed next to the kernel's, so the table shows whether a kernel
+sits at the float32 floor. Error = max |kernel - reference| / max |reference|, per array.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import sys
+import time
+import traceback
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # the working tree's mlff_jax
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+
+import jax  # noqa: E402
+
+jax.config.update("jax_enable_x64", True)
+
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+import kernel_systems as ks  # noqa: E402
+from mlff_jax.kernels.message_passing import layout, message_block  # noqa: E402
+from mlff_jax.kernels.message_passing.model import energy_and_forces_kernel  # noqa: E402
+
+# Pass bounds (relative error, see module docstring). float32 "highest"/"tf32x3": float32 round-off of
+# sums of ~60 slots; "tf32"/"bf16": 10-/8-bit mantissas in the filter network.
+BOUNDS = {("float64", "highest"): 1e-10, ("float32", "highest"): 2e-5, ("float32", "tf32x3"): 2e-5, ("float32", "tf32"): 2e-2, ("float32", "bf16"): 1e-1}
+PARITY_F32_FORCES = 1e-4  # eV/Å, tests/tolerances.py
+PARITY_F32_ENERGY_PER_ATOM = 1e-5
+
+
+def block_inputs(kind: str, hidden: int, num_rbf: int, seed: int = 0):
+    """Geometry of a real system in the dense layout plus random features and filter weights (float64)."""
+    rng = np.random.default_rng(seed)
+    if kind == "benzene":
+        pos, _ = ks.molecule("C6H6", seed)
+        nbr, shifts = layout.all_pairs_dense(pos, 5.0)
+    elif kind == "odd":  # nothing a power of two; 3 padding atoms; extra empty slots; pairs beyond rc
+        pos = rng.uniform(0.0, 7.0, (37, 3))
+        mask = np.arange(37) < 34
+        nbr, shifts = layout.all_pairs_dense(pos, 5.7, atom_mask=mask)
+        nbr = np.pad(nbr, ((0, 0), (0, 3)), constant_values=37)
+        shifts = np.pad(shifts, ((0, 0), (0, 3), (0, 0)))
+    else:  # "water-1k": periodic
+        pos, _, cell = ks.water_box(7, seed)
+        nbr, shifts = layout.periodic_dense(pos, cell, 5.0)
+    d, u, _ = layout.slot_geometry(jnp.asarray(pos), jnp.asarray(nbr), jnp.asarray(shifts))
+    n = len(pos)
+    block = {
+        "filter_in": {"kernel": rng.normal(size=(num_rbf, hidden)) / np.sqrt(num_rbf), "bias": 0.1 * rng.normal(size=hidden)},
+        "filter_out": {"kernel": rng.normal(size=(hidden, 3 * hidden)) / np.sqrt(hidden), "bias": 0.1 * rng.normal(size=3 * hidden)},
+    }
+    args = dict(
+        s=rng.normal(size=(n, hidden)),
+        v=rng.normal(size=(n, 3, hidden)),
+        distances=np.asarray(d),
+        directions=np.asarray(u),
+        block=block,
+        centers=np.linspace(0.0, 5.0, num_rbf),
+        widths=np.full(num_rbf, 5.0 / num_rbf),
+    )
+    cotangents = (rng.normal(size=(n, hidden)), rng.normal(size=(n, 3, hidden)))
+    return jnp.asarray(nbr), args, cotangents
+
+
+def cast(tree, dtype):
+    return jax.tree.map(lambda x: jnp.asarray(x, dtype), tree)
+
+
+def value_and_vjp(implementation, nbr, args, cotangents, precision="highest", **options):
+    """Jitted (ds, dv) and the VJP w.r.t. s, v, distances, directions and the filter parameters."""
+
+    def f(s, v, d, u, block):
+        return message_block(s, v, nbr, d, u, block, args["centers"], args["widths"], cutoff=5.0,
+                             implementation=implementation, precision=precision, **options)  # fmt: skip
+
+    @jax.jit
+    def run(a, ct):
+        out, pullback = jax.vjp(f, a["s"], a["v"], a["distances"], a["directions"], a["block"])
+        return out, pullback(ct)
+
+    return run
+
+
+def relative_errors(actual, desired) -> float:
+    worst = 0.0
+    for a, d in zip(jax.tree.leaves(actual), jax.tree.leaves(desired)):
+        a, d = np.asarray(a, np.float64), np.asarray(d, np.float64)
+        if not np.all(np.isfinite(a)):
+            return float("inf")
+        worst = max(worst, float(np.abs(a - d).max() / max(np.abs(d).max(), 1e-30)))
+    return worst
+
+
+def check_blocks(implementations, rows, failures, quick=False):
+    sizes = [("benzene", 64, 12), ("odd", 32, 10), ("water-1k", 128, 20)]
+    launches = [dict()] + ([] if quick else [dict(block_atoms=16, num_warps=4), dict(block_atoms=32, num_warps=4), dict(block_atoms=64, num_warps=8)])
+    for kind, hidden, num_rbf in sizes:
+        nbr, args64, ct64 = block_inputs(kind, hidden, num_rbf)
+        ref_out, ref_grads = value_and_vjp("xla", nbr, args64, ct64)(args64, ct64)
+        args32, ct32 = cast(args64, jnp.float32), cast(ct64, jnp.float32)
+        xla32 = value_and_vjp("xla", nbr, args32, ct32)(args32, ct32)
+        floor = (relative_errors(xla32[0], ref_out), relative_errors(xla32[1], ref_grads))
+        for impl in implementations:
+            cases = [("float64", "highest", {})]
+            cases += [("float32", p, launch) for p in ("highest", "tf32x3", "tf32", "bf16") for launch in (launches if kind == "water-1k" and p == "highest" else [{}])]
+            for dtype, precision, launch in cases:
+                args, ct = (args64, ct64) if dtype == "float64" else (args32, ct32)
+                row = dict(check="block", system=kind, N=int(nbr.shape[0]), C=int(nbr.shape[1]), H=hidden, implementation=impl,
+                           dtype=dtype, precision=precision, launch=launch or "default")  # fmt: skip
+                try:
+                    run = value_and_vjp(impl, nbr, args, ct, precision, **launch)
+                    start = time.perf_counter()
+                    out, grads = jax.block_until_ready(run(args, ct))
+                    row["compile_and_run_s"] = round(time.perf_counter() - start, 2)
+                    start = time.perf_counter()
+                    jax.block_until_ready(run(args, ct))
+                    row["run_ms"] = round(1e3 * (time.perf_counter() - start), 3)
+                    row["value_error"] = relative_errors(out, ref_out)
+                    row["grad_error"] = relative_errors(grads, ref_grads)
+                    if dtype == "float32":
+                        row["xla_f32_value_error"], row["xla_f32_grad_error"] = floor
+                    bound = BOUNDS[(dtype, precision)]
+                    row["status"] = "PASS" if max(row["value_error"], row["grad_error"]) <= bound else "FAIL"
+                    if row["status"] == "FAIL":
+                        failures.append((row, f"error above bound {bound:g}"))
+                except Exception as err:  # noqa: BLE001 - report every failure, keep going
+                    row["status"] = "ERROR"
+                    failures.append((row, "".join(traceback.format_exception(err))[-4000:]))
+                rows.append(row)
+                print_row(row)
+
+
+def reference_batch(up: pathlib.Path, name: str):
+    ref = np.load(up / "reference" / f"{name}.npz")
+    names = sorted({k.split("__")[0] for k in ref.files} - {"batch"})
+    R = np.concatenate([ref[n + "__R"] for n in names])
+    Z = np.concatenate([ref[n + "__Z"] for n in names])
+    batch = np.concatenate([np.full(len(ref[n + "__Z"]), i) for i, n in enumerate(names)])
+    E = np.array([ref[n + "__E_f64"] for n in names])
+    F = np.concatenate([ref[n + "__F_f64"] for n in names])
+    return R, Z, batch, E, F
+
+
+def check_models(implementations, rows, failures):
+    """Float32 kernel model on every upstream reference structure (one batch), each precision mode:
+    the force error of the fast modes is the number users need."""
+    up = ks.upstream_dir()
+    if up is None:
+        print("SKIP model checks: upstream checkpoints not found (set MLFF_JAX_UPSTREAM)")
+        return
+    for name in ("tiny-77k", "student-427k"):
+        config, params, _ = ks.load_params(name, "float32")
+        R, Z, batch, E, F = reference_batch(up, name)
+        nbr, shifts = layout.all_pairs_dense(R, config.cutoff, batch=batch)
+        sizes = np.bincount(batch)
+        for impl in ["xla"] + list(implementations):
+            for precision in ("highest", "tf32x3", "tf32", "bf16"):
+                row = dict(check="model", system=f"{name} reference set", N=len(Z), C=int(nbr.shape[1]), H=config.hidden_dim,
+                           implementation=impl, dtype="float32", precision=precision, launch="default")  # fmt: skip
+                try:
+                    f = jax.jit(lambda p, r, impl=impl, precision=precision: energy_and_forces_kernel(
+                        p, config, r, jnp.asarray(Z), jnp.asarray(nbr), jnp.asarray(shifts, jnp.float32), jnp.ones(len(Z), bool),
+                        jnp.asarray(batch), len(E), implementation=impl, precision=precision))  # fmt: skip
+                    energies, forces = jax.block_until_ready(f(params, jnp.asarray(R, jnp.float32)))
+                    row["force_error_eV_A"] = float(np.abs(np.asarray(forces, np.float64) - F).max())
+                    row["energy_error_eV_per_atom"] = float((np.abs(np.asarray(energies, np.float64) - E) / sizes).max())
+                    ok = row["force_error_eV_A"] <= PARITY_F32_FORCES and row["energy_error_eV_per_atom"] <= PARITY_F32_ENERGY_PER_ATOM
+                    row["status"] = "PASS" if ok else ("FAIL" if precision in ("highest", "tf32x3") else "INFO")
+                    if row["status"] == "FAIL":
+                        failures.append((row, "float32 parity with upstream float64 not reached"))
+                except Exception as err:  # noqa: BLE001
+                    row["status"] = "ERROR"
+                    failures.append((row, "".join(traceback.format_exception(err))[-4000:]))
+                rows.append(row)
+                print_row(row)
+
+
+COLUMNS = ("status", "check", "system", "implementation", "dtype", "precision", "launch", "value_error", "grad_error",
+           "xla_f32_value_error", "force_error_eV_A", "energy_error_eV_per_atom", "run_ms")  # fmt: skip
+
+
+def print_row(row):
+    cells = []
+    for key in COLUMNS:
+        value = row.get(key, "")
+        if isinstance(value, float):
+            value = f"{value:.2e}"
+        elif isinstance(value, dict):
+            value = ",".join(f"{k}={v}" for k, v in value.items())
+        cells.append(f"{key}={value}" if key not in ("status",) else f"{value:5s}")
+    print(" | ".join(c for c in cells if not c.endswith("=")), flush=True)
+
+
+def available_implementations():
+    impls = ["pallas"]
+    try:
+        import jax_triton  # noqa: F401
+        import triton  # noqa: F401
+
+        impls.append("triton")
+    except ImportError as err:
+        print(f"SKIP implementation 'triton': {err}")
+    return impls
+
+
+# ----------------------------------------------------------------------------- compile-only mode
+def ptx_compiler():
+    """compile(module_bytes, cfg) -> result with ``.asm`` (PTX) and ``.smem_bytes``, from jax's CUDA
+    plugin (jax-cuda13-plugin + jax-cuda13-pjrt, installed with --no-deps in a venv), or None.
+    Call before anything initialises JAX backends. Uses JAX internals: a developer aid, not an API."""
+    try:
+        import jax_cuda13_plugin.cuda_plugin_extension as ext
+        import jax_plugins.xla_cuda13 as xla_cuda
+        from jax._src.lib import xla_client
+
+        c_api = xla_client.load_pjrt_plugin_dynamically("cuda", str(pathlib.Path(xla_cuda.__file__).parent / "xla_cuda_plugin.so"))
+    except Exception as err:  # noqa: BLE001
+        print(f"(no PTX compilation: {err.__class__.__name__}: {str(err)[:200]})")
+        return None
+    return lambda module, cfg: ext.compile_triton_to_asm(c_api, module, "9.0", cfg.num_warps, 1, cfg.num_stages)
+
+
+def compile_only(rows, failures, compile_ptx):
+    """Lowers every kernel to Triton IR for sm_90 without a GPU and, with ``compile_ptx``, to PTX,
+    checking the shared memory of each launch configuration against the H100 limit."""
+    import io
+
+    from jax._src.pallas.triton import lowering as triton_lowering
+    from jax._src.pallas.triton import pallas_call_registration as registration
+
+    from mlff_jax.kernels.message_passing import pallas as kp
+
+    try:  # jax >= 0.11 asks the device for its compute capability: pretend an H100
+        from jax._src.pallas.triton import gpu_info
+
+        gpu_info.get_gpu_info = lambda: gpu_info.get_gpu_info_from_version(gpu_info.GpuVersion.H100)
+    except ImportError:
+        pass
+    captured = []
+    original = triton_lowering.lower_jaxpr_to_triton_module
+
+    def capture(*args, **kwargs):
+        result = original(*args, **kwargs)
+        buf = io.BytesIO()
+        result.module.operation.write_bytecode(buf)
+        captured.append(buf.getvalue())
+        return result
+
+    registration.lowering.lower_jaxpr_to_triton_module = capture
+    for hidden, num_rbf in ((64, 12), (128, 20)):
+        nbr, args64, ct64 = block_inputs("water-1k", hidden, num_rbf)
+        n = nbr.shape[0]
+        for dtype in ("float32", "float64"):
+            for precision in ("highest", "tf32x3", "tf32", "bf16") if dtype == "float32" else ("highest",):
+                for launch in (dict(), dict(block_atoms=16), dict(block_atoms=32), dict(block_atoms=64)) if hidden == 128 else (dict(),):
+                    args, ct = cast(args64, dtype), cast(ct64, dtype)
+                    block = launch.get("block_atoms", kp.default_block_atoms(n, dtype, precision))
+                    cfg = kp.KernelConfig(num_atoms=n, cutoff=5.0, precision=precision, block_atoms=block, num_warps=kp.default_num_warps(block))
+                    row = dict(check="compile", system="water-1k", H=hidden, implementation="pallas", dtype=dtype, precision=precision,
+                               launch=dict(block_atoms=block, num_warps=cfg.num_warps), default=not launch)  # fmt: skip
+                    captured.clear()
+                    try:
+                        value_and_vjp("pallas", nbr, args, ct, precision, **launch).trace(args, ct).lower(lowering_platforms=("cuda",))
+                        row["triton_ir_modules"] = len(captured)
+                        row["status"] = "PASS"
+                        if compile_ptx is not None:
+                            row["smem_bytes"] = [compile_ptx(module, cfg).smem_bytes for module in captured]
+                            if max(row["smem_bytes"]) > kp.SMEM_LIMIT_BYTES:
+                                # Expected for blocks above kp.max_block_atoms (never chosen by default).
+                                row["status"] = "FAIL" if not launch or block <= kp.max_block_atoms(dtype, precision) else "INFO"
+                                if row["status"] == "FAIL":
+                                    failures.append((row, f"shared memory {row['smem_bytes']} above the limit {kp.SMEM_LIMIT_BYTES}"))
+                    except Exception as err:  # noqa: BLE001
+                        row["status"] = "ERROR"
+                        failures.append((row, "".join(traceback.format_exception(err))[-4000:]))
+                    rows.append(row)
+                    print(f"{row['status']:5s} | H={hidden} {dtype} {precision} block_atoms={block} warps={cfg.num_warps}"
+                          f"{' (default)' if not launch else ''} | Triton IR modules={row.get('triton_ir_modules')} smem={row.get('smem_bytes')}", flush=True)  # fmt: skip
+    compile_only_triton(rows, failures)
+
+
+def compile_only_triton(rows, failures):
+    """The jax-triton kernels (default launches) compiled to PTX by Triton itself, if it imports."""
+    try:
+        import jax_triton.triton_lib as triton_lib
+    except ImportError as err:
+        print(f"SKIP implementation 'triton': {err}")
+        return
+    from mlff_jax.kernels.message_passing import pallas as kp
+
+    triton_lib.triton_kernel_call_lib.get_compute_capability = lambda device: 90  # no device: target sm_90
+    smem = []
+    original = triton_lib.compile_ttir_inplace
+
+    def capture(*args, **kwargs):
+        result = original(*args, **kwargs)
+        smem.append(result.shared_mem_bytes)
+        return result
+
+    triton_lib.compile_ttir_inplace = capture
+    nbr, args64, ct64 = block_inputs("water-1k", 128, 20)
+    for dtype in ("float32", "float64"):
+        for precision in ("highest", "tf32x3", "tf32", "bf16") if dtype == "float32" else ("highest",):
+            args, ct = cast(args64, dtype), cast(ct64, dtype)
+            block = kp.default_block_atoms(nbr.shape[0], dtype, precision)
+            row = dict(check="compile", system="water-1k", H=128, implementation="triton", dtype=dtype, precision=precision,
+                       launch=dict(block_atoms=block, num_warps=kp.default_num_warps(block)), default=True)  # fmt: skip
+            smem.clear()
+            try:
+                value_and_vjp("triton", nbr, args, ct, precision).trace(args, ct).lower(lowering_platforms=("cuda",))
+                row["smem_bytes"] = list(smem)
+                row["status"] = "PASS" if smem and max(smem) <= kp.SMEM_LIMIT_BYTES else "FAIL"
+                if row["status"] == "FAIL":
+                    failures.append((row, f"shared memory {smem} above the limit {kp.SMEM_LIMIT_BYTES} (or nothing compiled)"))
+            except Exception as err:  # noqa: BLE001
+                row["status"] = "ERROR"
+                failures.append((row, "".join(traceback.format_exception(err))[-4000:]))
+            rows.append(row)
+            print(f"{row['status']:5s} | triton H=128 {dtype} {precision} block_atoms={block} | smem={row.get('smem_bytes')}", flush=True)
+
+
+# ----------------------------------------------------------------------------- Triton interpreter mode
+class _HostBuffer:
+    """A numpy array dressed as the torch tensor Triton's CPU interpreter expects (it reads and writes
+    memory through ``data_ptr``). Relies on Triton internals: a developer aid."""
+
+    def __init__(self, array):
+        self.array = np.ascontiguousarray(np.asarray(array))
+        self.dtype = {"float32": "fp32", "float64": "fp64", "int32": "i32"}[str(self.array.dtype)]
+
+    def data_ptr(self):
+        return self.array.ctypes.data
+
+    def untyped_storage(self):
+        return self
+
+    def cpu(self):
+        return self
+
+    def new_empty(self, *args, **kwargs):
+        return self
+
+    def set_(self, *args):
+        return self
+
+    def storage_offset(self):
+        return 0
+
+    def size(self):
+        return self.array.shape
+
+    def stride(self):
+        return tuple(s // self.array.itemsize for s in self.array.strides)
+
+    def copy_(self, other):
+        pass
+
+
+def triton_interpret(rows, failures):
+    """The jax-triton kernels run by Triton's CPU interpreter (TRITON_INTERPRET=1, set by main) on
+    kernel-layout inputs, against the XLA reference: checks the Triton code itself without a GPU.
+    bf16 is not checked (the interpreter mishandles bf16 dots); TF32 modes run as IEEE."""
+    from mlff_jax.kernels.message_passing import pallas as kp
+    from mlff_jax.kernels.message_passing import triton as kt
+
+    for kind, hidden, num_rbf in (("odd", 32, 10), ("benzene", 64, 12)):
+        nbr, args64, ct64 = block_inputs(kind, hidden, num_rbf)
+        ref_out, ref_grads = value_and_vjp("xla", nbr, args64, ct64)(args64, ct64)
+        for dtype, bound in (("float64", BOUNDS[("float64", "highest")]), ("float32", BOUNDS[("float32", "highest")])):
+            a, ct = cast(args64, dtype), cast(ct64, dtype)
+            n, c = nbr.shape
+            row = dict(check="triton-interpret", system=kind, N=int(n), C=int(c), H=hidden, implementation="triton", dtype=dtype, precision="highest")
+            try:
+                cfg = kp.KernelConfig(num_atoms=n, cutoff=5.0, block_atoms=16)
+                p = kp.pack(nbr, a["distances"], a["directions"], a["block"], a["centers"], a["widths"], cfg)
+                n_pad, h_pad, _ = kp.padded_sizes(n, hidden, num_rbf, 16)
+                s_pad, v_pad = kp.pack_features(a["s"], a["v"], n_pad, h_pad)
+                gs_pad, gv_pad = kp.pack_features(ct[0], ct[1], n_pad, h_pad)
+                consts = kt._constants(p, s_pad, cfg)
+                grid = (n_pad // 16,)
+                zeros = lambda x: _HostBuffer(np.zeros(x.shape, s_pad.dtype))
+                ds, dv = zeros(s_pad), zeros(v_pad)
+                inputs = (p.neighbors, p.distances, p.directions, s_pad, v_pad, p.w1, p.b1, p.w2, p.b2, p.centers, p.widths)
+                kt._forward_kernel[grid](*map(_HostBuffer, inputs), ds, dv, **consts)
+                outs = [zeros(s_pad), zeros(v_pad), zeros(p.distances), zeros(p.directions)]
+                inputs = (p.neighbors, p.distances, p.directions, s_pad, v_pad, gs_pad, gv_pad, p.w1, p.b1, p.w2, p.b2,
+                          p.w1.T, jnp.transpose(p.w2, (0, 2, 1)), p.centers, p.widths)  # fmt: skip
+                kt._backward_kernel[grid](*map(_HostBuffer, inputs), *outs, **consts)
+                g_s, g_v, g_d, g_u = (o.array for o in outs)
+                out = (ds.array[:n, :hidden], dv.array[:, :n, :hidden].transpose(1, 0, 2))
+                grads = (g_s[:n, :hidden], g_v[:, :n, :hidden].transpose(1, 0, 2), g_d[:, :n].T, g_u[:, :, :n].transpose(2, 1, 0))
+                row["value_error"] = relative_errors(out, ref_out)
+                row["grad_error"] = relative_errors(grads, ref_grads[:4])
+                row["status"] = "PASS" if max(row["value_error"], row["grad_error"]) <= bound else "FAIL"
+                if row["status"] == "FAIL":
+                    failures.append((row, f"error above bound {bound:g}"))
+            except Exception as err:  # noqa: BLE001
+                row["status"] = "ERROR"
+                failures.append((row, "".join(traceback.format_exception(err))[-4000:]))
+            rows.append(row)
+            print_row(row)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--compile-only", action="store_true", help="no GPU: lower (and compile to PTX if possible) only")
+    parser.add_argument("--triton-interpret", action="store_true", help="no GPU: run the jax-triton kernels in Triton's CPU interpreter")
+    parser.add_argument("--quick", action="store_true", help="default launch settings only")
+    parser.add_argument("--skip-models", action="store_true", help="kernel blocks only")
+    args = parser.parse_args()
+    if args.triton_interpret:
+        os.environ["TRITON_INTERPRET"] = "1"  # before triton decorates our kernels
+    compile_ptx = ptx_compiler() if args.compile_only else None  # before JAX initialises its backends
+    env = ks.environment()
+    print(json.dumps(env))
+    rows, failures = [], []
+    if args.compile_only:
+        compile_only(rows, failures, compile_ptx)
+    elif args.triton_interpret:
+        triton_interpret(rows, failures)
+    else:
+        if jax.default_backend() != "gpu":
+            sys.exit("no GPU: run with --compile-only, or on the GPU machine")
+        impls = available_implementations()
+        check_blocks(impls, rows, failures, quick=args.quick)
+        if not args.skip_models:
+            check_models(impls, rows, failures)
+    counts = {s: sum(r["status"] == s for r in rows) for s in ("PASS", "FAIL", "ERROR", "INFO")}
+    print("\nSUMMARY", counts)
+    for row, text in failures:
+        print("\n" + "=" * 100 + f"\n{row['status']}: {json.dumps({k: v for k, v in row.items() if k != 'status'}, default=str)}\n{text}")
+    ks.RESULTS.mkdir(parents=True, exist_ok=True)
+    tag = "compile" if args.compile_only else "triton_interpret" if args.triton_interpret else env["device"].replace(" ", "_")
+    out = ks.RESULTS / f"gpu_check_kernels_{tag}_{time.strftime('%Y%m%d-%H%M%S')}.json"
+    out.write_text(json.dumps({"environment": env, "rows": rows, "failures": [(r, t) for r, t in failures]}, indent=1, default=str))
+    print(f"\nwrote {out}")
+    sys.exit(1 if counts["FAIL"] or counts["ERROR"] else 0)
+
+
+if __name__ == "__main__":
+    main()

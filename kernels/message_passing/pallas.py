@@ -1,0 +1,360 @@
+"""Pallas kernels (Triton lowering) for one PaiNN message block and its backward.
+
+Both kernels run one program per block of ``block_atoms`` receivers and loop over the C neighbour
+slots; each iteration handles slot j of every receiver of the block at once (rows = receivers):
+
+    forward   e(d) -> filter net (3 [B, H] x [H, H] matmuls) -> gather s_a, v_a -> accumulate ds, dv
+    backward  the same filter net, then
+              (i)  slot (b, j) as the edge a -> b: cotangents of its distance and direction, from
+                   the receiver's own cotangents (g_ds_b, g_dv_b) and the gathered s_a, v_a;
+              (ii) the same slot read as the reverse edge b -> a: g_s_a += g_ds_b * Ws and
+                   g_v_a += g_dv_b * Wv1 accumulated in the program of a, from gathered g_ds_b,
+                   g_dv_b. The filter of an edge depends only on its length, and the reverse edge
+                   has the same length (exactly, see ``layout.slot_geometry``), so the row of a
+                   already holds every filter value its sender cotangent needs: the transpose of
+                   the message operator is a gather over the same full neighbour list.
+
+Every output element is written by exactly one program: no atomics, deterministic results.
+Outputs of the filter net are never stored (recomputed in the backward), so memory is O(N C)
+for the geometry plus O(N H) for features, never O(N C H).
+
+Internal layout (built by :func:`pack`): slots are slot-major ([C, N_pad], so one slot of a block of
+receivers is a contiguous row), vector features component-major ([3, N_pad, H_pad]), H and K padded
+to powers of two >= 16 (Triton block shapes and ``tl.dot``), N padded to a multiple of the block.
+Padding is zeros (features, weights) so padded columns and rows contribute exactly zero.
+
+Triton lowering is chosen explicitly (``plt.CompilerParams``): since JAX 0.10 an un-parametrised
+``pallas_call`` on GPU lowers to Mosaic GPU instead.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax.experimental import pallas as pl
+
+from .reference import matmul
+
+MIN_DIM = 16  # smallest tl.dot dimension
+MAX_HIDDEN = 128  # a whole [H, H] weight operand is staged in shared memory: H = 256 does not fit
+SMEM_LIMIT_BYTES = 232448  # 227 KiB: most dynamic shared memory one H100/H200 block may use
+
+# Largest block of receivers whose backward fits SMEM_LIMIT_BYTES at H = 128 (measured by compiling
+# to PTX for sm_90, ``benchmarks/gpu_check_kernels.py --compile-only``; docs/kernels.md has the table).
+_MAX_BLOCK_ATOMS = {"float64": 16, "tf32x3": 32, "highest": 64, "tf32": 64, "bf16": 64}
+
+
+def next_power_of_two(n: int, minimum: int = 1) -> int:
+    return max(minimum, 1 << max(int(n) - 1, 0).bit_length())
+
+
+@dataclasses.dataclass(frozen=True)
+class KernelConfig:
+    """Static settings of one kernel launch (hashable: part of the jit cache key).
+
+    Attributes:
+      num_atoms: N, real atoms; neighbour indices outside [0, N) are empty slots.
+      cutoff: rc in Å.
+      precision: "highest" | "tf32x3" | "tf32" | "bf16" (see ``reference.matmul``).
+      block_atoms: receivers per program (a power of two >= 16).
+      num_warps, num_stages: Triton launch parameters.
+      interpret: run the kernel in Pallas interpret mode (CPU tests).
+    """
+
+    num_atoms: int
+    cutoff: float
+    precision: str = "highest"
+    block_atoms: int = 32
+    num_warps: int = 4
+    num_stages: int = 1
+    interpret: bool = False
+
+    def dot(self, x, w):
+        """x @ w in this launch's precision mode (TF32 modes need tensor cores: not in interpret mode)."""
+        return matmul(x, w, self.precision, tensor_cores=not self.interpret)
+
+
+def max_block_atoms(dtype, precision: str) -> int:
+    """Largest ``block_atoms`` whose kernels fit in shared memory (at H <= 128)."""
+    return _MAX_BLOCK_ATOMS["float64" if jnp.dtype(dtype) == jnp.float64 else precision]
+
+
+def default_block_atoms(num_atoms: int, dtype=jnp.float32, precision: str = "highest") -> int:
+    """Receivers per program: 16 for small systems (fewer padded rows), else the largest that fits."""
+    return 16 if num_atoms <= 512 else max_block_atoms(dtype, precision)
+
+
+def default_num_warps(block_atoms: int) -> int:
+    return 4 if block_atoms <= 32 else 8
+
+
+@dataclasses.dataclass(frozen=True)
+class Packed:
+    """Kernel-layout arrays (see module docstring); shapes: B = block rows, C slots."""
+
+    neighbors: jax.Array  # [C, Np] int32
+    distances: jax.Array  # [C, Np]
+    directions: jax.Array  # [3, C, Np]
+    w1: jax.Array  # [Kp, Hp]
+    b1: jax.Array  # [1, Hp]
+    w2: jax.Array  # [3, Hp, Hp]  (Ws, Wv1, Wv2 parts of Linear2)
+    b2: jax.Array  # [3, 1, Hp]
+    centers: jax.Array  # [1, Kp]
+    widths: jax.Array  # [1, Kp]
+
+
+def _pad_to(x, shape, value=0):
+    return jnp.pad(x, [(0, t - n) for n, t in zip(x.shape, shape)], constant_values=value)
+
+
+def padded_sizes(num_atoms: int, hidden: int, num_rbf: int, block_atoms: int):
+    n_pad = -(-num_atoms // block_atoms) * block_atoms
+    return n_pad, next_power_of_two(hidden, MIN_DIM), next_power_of_two(num_rbf, MIN_DIM)
+
+
+def pack(neighbors, distances, directions, block, centers, widths, cfg: KernelConfig) -> Packed:
+    """Geometry and filter parameters in the kernel layout (padded, slot-major)."""
+    n, c = neighbors.shape
+    k, h = block["filter_in"]["kernel"].shape
+    n_pad, h_pad, k_pad = padded_sizes(n, h, k, cfg.block_atoms)
+    valid = (neighbors >= 0) & (neighbors < n)
+    nbr = _pad_to(jnp.where(valid, neighbors, n).astype(jnp.int32), (n_pad, c), n).T
+    d = _pad_to(jnp.where(valid, distances, cfg.cutoff), (n_pad, c), cfg.cutoff).T
+    u = jnp.transpose(_pad_to(jnp.where(valid[..., None], directions, 0.0), (n_pad, c, 3)), (2, 1, 0))
+    w2 = block["filter_out"]["kernel"].reshape(h, 3, h).transpose(1, 0, 2)
+    return Packed(
+        neighbors=nbr,
+        distances=d,
+        directions=u,
+        w1=_pad_to(block["filter_in"]["kernel"], (k_pad, h_pad)),
+        b1=_pad_to(block["filter_in"]["bias"][None, :], (1, h_pad)),
+        w2=_pad_to(w2, (3, h_pad, h_pad)),
+        b2=_pad_to(block["filter_out"]["bias"].reshape(3, 1, h), (3, 1, h_pad)),
+        centers=_pad_to(centers[None, :], (1, k_pad)),
+        widths=_pad_to(widths[None, :], (1, k_pad), 1.0),  # padded Gaussians stay finite; W1 rows are 0
+    )
+
+
+def pack_features(s, v, n_pad: int, h_pad: int):
+    """s [N, H] -> [Np, Hp]; v [N, 3, H] -> [3, Np, Hp]."""
+    return _pad_to(s, (n_pad, h_pad)), _pad_to(jnp.transpose(v, (1, 0, 2)), (3, n_pad, h_pad))
+
+
+# ----------------------------------------------------------------------------- kernel bodies
+def _radial(d, mu, width, cutoff):
+    """e(d) [B, Kp] and de/dd [B, Kp] for d [B, 1]; the formulas of ``painn.radial_features``."""
+    diff = d - mu
+    phi = jnp.exp(-(diff**2) / width**2)
+    inside = d < cutoff
+    fc = jnp.where(inside, 0.5 * (jnp.cos(jnp.pi * d / cutoff) + 1.0), 0.0)
+    dfc = jnp.where(inside, -0.5 * (jnp.pi / cutoff) * jnp.sin(jnp.pi * d / cutoff), 0.0)
+    dphi = phi * (-2.0 * diff / width**2)
+    return phi * fc, dphi * fc + phi * dfc
+
+
+def _slot(nbr_ref, d_ref, k, num_atoms, cutoff):
+    nbr = nbr_ref[k, :]
+    d = d_ref[k, :]
+    valid = (nbr >= 0) & (nbr < num_atoms)
+    within = valid & (d <= cutoff)
+    return jnp.where(valid, nbr, 0), d[:, None], within[:, None], jnp.max(within.astype(jnp.int32)) > 0
+
+
+def _forward_kernel(nbr_ref, d_ref, u_ref, s_ref, v_ref, w1_ref, b1_ref, w2_ref, b2_ref, mu_ref, width_ref, ds_ref, dv_ref, *, cfg, capacity):
+    rows, hidden = ds_ref.shape
+    mu, width = mu_ref[...], width_ref[...]
+
+    def body(k, carry):
+        idx, d, within, any_within = _slot(nbr_ref, d_ref, k, cfg.num_atoms, cfg.cutoff)
+
+        def accumulate(carry):
+            ds, dv0, dv1, dv2 = carry
+            e, _ = _radial(d, mu, width, cfg.cutoff)
+            h = jax.nn.silu(cfg.dot(e, w1_ref[...]) + b1_ref[...])
+            ws = jnp.where(within, cfg.dot(h, w2_ref[0]) + b2_ref[0], 0.0)
+            ds = ds + s_ref[idx, :] * ws
+            wv1 = jnp.where(within, cfg.dot(h, w2_ref[1]) + b2_ref[1], 0.0)
+            wv2 = jnp.where(within, cfg.dot(h, w2_ref[2]) + b2_ref[2], 0.0)
+            dv = [
+                acc + v_ref[i, idx, :] * wv1 + u_ref[i, k, :][:, None] * wv2
+                for i, acc in enumerate((dv0, dv1, dv2))
+            ]
+            return (ds, *dv)
+
+        return jax.lax.cond(any_within, accumulate, lambda c: c, carry)
+
+    zeros = jnp.zeros((rows, hidden), ds_ref.dtype)
+    ds, dv0, dv1, dv2 = jax.lax.fori_loop(0, capacity, body, (zeros, zeros, zeros, zeros))
+    ds_ref[...] = ds
+    dv_ref[0] = dv0
+    dv_ref[1] = dv1
+    dv_ref[2] = dv2
+
+
+def _backward_kernel(
+    nbr_ref, d_ref, u_ref, s_ref, v_ref, gs_ref, gv_ref, gs_own_ref, gv_own_ref,
+    w1_ref, b1_ref, w2_ref, b2_ref, w1t_ref, w2t_ref, mu_ref, width_ref,
+    gs_out_ref, gv_out_ref, gd_ref, gu_ref, *, cfg, capacity,
+):  # fmt: skip
+    rows, hidden = gs_out_ref.shape
+    mu, width = mu_ref[...], width_ref[...]
+    gs_own = gs_own_ref[...]
+    gv_own = [gv_own_ref[i] for i in range(3)]
+
+    def body(k, carry):
+        idx, d, within, any_within = _slot(nbr_ref, d_ref, k, cfg.num_atoms, cfg.cutoff)
+
+        def slot_gradients(carry):
+            acc_s, acc_v0, acc_v1, acc_v2 = carry
+            e, de = _radial(d, mu, width, cfg.cutoff)
+            pre = cfg.dot(e, w1_ref[...]) + b1_ref[...]
+            sig = jax.nn.sigmoid(pre)
+            h = pre * sig
+            ws = jnp.where(within, cfg.dot(h, w2_ref[0]) + b2_ref[0], 0.0)
+            wv1 = jnp.where(within, cfg.dot(h, w2_ref[1]) + b2_ref[1], 0.0)
+            wv2 = jnp.where(within, cfg.dot(h, w2_ref[2]) + b2_ref[2], 0.0)
+            # (ii) reverse edge: sender cotangents gathered from the neighbours' rows.
+            acc_s = acc_s + gs_ref[idx, :] * ws
+            acc_v = [acc + gv_ref[i, idx, :] * wv1 for i, acc in enumerate((acc_v0, acc_v1, acc_v2))]
+            # (i) this slot's edge a -> b: cotangent of the filter output W = (Ws, Wv1, Wv2) ...
+            g_ws = jnp.where(within, gs_own * s_ref[idx, :], 0.0)
+            g_wv1 = jnp.zeros_like(g_ws)
+            g_wv2 = jnp.zeros_like(g_ws)
+            g_dir = []
+            for i in range(3):
+                u_i = u_ref[i, k, :][:, None]
+                g_wv1 = g_wv1 + gv_own[i] * v_ref[i, idx, :]
+                g_wv2 = g_wv2 + gv_own[i] * u_i
+                g_dir.append(jnp.sum(gv_own[i] * wv2, axis=1))
+            g_wv1 = jnp.where(within, g_wv1, 0.0)
+            g_wv2 = jnp.where(within, g_wv2, 0.0)
+            # ... then back through Linear2, SiLU, Linear1 and e(d) to the distance.
+            g_h = (
+                cfg.dot(g_ws, w2t_ref[0])
+                + cfg.dot(g_wv1, w2t_ref[1])
+                + cfg.dot(g_wv2, w2t_ref[2])
+            )
+            g_pre = g_h * (sig * (1.0 + pre * (1.0 - sig)))
+            g_e = cfg.dot(g_pre, w1t_ref[...])
+            g_d = jnp.sum(g_e * de, axis=1)
+            return (acc_s, *acc_v), (g_d, *g_dir)
+
+        def empty(carry):
+            zero = jnp.zeros((rows,), gs_out_ref.dtype)
+            return carry, (zero, zero, zero, zero)
+
+        carry, (g_d, g_u0, g_u1, g_u2) = jax.lax.cond(any_within, slot_gradients, empty, carry)
+        gd_ref[k, :] = g_d
+        gu_ref[0, k, :] = g_u0
+        gu_ref[1, k, :] = g_u1
+        gu_ref[2, k, :] = g_u2
+        return carry
+
+    zeros = jnp.zeros((rows, hidden), gs_out_ref.dtype)
+    acc_s, acc_v0, acc_v1, acc_v2 = jax.lax.fori_loop(0, capacity, body, (zeros, zeros, zeros, zeros))
+    gs_out_ref[...] = acc_s
+    gv_out_ref[0] = acc_v0
+    gv_out_ref[1] = acc_v1
+    gv_out_ref[2] = acc_v2
+
+
+# ----------------------------------------------------------------------------- launches
+def _whole(shape):
+    """BlockSpec of an array every program reads in full (gather sources, weights)."""
+    return pl.BlockSpec(shape, lambda i: (0,) * len(shape))
+
+
+def _compiler_params(cfg: KernelConfig):
+    from jax.experimental.pallas import triton as plt
+
+    return plt.CompilerParams(num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+
+
+def _launch(kernel, name, out_shape, in_specs, out_specs, n_pad, cfg, *args):
+    return pl.pallas_call(
+        kernel,
+        out_shape=out_shape,
+        grid=(n_pad // cfg.block_atoms,),
+        in_specs=in_specs,
+        out_specs=out_specs,
+        compiler_params=_compiler_params(cfg),
+        interpret=cfg.interpret,
+        name=name,
+    )(*args)
+
+
+def forward(packed: Packed, s_pad, v_pad, cfg: KernelConfig):
+    """(ds [Np, Hp], dv [3, Np, Hp]) from kernel-layout inputs."""
+    capacity, n_pad = packed.neighbors.shape
+    h_pad = s_pad.shape[1]
+    k_pad = packed.w1.shape[0]
+    b = cfg.block_atoms
+    slots = pl.BlockSpec((capacity, b), lambda i: (0, i))
+    in_specs = [
+        slots,
+        slots,
+        pl.BlockSpec((3, capacity, b), lambda i: (0, 0, i)),
+        _whole((n_pad, h_pad)),
+        _whole((3, n_pad, h_pad)),
+        _whole((k_pad, h_pad)),
+        _whole((1, h_pad)),
+        _whole((3, h_pad, h_pad)),
+        _whole((3, 1, h_pad)),
+        _whole((1, k_pad)),
+        _whole((1, k_pad)),
+    ]
+    out_specs = [pl.BlockSpec((b, h_pad), lambda i: (i, 0)), pl.BlockSpec((3, b, h_pad), lambda i: (0, i, 0))]
+    out_shape = [jax.ShapeDtypeStruct((n_pad, h_pad), s_pad.dtype), jax.ShapeDtypeStruct((3, n_pad, h_pad), s_pad.dtype)]
+    kernel = functools.partial(_forward_kernel, cfg=cfg, capacity=capacity)
+    p = packed
+    return _launch(kernel, "painn_message_fwd", out_shape, in_specs, out_specs, n_pad, cfg,
+                   p.neighbors, p.distances, p.directions, s_pad, v_pad, p.w1, p.b1, p.w2, p.b2, p.centers, p.widths)  # fmt: skip
+
+
+def backward(packed: Packed, s_pad, v_pad, gs_pad, gv_pad, cfg: KernelConfig):
+    """Cotangents (g_s [Np, Hp], g_v [3, Np, Hp], g_d [C, Np], g_dir [3, C, Np]) in kernel layout."""
+    capacity, n_pad = packed.neighbors.shape
+    h_pad = s_pad.shape[1]
+    k_pad = packed.w1.shape[0]
+    b = cfg.block_atoms
+    slots = pl.BlockSpec((capacity, b), lambda i: (0, i))
+    slot_vectors = pl.BlockSpec((3, capacity, b), lambda i: (0, 0, i))
+    rows = pl.BlockSpec((b, h_pad), lambda i: (i, 0))
+    vector_rows = pl.BlockSpec((3, b, h_pad), lambda i: (0, i, 0))
+    in_specs = [
+        slots,
+        slots,
+        slot_vectors,
+        _whole((n_pad, h_pad)),
+        _whole((3, n_pad, h_pad)),
+        _whole((n_pad, h_pad)),
+        _whole((3, n_pad, h_pad)),
+        rows,
+        vector_rows,
+        _whole((k_pad, h_pad)),
+        _whole((1, h_pad)),
+        _whole((3, h_pad, h_pad)),
+        _whole((3, 1, h_pad)),
+        _whole((h_pad, k_pad)),
+        _whole((3, h_pad, h_pad)),
+        _whole((1, k_pad)),
+        _whole((1, k_pad)),
+    ]
+    out_specs = [rows, vector_rows, slots, slot_vectors]
+    dtype = s_pad.dtype
+    out_shape = [
+        jax.ShapeDtypeStruct((n_pad, h_pad), dtype),
+        jax.ShapeDtypeStruct((3, n_pad, h_pad), dtype),
+        jax.ShapeDtypeStruct((capacity, n_pad), dtype),
+        jax.ShapeDtypeStruct((3, capacity, n_pad), dtype),
+    ]
+    kernel = functools.partial(_backward_kernel, cfg=cfg, capacity=capacity)
+    p = packed
+    w1t = p.w1.T
+    w2t = jnp.transpose(p.w2, (0, 2, 1))
+    return _launch(kernel, "painn_message_bwd", out_shape, in_specs, out_specs, n_pad, cfg,
+                   p.neighbors, p.distances, p.directions, s_pad, v_pad, gs_pad, gv_pad, gs_pad, gv_pad,
+                   p.w1, p.b1, p.w2, p.b2, w1t, w2t, p.centers, p.widths)  # fmt: skip

@@ -1,0 +1,224 @@
+"""The message-block kernels written directly in Triton, called through jax-triton (GPU only).
+
+Same algorithm, layout and launch settings as :mod:`.pallas` (read its docstring): one program per
+block of receivers, a loop over the neighbour slots, filter network on tensor tiles, gathers of
+sender rows, no atomics; the backward gathers the sender cotangents over the same full list.
+
+Needs ``triton`` and ``jax-triton`` (``pip install 'mlff-jax[triton]'``; jax-triton 0.3.1 works with
+Triton 3.6). Neither installs on a CPU-only machine, so this module is imported only when
+``implementation="triton"`` is asked for. There is no interpret mode.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import jax_triton as jt
+import triton
+import triton.language as tl
+
+from .pallas import KernelConfig, Packed
+
+
+@triton.jit
+def _mm(a, b, PRECISION: tl.constexpr):
+    """a @ b: 'ieee' | 'tf32' | 'tf32x3' (float32 inputs and accumulation), 'bf16', 'f64'."""
+    if PRECISION == "bf16":
+        return tl.dot(a.to(tl.bfloat16), b.to(tl.bfloat16), out_dtype=tl.float32)
+    elif PRECISION == "f64":
+        return tl.dot(a, b, out_dtype=tl.float64)
+    else:
+        return tl.dot(a, b, input_precision=PRECISION, out_dtype=tl.float32)
+
+
+@triton.jit
+def _radial(d, mu, width, CUTOFF: tl.constexpr):
+    """e(d) and de/dd for d [B, 1] (formulas of ``painn.radial_features``)."""
+    diff = d - mu
+    phi = tl.exp(-(diff * diff) / (width * width))
+    inside = d < CUTOFF
+    angle = 3.141592653589793 * d / CUTOFF
+    fc = tl.where(inside, 0.5 * (tl.cos(angle) + 1.0), 0.0)
+    dfc = tl.where(inside, -0.5 * (3.141592653589793 / CUTOFF) * tl.sin(angle), 0.0)
+    dphi = phi * (-2.0 * diff / (width * width))
+    return phi * fc, dphi * fc + phi * dfc
+
+
+@triton.jit
+def _forward_kernel(
+    nbr_ptr, d_ptr, u_ptr, s_ptr, v_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr, mu_ptr, width_ptr,
+    ds_ptr, dv_ptr,
+    N_PAD: tl.constexpr, CAPACITY: tl.constexpr, NUM_ATOMS: tl.constexpr, CUTOFF: tl.constexpr,
+    BLOCK: tl.constexpr, H: tl.constexpr, K: tl.constexpr, PRECISION: tl.constexpr,
+):  # fmt: skip
+    rows = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    hc = tl.arange(0, H)
+    kc = tl.arange(0, K)
+    mu = tl.load(mu_ptr + kc)[None, :]
+    width = tl.load(width_ptr + kc)[None, :]
+    b1 = tl.load(b1_ptr + hc)[None, :]
+    b2s = tl.load(b2_ptr + hc)[None, :]
+    b2v1 = tl.load(b2_ptr + H + hc)[None, :]
+    b2v2 = tl.load(b2_ptr + 2 * H + hc)[None, :]
+    square = hc[:, None] * H + hc[None, :]
+    dtype = s_ptr.dtype.element_ty
+    ds = tl.zeros((BLOCK, H), dtype)
+    dv0 = tl.zeros((BLOCK, H), dtype)
+    dv1 = tl.zeros((BLOCK, H), dtype)
+    dv2 = tl.zeros((BLOCK, H), dtype)
+    for j in range(CAPACITY):
+        nbr = tl.load(nbr_ptr + j * N_PAD + rows)
+        d = tl.load(d_ptr + j * N_PAD + rows)
+        valid = (nbr >= 0) & (nbr < NUM_ATOMS)
+        within = valid & (d <= CUTOFF)
+        if tl.max(within.to(tl.int32), axis=0) > 0:
+            m = within[:, None]
+            gather = tl.where(valid, nbr, 0)[:, None] * H + hc[None, :]
+            e, _ = _radial(d[:, None], mu, width, CUTOFF)
+            pre = _mm(e, tl.load(w1_ptr + kc[:, None] * H + hc[None, :]), PRECISION) + b1
+            h = pre * tl.sigmoid(pre)
+            ws = tl.where(m, _mm(h, tl.load(w2_ptr + square), PRECISION) + b2s, 0.0)
+            ds += tl.load(s_ptr + gather) * ws
+            wv1 = tl.where(m, _mm(h, tl.load(w2_ptr + H * H + square), PRECISION) + b2v1, 0.0)
+            wv2 = tl.where(m, _mm(h, tl.load(w2_ptr + 2 * H * H + square), PRECISION) + b2v2, 0.0)
+            u0 = tl.load(u_ptr + j * N_PAD + rows)[:, None]
+            u1 = tl.load(u_ptr + (CAPACITY + j) * N_PAD + rows)[:, None]
+            u2 = tl.load(u_ptr + (2 * CAPACITY + j) * N_PAD + rows)[:, None]
+            dv0 += tl.load(v_ptr + gather) * wv1 + u0 * wv2
+            dv1 += tl.load(v_ptr + N_PAD * H + gather) * wv1 + u1 * wv2
+            dv2 += tl.load(v_ptr + 2 * N_PAD * H + gather) * wv1 + u2 * wv2
+    out = rows[:, None] * H + hc[None, :]
+    tl.store(ds_ptr + out, ds)
+    tl.store(dv_ptr + out, dv0)
+    tl.store(dv_ptr + N_PAD * H + out, dv1)
+    tl.store(dv_ptr + 2 * N_PAD * H + out, dv2)
+
+
+@triton.jit
+def _backward_kernel(
+    nbr_ptr, d_ptr, u_ptr, s_ptr, v_ptr, gs_ptr, gv_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr, w1t_ptr, w2t_ptr,
+    mu_ptr, width_ptr,
+    gs_out_ptr, gv_out_ptr, gd_ptr, gu_ptr,
+    N_PAD: tl.constexpr, CAPACITY: tl.constexpr, NUM_ATOMS: tl.constexpr, CUTOFF: tl.constexpr,
+    BLOCK: tl.constexpr, H: tl.constexpr, K: tl.constexpr, PRECISION: tl.constexpr,
+):  # fmt: skip
+    rows = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    hc = tl.arange(0, H)
+    kc = tl.arange(0, K)
+    mu = tl.load(mu_ptr + kc)[None, :]
+    width = tl.load(width_ptr + kc)[None, :]
+    b1 = tl.load(b1_ptr + hc)[None, :]
+    b2s = tl.load(b2_ptr + hc)[None, :]
+    b2v1 = tl.load(b2_ptr + H + hc)[None, :]
+    b2v2 = tl.load(b2_ptr + 2 * H + hc)[None, :]
+    square = hc[:, None] * H + hc[None, :]
+    own = rows[:, None] * H + hc[None, :]
+    gs_own = tl.load(gs_ptr + own)
+    gv0_own = tl.load(gv_ptr + own)
+    gv1_own = tl.load(gv_ptr + N_PAD * H + own)
+    gv2_own = tl.load(gv_ptr + 2 * N_PAD * H + own)
+    dtype = s_ptr.dtype.element_ty
+    acc_s = tl.zeros((BLOCK, H), dtype)
+    acc_v0 = tl.zeros((BLOCK, H), dtype)
+    acc_v1 = tl.zeros((BLOCK, H), dtype)
+    acc_v2 = tl.zeros((BLOCK, H), dtype)
+    for j in range(CAPACITY):
+        nbr = tl.load(nbr_ptr + j * N_PAD + rows)
+        d = tl.load(d_ptr + j * N_PAD + rows)
+        valid = (nbr >= 0) & (nbr < NUM_ATOMS)
+        within = valid & (d <= CUTOFF)
+        g_d = tl.zeros((BLOCK,), dtype)
+        g_u0 = tl.zeros((BLOCK,), dtype)
+        g_u1 = tl.zeros((BLOCK,), dtype)
+        g_u2 = tl.zeros((BLOCK,), dtype)
+        if tl.max(within.to(tl.int32), axis=0) > 0:
+            m = within[:, None]
+            gather = tl.where(valid, nbr, 0)[:, None] * H + hc[None, :]
+            e, de = _radial(d[:, None], mu, width, CUTOFF)
+            pre = _mm(e, tl.load(w1_ptr + kc[:, None] * H + hc[None, :]), PRECISION) + b1
+            sig = tl.sigmoid(pre)
+            h = pre * sig
+            ws = tl.where(m, _mm(h, tl.load(w2_ptr + square), PRECISION) + b2s, 0.0)
+            wv1 = tl.where(m, _mm(h, tl.load(w2_ptr + H * H + square), PRECISION) + b2v1, 0.0)
+            wv2 = tl.where(m, _mm(h, tl.load(w2_ptr + 2 * H * H + square), PRECISION) + b2v2, 0.0)
+            # (ii) the reverse edge: sender cotangents gathered from the neighbours' rows
+            acc_s += tl.load(gs_ptr + gather) * ws
+            acc_v0 += tl.load(gv_ptr + gather) * wv1
+            acc_v1 += tl.load(gv_ptr + N_PAD * H + gather) * wv1
+            acc_v2 += tl.load(gv_ptr + 2 * N_PAD * H + gather) * wv1
+            # (i) this slot's edge: cotangent of W, then of the distance and the direction
+            u0 = tl.load(u_ptr + j * N_PAD + rows)[:, None]
+            u1 = tl.load(u_ptr + (CAPACITY + j) * N_PAD + rows)[:, None]
+            u2 = tl.load(u_ptr + (2 * CAPACITY + j) * N_PAD + rows)[:, None]
+            g_ws = tl.where(m, gs_own * tl.load(s_ptr + gather), 0.0)
+            g_wv1 = gv0_own * tl.load(v_ptr + gather) + gv1_own * tl.load(v_ptr + N_PAD * H + gather)
+            g_wv1 = tl.where(m, g_wv1 + gv2_own * tl.load(v_ptr + 2 * N_PAD * H + gather), 0.0)
+            g_wv2 = tl.where(m, gv0_own * u0 + gv1_own * u1 + gv2_own * u2, 0.0)
+            g_u0 = tl.sum(gv0_own * wv2, axis=1)
+            g_u1 = tl.sum(gv1_own * wv2, axis=1)
+            g_u2 = tl.sum(gv2_own * wv2, axis=1)
+            g_h = _mm(g_ws, tl.load(w2t_ptr + square), PRECISION)
+            g_h += _mm(g_wv1, tl.load(w2t_ptr + H * H + square), PRECISION)
+            g_h += _mm(g_wv2, tl.load(w2t_ptr + 2 * H * H + square), PRECISION)
+            g_pre = g_h * (sig * (1.0 + pre * (1.0 - sig)))
+            g_e = _mm(g_pre, tl.load(w1t_ptr + hc[:, None] * K + kc[None, :]), PRECISION)
+            g_d = tl.sum(g_e * de, axis=1)
+        tl.store(gd_ptr + j * N_PAD + rows, g_d)
+        tl.store(gu_ptr + j * N_PAD + rows, g_u0)
+        tl.store(gu_ptr + (CAPACITY + j) * N_PAD + rows, g_u1)
+        tl.store(gu_ptr + (2 * CAPACITY + j) * N_PAD + rows, g_u2)
+    tl.store(gs_out_ptr + own, acc_s)
+    tl.store(gv_out_ptr + own, acc_v0)
+    tl.store(gv_out_ptr + N_PAD * H + own, acc_v1)
+    tl.store(gv_out_ptr + 2 * N_PAD * H + own, acc_v2)
+
+
+def _constants(packed: Packed, s_pad, cfg: KernelConfig):
+    capacity, n_pad = packed.neighbors.shape
+    if s_pad.dtype == jnp.float64:
+        precision = "f64"
+    else:
+        precision = {"highest": "ieee", "tf32x3": "tf32x3", "tf32": "tf32", "bf16": "bf16"}[cfg.precision]
+    return dict(
+        N_PAD=n_pad, CAPACITY=capacity, NUM_ATOMS=cfg.num_atoms, CUTOFF=float(cfg.cutoff), BLOCK=cfg.block_atoms,
+        H=s_pad.shape[1], K=packed.w1.shape[0], PRECISION=precision,
+    )  # fmt: skip
+
+
+def _launch(kernel, name, args, out_shape, packed, s_pad, cfg):
+    n_pad = packed.neighbors.shape[1]
+    return jt.triton_call(
+        *args,
+        kernel=kernel,
+        out_shape=out_shape,
+        grid=(n_pad // cfg.block_atoms,),
+        name=name,
+        num_warps=cfg.num_warps,
+        num_stages=cfg.num_stages,
+        **_constants(packed, s_pad, cfg),
+    )
+
+
+def forward(packed: Packed, s_pad, v_pad, cfg: KernelConfig):
+    """(ds [Np, Hp], dv [3, Np, Hp]) from kernel-layout inputs (as ``pallas.forward``)."""
+    p = packed
+    out_shape = [jax.ShapeDtypeStruct(s_pad.shape, s_pad.dtype), jax.ShapeDtypeStruct(v_pad.shape, s_pad.dtype)]
+    args = (p.neighbors, p.distances, p.directions, s_pad, v_pad, p.w1, p.b1, p.w2, p.b2, p.centers, p.widths)
+    return _launch(_forward_kernel, "painn_message_fwd_triton", args, out_shape, p, s_pad, cfg)
+
+
+def backward(packed: Packed, s_pad, v_pad, gs_pad, gv_pad, cfg: KernelConfig):
+    """(g_s [Np, Hp], g_v [3, Np, Hp], g_d [C, Np], g_dir [3, C, Np]) (as ``pallas.backward``)."""
+    p = packed
+    dtype = s_pad.dtype
+    out_shape = [
+        jax.ShapeDtypeStruct(s_pad.shape, dtype),
+        jax.ShapeDtypeStruct(v_pad.shape, dtype),
+        jax.ShapeDtypeStruct(p.distances.shape, dtype),
+        jax.ShapeDtypeStruct(p.directions.shape, dtype),
+    ]
+    w1t = jnp.asarray(p.w1.T)
+    w2t = jnp.transpose(p.w2, (0, 2, 1))
+    args = (p.neighbors, p.distances, p.directions, s_pad, v_pad, gs_pad, gv_pad, p.w1, p.b1, p.w2, p.b2, w1t, w2t, p.centers, p.widths)
+    return _launch(_backward_kernel, "painn_message_bwd_triton", args, out_shape, p, s_pad, cfg)
+
