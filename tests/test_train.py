@@ -103,6 +103,22 @@ def test_packed_batches_give_the_same_energies_and_forces_as_the_model(subset):
         assert np.all(np.asarray(forces)[a0:] == 0.0)  # padding atoms feel exactly no force
 
 
+def test_analytic_and_autodiff_training_forces_give_the_same_parameter_gradient(subset):
+    ds = subset.select(np.arange(0, 60, 10))
+    params = {**float64_params(TINY), painn.ATOM_REFERENCE: {"energies": jnp.linspace(-1.0, 1.0, TINY.max_z + 1)}}
+    packer = Packer(ds, TINY.cutoff)
+    shape = packer.auto_shape(6)
+    batch = to_batch({k: jnp.asarray(v) for k, v in packer.pack(list(range(ds.num_frames)), shape, np.float64).items()})
+
+    def loss(p, method):
+        energies, forces = energies_and_forces(p, TINY, batch, jax.lax.Precision.HIGHEST, method)
+        return jnp.sum(jnp.where(batch.structure_mask, energies - batch.energy, 0.0) ** 2) + jnp.sum((forces - batch.forces) ** 2)
+
+    grads = {m: jax.jit(jax.grad(loss), static_argnums=1)(params, m) for m in ("autodiff", "analytic")}
+    for a, b in zip(jax.tree_util.tree_leaves(grads["autodiff"]), jax.tree_util.tree_leaves(grads["analytic"])):
+        np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=0, atol=tol.PARAM_GRAD_F64 * max(1.0, float(np.abs(a).max())))
+
+
 def test_atom_reference_adds_one_energy_per_element_and_no_force(subset):
     z, r, _, _ = subset.frame(0)
     params = float64_params(TINY)
