@@ -280,6 +280,17 @@ def test_jax_grad_of_model_energy_fn_runs_the_analytic_sweep(reference, load_mod
     assert "custom_vjp_call" in str(jax.make_jaxpr(model.energy_fn)(positions, numbers))
 
 
+def test_hessian_through_the_custom_rule_is_reverse_over_reverse(load_model):
+    """Forward mode cannot pass a custom_vjp; jax.jacrev(jax.grad(energy_fn)) gives the Hessian."""
+    model = load_model("ultra-tiny-21k", "float64")
+    positions, numbers = jnp.array([[0.0, 0.0, 0.0], [0.96, 0.0, 0.0], [-0.24, 0.93, 0.0]]), jnp.array([8, 1, 1])
+    mask, batch = jnp.ones(3, bool), jnp.zeros(3, jnp.int32)
+    edges = all_pairs_edges(mask, batch, jnp.float64)
+    plain = lambda pos: painn.structure_energies(model.params, model.config, pos, numbers, edges, mask, batch, 1)[0]
+    hessian = jax.jit(jax.jacrev(jax.grad(model.energy_fn)))(positions, numbers)
+    np.testing.assert_allclose(np.asarray(hessian), np.asarray(jax.jit(jax.hessian(plain))(positions)), rtol=0, atol=tol.ANALYTIC_VS_AUTODIFF_F64)
+
+
 # ------------------------------------------------------------------------------------ float32
 @pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n != "tiny-77k" else n for n in MODEL_NAMES])
 def test_float32_analytic_forces_stay_at_the_float32_floor(name, reference, load_model):
