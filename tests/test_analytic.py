@@ -3,6 +3,7 @@ NaN-free at the cusps, with working parameter gradients and an exact virial."""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import jax
@@ -340,6 +341,24 @@ def test_virial_equals_minus_strain_derivative_for_molecules(reference, load_mod
         assert np.abs(np.asarray(virial)).max() > 1.0
 
 
+def test_custom_vjp_scales_each_structure_by_its_own_cotangent(reference, load_model):
+    """jax.grad of sum_b c_b E_b through the custom rule, for a batch of four structures."""
+    ref, model = reference("ultra-tiny-21k"), load_model("ultra-tiny-21k", "float64")
+    positions, numbers, batch = (jnp.asarray(ref["batch", k]) for k in ("R", "Z", "batch"))
+    mask = jnp.ones(len(numbers), bool)
+    graph, edges = all_pairs_graph(mask, batch, jnp.float64), all_pairs_edges(mask, batch, jnp.float64)
+    weights = jnp.array([1.0, -2.0, 0.5, 3.0])
+
+    def weighted(pos, energy_fn, layout):
+        return jnp.sum(weights * energy_fn(model.params, model.config, pos, numbers, layout, mask, batch, 4))
+
+    grad = jax.jit(jax.grad(weighted), static_argnums=(1,))
+    np.testing.assert_allclose(
+        np.asarray(grad(positions, analytic.structure_energies, graph)), np.asarray(grad(positions, painn.structure_energies, edges)),
+        rtol=0, atol=tol.ANALYTIC_VS_AUTODIFF_F64,
+    )
+
+
 def _periodic_edges(positions, cell, cutoff):
     """Directed edges to every periodic image within the cutoff, by brute force over images."""
     senders, receivers, shifts = [], [], []
@@ -382,6 +401,15 @@ def test_periodic_forces_and_virial_with_nonzero_edge_shifts(load_model):
         result = analytic_jit(model.params, model.config, positions, numbers, layout, mask, batch, 1)
         np.testing.assert_allclose(np.asarray(result.forces), np.asarray(forces_ad), rtol=0, atol=tol.ANALYTIC_VS_AUTODIFF_F64)
         np.testing.assert_allclose(np.asarray(result.virial), np.asarray(expected_virial), rtol=0, atol=tol.ANALYTIC_VS_AUTODIFF_F64)
+
+    # the custom rule's cotangent for the edge shifts is minus the per-edge forces
+    def energy_of_shifts(shifts, energy_fn, layout):
+        moved = dataclasses.replace(layout, shifts=shifts)
+        return energy_fn(model.params, model.config, positions, numbers, moved, mask, batch, 1)[0]
+
+    shift_grad = jax.jit(jax.grad(energy_of_shifts), static_argnums=(1,))
+    expected_shift_grad = shift_grad(edges.shifts, painn.structure_energies, edges)
+    np.testing.assert_allclose(np.asarray(shift_grad(edges.shifts, analytic.structure_energies, edges)), np.asarray(expected_shift_grad), rtol=0, atol=tol.ANALYTIC_VS_AUTODIFF_F64)
 
 
 # ------------------------------------------------------------------- padding and bad input
