@@ -139,7 +139,8 @@ def main():
             if row["workload"] == "model energy+forces":
                 row["atom_steps_per_s"] = row["atoms"] / row["median_s"]
             print(f"{row['workload']:22s} {row['system']:20s} {row['implementation']:7s} {row['precision']:8s} "
-                  f"{1e3 * row['median_s']:10.3f} ms  (min {1e3 * row['min_s']:.3f}, max {1e3 * row['max_s']:.3f})", flush=True)  # fmt: skip
+                  f"{1e3 * row['median_s']:10.3f} ms  (min {1e3 * row['min_s']:.3f}, max {1e3 * row['max_s']:.3f})"
+                  f"{'  ' + str(row['launch']) if isinstance(row['launch'], dict) else ''}", flush=True)  # fmt: skip
         except Exception as err:  # noqa: BLE001 - record and go on (out of memory, missing backend, ...)
             row["error"] = "".join(traceback.format_exception_only(err))[-2000:]
             print(f"{row['workload']:22s} {row['system']:20s} {row['implementation']:7s} {row['precision']:8s} FAILED: {row['error'][:300]}", flush=True)
