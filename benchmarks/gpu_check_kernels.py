@@ -202,7 +202,18 @@ COLUMNS = ("status", "check", "system", "implementation", "dtype", "precision", 
            "xla_f32_value_error", "force_error_eV_A", "energy_error_eV_per_atom", "run_ms")  # fmt: skip
 
 
+_SAVE = {}
+
+
+def save(rows, failures):
+    """(Re)writes the results file: a run cut off by a time limit keeps what it measured."""
+    if _SAVE:
+        _SAVE["path"].write_text(json.dumps({"environment": _SAVE["env"], "rows": rows, "failures": [(r, t) for r, t in failures]}, indent=1, default=str))
+
+
 def print_row(row):
+    if _SAVE:
+        save(_SAVE["rows"], _SAVE["failures"])
     cells = []
     for key in COLUMNS:
         value = row.get(key, "")
@@ -430,6 +441,7 @@ def main():
     parser.add_argument("--triton-interpret", action="store_true", help="no GPU: run the jax-triton kernels in Triton's CPU interpreter")
     parser.add_argument("--quick", action="store_true", help="default launch settings only")
     parser.add_argument("--skip-models", action="store_true", help="kernel blocks only")
+    parser.add_argument("--implementations", default=None, help="kernel implementations to check (default: pallas, and triton if jax-triton imports)")
     args = parser.parse_args()
     if args.triton_interpret:
         os.environ["TRITON_INTERPRET"] = "1"  # before triton decorates our kernels
@@ -437,6 +449,10 @@ def main():
     env = ks.environment()
     print(json.dumps(env))
     rows, failures = [], []
+    ks.RESULTS.mkdir(parents=True, exist_ok=True)
+    tag = "compile" if args.compile_only else "triton_interpret" if args.triton_interpret else env["device"].replace(" ", "_")
+    out = ks.RESULTS / f"gpu_check_kernels_{tag}_{time.strftime('%Y%m%d-%H%M%S')}.json"
+    _SAVE.update(path=out, env=env, rows=rows, failures=failures)
     if args.compile_only:
         compile_only(rows, failures, compile_ptx)
     elif args.triton_interpret:
@@ -444,7 +460,7 @@ def main():
     else:
         if jax.default_backend() != "gpu":
             sys.exit("no GPU: run with --compile-only, or on the GPU machine")
-        impls = available_implementations()
+        impls = args.implementations.split(",") if args.implementations else available_implementations()
         check_blocks(impls, rows, failures, quick=args.quick)
         if not args.skip_models:
             check_models(impls, rows, failures)
@@ -452,10 +468,7 @@ def main():
     print("\nSUMMARY", counts)
     for row, text in failures:
         print("\n" + "=" * 100 + f"\n{row['status']}: {json.dumps({k: v for k, v in row.items() if k != 'status'}, default=str)}\n{text}")
-    ks.RESULTS.mkdir(parents=True, exist_ok=True)
-    tag = "compile" if args.compile_only else "triton_interpret" if args.triton_interpret else env["device"].replace(" ", "_")
-    out = ks.RESULTS / f"gpu_check_kernels_{tag}_{time.strftime('%Y%m%d-%H%M%S')}.json"
-    out.write_text(json.dumps({"environment": env, "rows": rows, "failures": [(r, t) for r, t in failures]}, indent=1, default=str))
+    save(rows, failures)
     print(f"\nwrote {out}")
     sys.exit(1 if counts["FAIL"] or counts["ERROR"] else 0)
 
