@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pathlib
 
 from mlff_jax import painn
 from mlff_jax.io import read_checkpoint, write_checkpoint
@@ -18,13 +19,40 @@ def load(path: str | os.PathLike, dtype: str = "float32", precision: str = "high
         PyTorch is not needed; ``.pt`` pickles are read by a restricted unpickler that runs no code.
       dtype: ``"float32"`` or ``"float64"``.
       precision: matmul precision (``"highest"`` by default; see :class:`PaiNNStudent`).
+      Or the name of a model bundled with the package: ``"default"`` (a 77K-parameter student
+        distilled from GFN2-xTB for H, C, N, O, F, S, Cl; see ``weights/README.md``).
     Raises:
       FileNotFoundError, or ValueError naming what is wrong with the file.
     """
+    if isinstance(path, str) and path in BUNDLED_MODELS:
+        path = bundled_model_path(path)
     config, flat = read_checkpoint(path)
     return PaiNNStudent(config, painn.unflatten(flat), dtype=dtype, precision=precision)
 
 
 def save(model: PaiNNStudent, path: str | os.PathLike) -> None:
     """Writes ``model`` in our format (safetensors, config in the metadata); ``load`` reads it back."""
-    write_checkpoint(path, model.config, painn.flatten(model.params))
+    flat = painn.flatten(model.params)
+    tables = [v for k, v in flat.items() if k.endswith("filter_table/values")]
+    extra = {"filter_table_rows": str(tables[0].shape[0])} if tables else None
+    write_checkpoint(path, model.config, flat, extra_metadata=extra)
+
+
+# ------------------------------------------------------------------ bundled models (package data)
+BUNDLED_MODELS = {"default": "default.safetensors"}
+
+
+def bundled_model_path(name: str) -> pathlib.Path:
+    """File of a model shipped with the package: ``weights/`` is installed as ``mlff_jax.weights``.
+
+    In a source checkout (``weights/`` next to ``mlff_jax/`` and a ``pyproject.toml``) that folder is
+    used directly, so the checkout's own weights win over any installed copy.
+    """
+    if name not in BUNDLED_MODELS:
+        raise ValueError(f"no bundled model named {name!r}; bundled: {sorted(BUNDLED_MODELS)}")
+    root = pathlib.Path(__file__).resolve().parents[1]
+    if (root / "pyproject.toml").is_file() and (root / "weights" / BUNDLED_MODELS[name]).is_file():
+        return root / "weights" / BUNDLED_MODELS[name]
+    from importlib.resources import files
+
+    return pathlib.Path(str(files("mlff_jax.weights").joinpath(BUNDLED_MODELS[name])))

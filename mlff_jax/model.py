@@ -15,7 +15,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mlff_jax import painn
+from mlff_jax import analytic, painn, periodic
+from mlff_jax.analytic_graph import all_pairs_graph
 from mlff_jax.config import PaiNNConfig
 from mlff_jax.graph import all_pairs_edges
 
@@ -25,6 +26,16 @@ _PRECISIONS = {
     "default": jax.lax.Precision.DEFAULT,
 }
 _DTYPES = {"float32": jnp.float32, "float64": jnp.float64}
+_METHODS = ("analytic", "autodiff")  # forces: hand-derived reverse sweep (mlff_jax.analytic) or jax.grad
+
+
+def _check_method(method: str) -> None:
+    if method not in _METHODS:
+        raise ValueError(f"method must be one of {_METHODS}, got {method!r}")
+
+# Molecules up to this many (padded) atoms use the dense all-pairs graph; larger systems and
+# every periodic one take their edges from a neighbour list (mlff_jax.periodic).
+ALL_PAIRS_MAX_ATOMS = 128
 
 
 def bucket_size(n: int, minimum: int = 8) -> int:
@@ -68,7 +79,8 @@ class PaiNNStudent:
         self.dtype = dtype
         self.precision = precision
         self.params = painn.cast_params(params, _DTYPES[dtype])
-        self._jitted = jax.jit(self._batched_energy_and_forces, static_argnames=("num_structures",))
+        self._jitted = jax.jit(self._batched_energy_and_forces, static_argnames=("num_structures", "method"))
+        self._neighbor_specs = periodic.SpecCache()
 
     def __repr__(self) -> str:
         c = self.config
@@ -77,6 +89,15 @@ class PaiNNStudent:
             f"cutoff={c.cutoff}, parameters={c.num_parameters}, dtype={self.dtype})"
         )
 
+    def compress(self, spacing: float | None = None) -> "PaiNNStudent":
+        """A copy whose radial filter networks are replaced by exact-derivative cubic Hermite tables
+        (see :mod:`mlff_jax.compress`; default spacing from the measured error curve)."""
+        from mlff_jax.compress import DEFAULT_SPACING, compress_params
+
+        float64_params = painn.cast_params(self.params, jnp.float64 if jax.config.jax_enable_x64 else jnp.float32)
+        tables = compress_params(float64_params, self.config, DEFAULT_SPACING if spacing is None else spacing)
+        return PaiNNStudent(self.config, tables, dtype=self.dtype, precision=self.precision)
+
     # ----------------------------------------------------------------- pure functions
     def _structure_energies(self, params, positions, atomic_numbers, atom_mask, batch, num_structures):
         edges = all_pairs_edges(atom_mask, batch, positions.dtype)
@@ -84,7 +105,13 @@ class PaiNNStudent:
             params, self.config, positions, atomic_numbers, edges, atom_mask, batch, num_structures, _PRECISIONS[self.precision]
         )
 
-    def _batched_energy_and_forces(self, params, positions, atomic_numbers, atom_mask, batch, num_structures):
+    def _batched_energy_and_forces(self, params, positions, atomic_numbers, atom_mask, batch, num_structures, method="analytic"):
+        if method == "analytic":
+            graph = all_pairs_graph(atom_mask, batch, positions.dtype)
+            return analytic.structure_energies_and_forces(
+                params, self.config, positions, atomic_numbers, graph, atom_mask, batch, num_structures, _PRECISIONS[self.precision]
+            )
+
         def total(pos):
             energies = self._structure_energies(params, pos, atomic_numbers, atom_mask, batch, num_structures)
             return jnp.sum(energies), energies
@@ -92,39 +119,64 @@ class PaiNNStudent:
         grad, energies = jax.grad(total, has_aux=True)(positions)
         return energies, -grad
 
-    def energy_fn(self, positions: jax.Array, atomic_numbers: jax.Array) -> jax.Array:
+    def energy_fn(self, positions: jax.Array, atomic_numbers: jax.Array, neighbors=None, cell=None) -> jax.Array:
         """Energy (eV, scalar) of one structure as a pure JAX function, for ``jax.grad``/``vmap``/``jit``.
 
         positions: [N, 3] Å; atomic_numbers: [N] int. No validation or padding happens here.
+        Wrapped in ``jax.custom_vjp`` (:func:`mlff_jax.analytic.structure_energies`): ``jax.grad``
+        of it runs the analytic sweep and returns minus the analytic forces.
+        neighbors: optional :class:`mlff_jax.neighbors.NeighborList` (periodic systems, MD with a
+        Verlet skin): edges come from it; ``cell`` ([3, 3] Å) overrides its cell, e.g. strained.
+        With a batched list, the energies of all structures are summed.
         """
         positions = jnp.asarray(positions, _DTYPES[self.dtype])
         n = positions.shape[0]
+        if neighbors is not None:
+            cells = neighbors.cells if cell is None else jnp.broadcast_to(jnp.asarray(cell), neighbors.cells.shape)
+            energies = periodic.structure_energies(self.params, self.config, _PRECISIONS[self.precision], positions, jnp.asarray(atomic_numbers),
+                                                   neighbors, cells.astype(positions.dtype), neighbors.atom_mask, neighbors.spec.num_structures)
+            return jnp.sum(energies)
         mask = jnp.ones(n, bool)
         batch = jnp.zeros(n, jnp.int32)
-        return self._structure_energies(self.params, positions, jnp.asarray(atomic_numbers), mask, batch, 1)[0]
+        graph = all_pairs_graph(mask, batch, positions.dtype)
+        return analytic.structure_energies(
+            self.params, self.config, positions, jnp.asarray(atomic_numbers), graph, mask, batch, 1, _PRECISIONS[self.precision]
+        )[0]
 
     # ----------------------------------------------------------------- host API
-    def energy_and_forces(self, positions, atomic_numbers, batch=None):
+    def energy_and_forces(self, positions, atomic_numbers, batch=None, cell=None, pbc=None, method: str = "analytic"):
         """Energy and forces of one structure, or of a batch of structures.
 
         Args:
           positions: [N, 3] Å.
           atomic_numbers: [N] int, 1 <= Z <= config.max_z.
           batch: optional [N] int, structure index of each atom (0 .. B-1); structures never interact.
+          cell: optional [3, 3] Å (rows are cell vectors, ASE's convention), or [B, 3, 3] with a batch.
+          pbc: three bools (shared by the batch); default: periodic in every direction iff a cell
+            is given. Periodic images within the cutoff interact; atoms may lie outside the cell.
+          method: ``"analytic"`` (default: one forward and one hand-derived backward sweep, see
+            docs/analytic-forces.md) or ``"autodiff"`` (``jax.grad`` of the energy).
         Returns:
           (energy, forces): energy in eV, a scalar, or [B] per-structure energies when ``batch`` is
-          given; forces [N, 3] eV/Å.
+          given; forces [N, 3] eV/Å. NumPy values from a host call; JAX arrays under ``jax.jit``.
 
         Compilation: on the host, N is padded to ``bucket_size(N)`` (8, 12, 16, 24, 32, 48, ...) and B
         to a power of two; one program is compiled per (atoms bucket, structures bucket) and reused.
         Padding atoms have no edges and zero energy, so they change nothing. Under ``jax.jit`` the
         call is traced at the given shapes instead.
         """
+        _check_method(method)
         if _is_traced(positions, atomic_numbers, batch):
-            return self._traced_energy_and_forces(positions, atomic_numbers, batch)
+            if cell is not None or pbc is not None:
+                raise ValueError("periodic cells need a neighbour list under jax.jit: use energy_fn(positions, Z, neighbors=nbrs) "
+                                 "with mlff_jax.neighbors.neighbor_list_fn")
+            return self._traced_energy_and_forces(positions, atomic_numbers, batch, method)
         single = batch is None
         positions, atomic_numbers, batch, num_structures = self._validate(positions, atomic_numbers, batch)
         n = positions.shape[0]
+        if cell is not None or pbc is not None or bucket_size(n) > ALL_PAIRS_MAX_ATOMS:
+            energies, forces, _ = self._neighbor_evaluate(positions, atomic_numbers, batch, num_structures, cell, pbc, False, method)
+            return (energies[0], forces) if single else (energies, forces)
         n_pad = bucket_size(n)
         b_pad = 1 << max(num_structures - 1, 0).bit_length()
         dtype = _DTYPES[self.dtype]
@@ -137,20 +189,51 @@ class PaiNNStudent:
         mask = np.arange(n_pad) < n
         b = np.zeros(n_pad, np.int32)
         b[:n] = batch
-        energies, forces = self._jitted(self.params, pos, z, mask, b, num_structures=b_pad)
-        forces = forces[:n]
+        # One device->host transfer for both outputs; slicing off the padding happens in NumPy, so no
+        # extra device dispatch per call (each costs as much as a small molecule's whole evaluation).
+        energies, forces = jax.device_get(self._jitted(self.params, pos, z, mask, b, num_structures=b_pad, method=method))
         if single:
-            return energies[0], forces
-        return energies[:num_structures], forces
+            return energies[0], forces[:n]
+        return energies[:num_structures], forces[:n]
 
-    def _traced_energy_and_forces(self, positions, atomic_numbers, batch):
+    def energy_forces_stress(self, positions, atomic_numbers, batch=None, cell=None, pbc=None, method: str = "analytic"):
+        """Energy, forces and stress of a periodic structure (or a batch), host call.
+
+        Arguments as :meth:`energy_and_forces` (a cell is required). Returns (energy eV, forces
+        [N, 3] eV/Å, stress [3, 3] eV/Å^3), or [B], [N, 3], [B, 3, 3] with a batch. The stress is
+        ASE's: (1 / V) dE/d(strain), symmetrised (see :mod:`mlff_jax.periodic`).
+        """
+        if cell is None:
+            raise ValueError("stress needs a cell")
+        single = batch is None
+        positions, atomic_numbers, batch, num_structures = self._validate(positions, atomic_numbers, batch)
+        energies, forces, stress = self._neighbor_evaluate(positions, atomic_numbers, batch, num_structures, cell, pbc, True, method)
+        return (energies[0], forces, stress[0]) if single else (energies, forces, stress)
+
+    def _neighbor_evaluate(self, positions, atomic_numbers, batch, num_structures, cell, pbc, compute_stress, method="analytic"):
+        """Padded evaluation with edges from a neighbour list; returns unpadded energies, forces, stress."""
+        n = positions.shape[0]
+        n_pad = bucket_size(n)
+        b_pad = 1 << max(num_structures - 1, 0).bit_length()
+        pos = np.zeros((n_pad, 3))
+        pos[:n] = positions
+        z = np.ones(n_pad, np.int32)
+        z[:n] = atomic_numbers
+        mask = np.arange(n_pad) < n
+        b = np.zeros(n_pad, np.int64)
+        b[:n] = batch
+        energies, forces, stress = periodic.evaluate(self, _PRECISIONS[self.precision], pos, z, mask, b, b_pad, cell, pbc, compute_stress,
+                                                     self._neighbor_specs, method)
+        return energies[:num_structures], forces[:n], stress
+
+    def _traced_energy_and_forces(self, positions, atomic_numbers, batch, method="analytic"):
         positions = jnp.asarray(positions, _DTYPES[self.dtype])
         n = positions.shape[0]
         if positions.shape != (n, 3) or jnp.shape(atomic_numbers) != (n,):
             raise ValueError(f"positions must be [N, 3] and atomic_numbers [N]; got {positions.shape} and {jnp.shape(atomic_numbers)}")
         mask = jnp.ones(n, bool)
         if batch is None:
-            energies, forces = self._batched_energy_and_forces(self.params, positions, atomic_numbers, mask, jnp.zeros(n, jnp.int32), 1)
+            energies, forces = self._batched_energy_and_forces(self.params, positions, atomic_numbers, mask, jnp.zeros(n, jnp.int32), 1, method)
             return energies[0], forces
         raise ValueError("a batch index cannot be traced: the number of structures must be static; call outside jax.jit")
 

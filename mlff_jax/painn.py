@@ -14,6 +14,7 @@ Parameter pytree (Flax layout: ``Dense`` kernels are [in, out], i.e. the transpo
     interactions_t/update_out    Dense H -> 3H
     interactions_t/mixing_matrix [3, 3]
     readout/dense_0, dense_1, dense_2   Dense H -> H/2 -> H/4 -> 1
+    atom_reference/energies      [max_z + 1] eV  (optional, ours only: see ATOM_REFERENCE)
 
 :class:`PaiNN` is the same model as a Flax ``nn.Module`` (for fresh initialisation and training).
 """
@@ -29,10 +30,15 @@ import numpy as np
 
 from mlff_jax.config import PaiNNConfig
 from mlff_jax.graph import Edges
+from mlff_jax.radial_table import tabulated_filter
 
 Params = dict[str, Any]
 
 DIR_EPS = 1e-8  # upstream's dir = vec / (d + 1e-8)
+# Optional leaf ``atom_reference/energies`` [max_z + 1] eV: a fixed energy per element added to each
+# real atom's energy. Not part of the upstream model (its checkpoints never have it, and converters
+# reject it); our distilled models carry it because the teacher's total energies are large.
+ATOM_REFERENCE = "atom_reference"
 
 
 def dense(x: jax.Array, layer: Params, precision) -> jax.Array:
@@ -128,15 +134,20 @@ def atomic_energies(
     positions: [N, 3] Å; atomic_numbers: [N] int; atom_mask: [N] bool (None: all real).
     """
     _, d, direction, within = edge_geometry(positions, edges, config.cutoff)
-    rbf = radial_features(d, params["rbf"]["centers"], params["rbf"]["widths"], config.cutoff)
+    rbf = radial_features(d, params["rbf"]["centers"], params["rbf"]["widths"], config.cutoff)  # unused (DCE) when tabulated
     s = params["embedding"]["embedding"][atomic_numbers]
     v = jnp.zeros((s.shape[0], 3, s.shape[1]), s.dtype)
     for t in range(config.num_interactions):
         block = params[f"interactions_{t}"]
-        w = filter_weights(block, rbf, within, precision)
+        if "filter_table" in block:  # compressed model (mlff_jax.compress)
+            w = tabulated_filter(block["filter_table"], d, config.cutoff) * within[:, None]
+        else:
+            w = filter_weights(block, rbf, within, precision)
         s, v = message(s, v, w, direction, edges)
         s, v = update(block, s, v, precision)
     energies = readout(params, s, precision)
+    if ATOM_REFERENCE in params:  # optional per-element reference energies (our distilled models; upstream has none)
+        energies = energies + params[ATOM_REFERENCE]["energies"][atomic_numbers]
     if atom_mask is not None:
         energies = jnp.where(atom_mask, energies, 0.0)
     return energies
@@ -153,8 +164,11 @@ def cast_params(params: Params, dtype) -> Params:
     return jax.tree_util.tree_map(lambda x: jnp.asarray(x, dtype), params)
 
 
-def param_shapes(config: PaiNNConfig) -> dict[str, tuple[int, ...]]:
-    """Expected shape of every leaf, keyed by '/'-joined path (used by converters and checks)."""
+def param_shapes(config: PaiNNConfig, table_rows: int | None = None) -> dict[str, tuple[int, ...]]:
+    """Expected shape of every leaf, keyed by '/'-joined path (used by converters and checks).
+
+    table_rows: rows (grid points) of compressed radial filter tables, if the model has them.
+    """
     h, k = config.hidden_dim, config.num_rbf
     shapes = {
         "embedding/embedding": (config.max_z + 1, h),
@@ -167,10 +181,18 @@ def param_shapes(config: PaiNNConfig) -> dict[str, tuple[int, ...]]:
             shapes[f"interactions_{t}/{name}/kernel"] = (fan_in, fan_out)
             shapes[f"interactions_{t}/{name}/bias"] = (fan_out,)
         shapes[f"interactions_{t}/mixing_matrix"] = (3, 3)
+        if table_rows is not None:
+            shapes[f"interactions_{t}/filter_table/values"] = (table_rows, 3 * h)
+            shapes[f"interactions_{t}/filter_table/slopes"] = (table_rows, 3 * h)
     for i, (fan_in, fan_out) in enumerate([(h, h // 2), (h // 2, h // 4), (h // 4, 1)]):
         shapes[f"readout/dense_{i}/kernel"] = (fan_in, fan_out)
         shapes[f"readout/dense_{i}/bias"] = (fan_out,)
     return shapes
+
+
+def optional_param_shapes(config: PaiNNConfig) -> dict[str, tuple[int, ...]]:
+    """Leaves a model may have on top of :func:`param_shapes` (only our own format stores them)."""
+    return {f"{ATOM_REFERENCE}/energies": (config.max_z + 1,)}
 
 
 def unflatten(flat: dict[str, Any]) -> Params:

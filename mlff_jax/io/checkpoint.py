@@ -21,7 +21,7 @@ import numpy as np
 from mlff_jax.config import PaiNNConfig
 from mlff_jax.io.convert import infer_config, state_dict_to_params, strip_prefix
 from mlff_jax.io.torch_pickle import read_torch_checkpoint
-from mlff_jax.painn import param_shapes
+from mlff_jax.painn import optional_param_shapes, param_shapes
 
 FORMAT_NAME = "mlff-jax/painn-student"
 FORMAT_VERSION = "1"
@@ -100,8 +100,10 @@ def _read_safetensors(path) -> tuple[PaiNNConfig, dict[str, np.ndarray]]:
         raise ValueError(f"{path} is not a readable safetensors file ({exc})") from exc
     if metadata.get("format") == FORMAT_NAME:
         config = PaiNNConfig.from_dict(json.loads(metadata["config"]))
-        expected = param_shapes(config)
-        problems = [f"  missing tensor: {p}" for p in expected if p not in tensors]
+        table_rows = int(metadata["filter_table_rows"]) if "filter_table_rows" in metadata else None
+        required = param_shapes(config, table_rows)
+        expected = required | {k: v for k, v in optional_param_shapes(config).items() if k in tensors}
+        problems = [f"  missing tensor: {p}" for p in required if p not in tensors]
         problems += [f"  unexpected tensor: {k}" for k in tensors if k not in expected]
         problems += [
             f"  wrong shape: {k}: has {list(tensors[k].shape)}, the config needs {list(expected[k])}"

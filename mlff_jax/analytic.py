@@ -1,0 +1,317 @@
+"""Energy, forces and virial of the PaiNN student from one forward and one hand-derived backward sweep.
+
+No ``jax.grad`` is involved in forces: :func:`energy_forces_virial` runs the forward pass of
+:mod:`mlff_jax.painn` while keeping a small tape, then the reverse sweep derived in
+``docs/analytic-forces.md`` (readout, update blocks, message blocks, radial basis, geometry).
+It works on an :class:`~mlff_jax.graph.Edges` (any directed edge list, scatter-based) or a
+:class:`~mlff_jax.analytic_graph.PairGraph` (symmetric edge sets: the filter network runs once per
+unordered pair, and all sums are gathers; the fast layout).
+
+Every function here is plain JAX, so autodiff through it works: the parameter gradient of a
+force-matching loss is ``jax.grad`` of a loss of these forces. :func:`structure_energies` is a
+drop-in replacement for :func:`mlff_jax.painn.structure_energies` whose ``jax.custom_vjp`` rule
+returns the analytic position (and shift) gradients; its parameter cotangent comes from reverse-mode
+autodiff of the forward sweep (documented switch: the hand-derived sweep covers positions only).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from mlff_jax import painn
+from mlff_jax.analytic_graph import ops_for
+from mlff_jax.config import PaiNNConfig
+from mlff_jax.radial_table import tabulated_filter
+
+HIGHEST = jax.lax.Precision.HIGHEST
+
+
+class AnalyticResult(NamedTuple):
+    """Output of :func:`energy_forces_virial`.
+
+    energies: [B] eV per structure; forces: [N, 3] eV/Å; virial: [B, 3, 3] eV, sum over unique
+    edges of vec_u (x) F_u (equal to -dE/d(strain), see the doc); edge_forces: [U, 3] eV/Å, F_u =
+    -dE/dvec_u, the force that unique edge u puts on its first atom / sender (minus that on the other).
+    """
+
+    energies: jax.Array
+    forces: jax.Array
+    virial: jax.Array
+    edge_forces: jax.Array
+
+
+class EdgeGeometry(NamedTuple):
+    vec: jax.Array  # [U, 3] Å, safe (1.0) on masked edges
+    d: jax.Array  # [U] Å
+    direction: jax.Array  # [U, 3]
+    within: jax.Array  # [U] bool, mask & d <= rc
+    mask: jax.Array  # [U] bool
+
+
+class BlockTape(NamedTuple):
+    """What the forward sweep keeps of block t (node-sized, except the optional filter)."""
+
+    s_in: jax.Array  # [N, H] block input s
+    v_in: jax.Array  # [N, 3, H] block input v
+    filters: Any  # [U, 3H] W, or None when the backward sweep recomputes it
+    v_mid: jax.Array  # [N, 3, H] v after the message
+    norm: jax.Array  # [N, H] ||v_mid||
+    update_pre: jax.Array  # [N, H] pre-activation of the update net's first layer
+    update_out: jax.Array  # [N, 3H] (a, g1, g2)
+
+
+# ---------------------------------------------------------------------------------- primitives
+def silu_with_slope(x):
+    """SiLU(x) = x sigma(x) and its derivative sigma(x) (1 + x (1 - sigma(x)))."""
+    sig = jax.nn.sigmoid(x)
+    return x * sig, sig * (1.0 + x * (1.0 - sig))
+
+
+def dense_transpose(g, layer, precision):
+    """Reverse of y = x @ kernel + b for x: g @ kernel^T."""
+    return jnp.dot(g, layer["kernel"].T, precision=precision)
+
+
+def edge_geometry(vec, mask, cutoff: float) -> EdgeGeometry:
+    """d = |vec|, dir = vec / (d + 1e-8) (``painn.edge_geometry`` on precomputed vectors)."""
+    safe_vec = jnp.where(mask[:, None], vec, 1.0)
+    d = jnp.sqrt(jnp.sum(safe_vec * safe_vec, axis=-1))
+    return EdgeGeometry(safe_vec, d, safe_vec / (d + painn.DIR_EPS)[:, None], mask & (d <= cutoff), mask)
+
+
+def geometry_backward(geom: EdgeGeometry, gd, gdir):
+    """dE/dvec from dE/dd and dE/ddir [U, 3]:
+    gvec = gd vec / d + gdir / (d + eps) - vec (gdir . vec) / (d (d + eps)^2); 0 on masked edges."""
+    d_safe = jnp.where(geom.d > 0, geom.d, 1.0)  # coincident atoms: finite, never NaN
+    d_eps = geom.d + painn.DIR_EPS
+    radial = gd / d_safe - jnp.sum(gdir * geom.vec, axis=-1) / (d_safe * d_eps * d_eps)
+    gvec = radial[:, None] * geom.vec + gdir / d_eps[:, None]
+    return jnp.where(geom.mask[:, None], gvec, 0.0)
+
+
+def radial_backward(d, g_rbf, centers, widths, cutoff: float):
+    """dE/dd from dE/de [U, K], e_k = phi_k fc: de_k/dd = phi_k (-2 (d - mu_k) / w_k^2 fc + fc')."""
+    phi = jnp.exp(-((d[:, None] - centers) ** 2) / widths**2)
+    inside = d < cutoff
+    fc = jnp.where(inside, 0.5 * (jnp.cos(jnp.pi * d / cutoff) + 1.0), 0.0)
+    dfc = jnp.where(inside, -0.5 * (jnp.pi / cutoff) * jnp.sin(jnp.pi * d / cutoff), 0.0)
+    de_dd = phi * (-2.0 * (d[:, None] - centers) / widths**2 * fc[:, None] + dfc[:, None])
+    return jnp.sum(g_rbf * de_dd, axis=-1)
+
+
+def filter_forward(block, rbf, within, precision):
+    """(W, pre): W = Linear2(SiLU(pre)) * within, pre = Linear1(e). [U, 3H], [U, H]."""
+    pre = painn.dense(rbf, block["filter_in"], precision)
+    return painn.dense(jax.nn.silu(pre), block["filter_out"], precision) * within[:, None], pre
+
+
+def table_slope(table, d, cutoff: float):
+    """dW/dd [U, 3H] of the cubic Hermite table (:func:`mlff_jax.radial_table.tabulated_filter`):
+    dW/dd = (h00' V_i + h10' h S_i + h01' V_i+1 + h11' h S_i+1) / h, with h00' = 6t^2 - 6t,
+    h10' = 3t^2 - 4t + 1, h01' = -6t^2 + 6t, h11' = 3t^2 - 2t; 0 where d is clamped (outside [0, rc])."""
+    values, slopes = table["values"], table["slopes"]
+    intervals = values.shape[0] - 1
+    h = cutoff / intervals
+    x_raw = d / h
+    x = jnp.clip(x_raw, 0.0, float(intervals))
+    i = jnp.clip(jnp.floor(x).astype(jnp.int32), 0, intervals - 1)
+    t = (x - i)[:, None]
+    t2 = t * t
+    dh00, dh10 = 6 * t2 - 6 * t, 3 * t2 - 4 * t + 1
+    dh01, dh11 = -6 * t2 + 6 * t, 3 * t2 - 2 * t
+    dw_dt = dh00 * values[i] + dh10 * (h * slopes[i]) + dh01 * values[i + 1] + dh11 * (h * slopes[i + 1])
+    inside = (x_raw > 0.0) & (x_raw < intervals)
+    return jnp.where(inside[:, None], dw_dt / h, 0.0)
+
+
+def block_filter(block, rbf, d, within, cutoff: float, precision):
+    """W [U, 3H] of one block: the network, or its compressed table (``filter_table``, mlff_jax.compress)."""
+    if "filter_table" in block:
+        return tabulated_filter(block["filter_table"], d, cutoff) * within[:, None]
+    return filter_forward(block, rbf, within, precision)[0]
+
+
+def filter_backward(block, rbf, gw, within, precision):
+    """dE/de [U, K] from dE/dW [U, 3H] (pre is recomputed: one [U, K] x [K, H] matmul)."""
+    pre = painn.dense(rbf, block["filter_in"], precision)
+    _, slope = silu_with_slope(pre)
+    g_hidden = dense_transpose(gw * within[:, None], block["filter_out"], precision)
+    return dense_transpose(g_hidden * slope, block["filter_in"], precision)
+
+
+def update_forward(block, s_mid, v_mid, precision):
+    """The update step (``painn.update``), keeping what its reverse needs."""
+    hidden = s_mid.shape[-1]
+    norm = painn.safe_norm(v_mid, axis=1)
+    pre = painn.dense(jnp.concatenate([s_mid, norm], axis=-1), block["update_in"], precision)
+    out = painn.dense(jax.nn.silu(pre), block["update_out"], precision)
+    a, g1, g2 = out[:, :hidden], out[:, hidden : 2 * hidden], out[:, 2 * hidden :]
+    mixed = jnp.einsum("ij,njh->nih", block["mixing_matrix"], v_mid, precision=precision)
+    return s_mid + a, v_mid * g1[:, None, :] + mixed * g2[:, None, :], norm, pre, out
+
+
+def update_backward(block, tape: BlockTape, gs_out, gv_out, precision):
+    """Reverse of s' = s + a, v' = v g1 + (M v) g2, (a, g1, g2) = U(s, ||v||).
+
+    gv_out is None for the last block (its v never reaches the energy). The norm's gradient
+    v / ||v|| is taken as 0 where ||v|| = 0 (PyTorch's convention; double ``where``, no NaN).
+    """
+    hidden = gs_out.shape[-1]
+    v = tape.v_mid
+    if gv_out is None:
+        g_out = jnp.concatenate([gs_out, jnp.zeros_like(gs_out), jnp.zeros_like(gs_out)], axis=-1)
+    else:
+        mixed = jnp.einsum("ij,njh->nih", block["mixing_matrix"], v, precision=precision)
+        g_out = jnp.concatenate([gs_out, jnp.sum(gv_out * v, axis=1), jnp.sum(gv_out * mixed, axis=1)], axis=-1)
+    _, slope = silu_with_slope(tape.update_pre)
+    g_pre = dense_transpose(g_out, block["update_out"], precision) * slope
+    g_in = dense_transpose(g_pre, block["update_in"], precision)
+    gs_mid, g_norm = gs_out + g_in[:, :hidden], g_in[:, hidden:]
+    positive = tape.norm > 0
+    inv_norm = jnp.where(positive, 1.0 / jnp.where(positive, tape.norm, 1.0), 0.0)
+    gv_mid = (g_norm * inv_norm)[:, None, :] * v
+    if gv_out is not None:
+        g1, g2 = tape.update_out[:, hidden : 2 * hidden], tape.update_out[:, 2 * hidden :]
+        gv_mid = gv_mid + gv_out * g1[:, None, :]
+        gv_mid = gv_mid + jnp.einsum("ij,nih->njh", block["mixing_matrix"], gv_out * g2[:, None, :], precision=precision)
+    return gs_mid, gv_mid
+
+
+def readout_backward(head, s, seed, precision):
+    """dE/ds [N, H] of sum_a seed_a E_a, E_a = Linear3(SiLU(Linear2(SiLU(Linear1(s_a)))))."""
+    pre0 = painn.dense(s, head["dense_0"], precision)
+    h0, slope0 = silu_with_slope(pre0)
+    _, slope1 = silu_with_slope(painn.dense(h0, head["dense_1"], precision))
+    g_h1 = seed[:, None] * head["dense_2"]["kernel"][:, 0]
+    g_h0 = dense_transpose(g_h1 * slope1, head["dense_1"], precision)
+    return dense_transpose(g_h0 * slope0, head["dense_0"], precision)
+
+
+# ------------------------------------------------------------------------------------ sweeps
+def _reference_energies(params, atomic_numbers):
+    """Optional per-element reference energy E0[Z] (``params["atom_reference"]["energies"]``, [max_z+1])."""
+    if "atom_reference" in params:
+        return params["atom_reference"]["energies"][atomic_numbers]
+    return 0.0
+
+
+def forward_sweep(params, config: PaiNNConfig, positions, atomic_numbers, graph, atom_mask, precision=HIGHEST, store_filters: bool = True):
+    """Per-atom energies [N] eV (0 on padding atoms) and the tape for :func:`backward_sweep`."""
+    ops = ops_for(graph)
+    geom = edge_geometry(*ops.edge_vectors(positions, graph), config.cutoff)
+    rbf = painn.radial_features(geom.d, params["rbf"]["centers"], params["rbf"]["widths"], config.cutoff)
+    s = params["embedding"]["embedding"][atomic_numbers]
+    v = jnp.zeros((s.shape[0], 3, s.shape[1]), s.dtype)
+    tapes = []
+    for t in range(config.num_interactions):
+        block = params[f"interactions_{t}"]
+        w = block_filter(block, rbf, geom.d, geom.within, config.cutoff, precision)
+        s_mid, v_mid = ops.message(graph, s, v, w, geom.direction, t == 0)
+        s_out, v_out, norm, pre, out = update_forward(block, s_mid, v_mid, precision)
+        keep = store_filters and "filter_table" not in block  # a table lookup is cheaper to redo than to store
+        tapes.append(BlockTape(s, v, w if keep else None, v_mid, norm, pre, out))
+        s, v = s_out, v_out
+    per_atom = painn.readout(params, s, precision) + _reference_energies(params, atomic_numbers)
+    if atom_mask is not None:
+        per_atom = jnp.where(atom_mask, per_atom, 0.0)
+    return per_atom, (geom, rbf, tuple(tapes), s)
+
+
+def backward_sweep(params, config: PaiNNConfig, graph, tape, seed, precision=HIGHEST):
+    """dE/dvec [U, 3] of sum_a seed_a E_a, for every unique edge (0 on masked edges)."""
+    ops = ops_for(graph)
+    geom, rbf, blocks, s_final = tape
+    gs = readout_backward(params["readout"], s_final, seed, precision)
+    gv = None
+    g_rbf = jnp.zeros_like(rbf)  # dE/de, from blocks with a filter network
+    gd = jnp.zeros_like(geom.d)  # dE/dd, from blocks with a filter table
+    gdir = jnp.zeros_like(geom.direction)
+    for t in reversed(range(config.num_interactions)):
+        block, bt = params[f"interactions_{t}"], blocks[t]
+        gs, gv = update_backward(block, bt, gs, gv, precision)
+        w = bt.filters if bt.filters is not None else block_filter(block, rbf, geom.d, geom.within, config.cutoff, precision)
+        gs, gv, gw, gdir_t = ops.message_backward(graph, gs, gv, bt.s_in, bt.v_in, w, geom.direction, t == 0)
+        gdir = gdir + gdir_t
+        if "filter_table" in block:
+            slope = table_slope(block["filter_table"], geom.d, config.cutoff)
+            gd = gd + jnp.where(geom.within, jnp.sum(gw * slope, axis=-1), 0.0)
+        else:
+            g_rbf = g_rbf + filter_backward(block, rbf, gw, geom.within, precision)
+    gd = gd + radial_backward(geom.d, g_rbf, params["rbf"]["centers"], params["rbf"]["widths"], config.cutoff)
+    return geometry_backward(geom, gd, gdir)
+
+
+def energy_forces_virial(
+    params, config: PaiNNConfig, positions, atomic_numbers, graph, atom_mask, batch, num_structures: int,
+    precision=HIGHEST, store_filters: bool = True,
+) -> AnalyticResult:
+    """Energies, forces, virial and per-edge forces from one forward and one backward sweep.
+
+    Args (as :func:`mlff_jax.painn.structure_energies`):
+      positions: [N, 3] Å; atomic_numbers: [N] int; graph: ``Edges`` or ``PairGraph``;
+      atom_mask: [N] bool or None; batch: [N] int structure index; num_structures: B (static).
+      store_filters: keep each block's filter W [U, 3H] from the forward sweep (default) or
+        recompute it in the backward sweep (less memory, one more [U, H] x [H, 3H] matmul per block).
+    """
+    per_atom, tape = forward_sweep(params, config, positions, atomic_numbers, graph, atom_mask, precision, store_filters)
+    seed = jnp.ones_like(per_atom) if atom_mask is None else atom_mask.astype(per_atom.dtype)
+    gvec = backward_sweep(params, config, graph, tape, seed, precision)
+    ops = ops_for(graph)
+    forces = -ops.positions_gradient(graph, gvec, positions.shape[0])
+    geom = tape[0]
+    edge_structure = ops.edge_structures(graph, batch)
+    virial = -jax.ops.segment_sum(geom.vec[:, :, None] * gvec[:, None, :], edge_structure, num_structures)
+    energies = jax.ops.segment_sum(per_atom, batch, num_structures)
+    return AnalyticResult(energies, forces, virial, -gvec)
+
+
+def structure_energies_and_forces(params, config, positions, atomic_numbers, graph, atom_mask, batch, num_structures, precision=HIGHEST):
+    """(energies [B] eV, forces [N, 3] eV/Å): the analytic counterpart of ``jax.grad`` of
+    :func:`mlff_jax.painn.structure_energies`, on the same inputs."""
+    result = energy_forces_virial(params, config, positions, atomic_numbers, graph, atom_mask, batch, num_structures, precision)
+    return result.energies, result.forces
+
+
+# --------------------------------------------------------------------- custom_vjp drop-in energy
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 7, 8))
+def structure_energies(params, config, positions, atomic_numbers, graph, atom_mask, batch, num_structures, precision=HIGHEST):
+    """Per-structure energies [B] eV, like :func:`mlff_jax.painn.structure_energies`, whose
+    gradient with respect to positions (and edge shifts) is the analytic sweep.
+
+    Its parameter cotangent is reverse-mode autodiff of the forward sweep. Second derivatives
+    (e.g. the parameter gradient of a loss on ``jax.grad``-computed forces) differentiate through
+    the analytic sweep itself, which is plain JAX.
+    """
+    per_atom, _ = forward_sweep(params, config, positions, atomic_numbers, graph, atom_mask, precision)
+    return jax.ops.segment_sum(per_atom, batch, num_structures)
+
+
+def _structure_energies_fwd(params, config, positions, atomic_numbers, graph, atom_mask, batch, num_structures, precision):
+    result = energy_forces_virial(params, config, positions, atomic_numbers, graph, atom_mask, batch, num_structures, precision)
+    residuals = (params, positions, atomic_numbers, graph, atom_mask, batch, result.forces, result.edge_forces)
+    return result.energies, residuals
+
+
+def _structure_energies_bwd(config, num_structures, precision, residuals, g):
+    params, positions, atomic_numbers, graph, atom_mask, batch, forces, edge_forces = residuals
+    ops = ops_for(graph)
+    # Structures do not interact: dE_b/dR_a is zero unless a belongs to b, so the cotangent of
+    # sum_b g_b E_b is the per-structure force scaled by its own g_b.
+    g_positions = -forces * g[batch][:, None]
+    g_shifts = -edge_forces * g[ops.edge_structures(graph, batch)][:, None]
+    g_graph = type(graph)(**{**{f: None for f in graph.__dataclass_fields__}, "shifts": g_shifts})
+
+    def energies_of(p):
+        per_atom, _ = forward_sweep(p, config, positions, atomic_numbers, graph, atom_mask, precision)
+        return jax.ops.segment_sum(per_atom, batch, num_structures)
+
+    _, vjp = jax.vjp(energies_of, params)
+    (g_params,) = vjp(g)
+    return g_params, g_positions, None, g_graph, None, None
+
+
+structure_energies.defvjp(_structure_energies_fwd, _structure_energies_bwd)

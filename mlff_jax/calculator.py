@@ -1,0 +1,119 @@
+"""ASE calculator: ``atoms.calc = mlff_jax.MLFFCalculator("model.safetensors")``.
+
+Energies in eV, forces in eV/Å, stress in eV/Å³ (ASE's units and Voigt order). Compiled programs
+are the model's, cached by padded size bucket, so a run of many geometries of one molecule (MD,
+optimisation) compiles once.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from ase.calculators.calculator import Calculator, PropertyNotImplementedError, all_changes
+
+from mlff_jax import painn
+from mlff_jax.graph import all_pairs_edges
+from mlff_jax.model import _PRECISIONS, PaiNNStudent, bucket_size
+
+
+def resolve_model(model_or_path, dtype: str = "float32", **load_kwargs) -> PaiNNStudent:
+    """A :class:`PaiNNStudent` as is, or one loaded from a checkpoint path or a bundled model name."""
+    if isinstance(model_or_path, PaiNNStudent):
+        return model_or_path
+    if not isinstance(model_or_path, (str, os.PathLike)):
+        raise TypeError(f"expected a PaiNNStudent, a checkpoint path or a bundled model name, got {type(model_or_path).__name__}")
+    import mlff_jax
+
+    return mlff_jax.load(model_or_path, dtype=dtype, **load_kwargs)
+
+
+class MLFFCalculator(Calculator):
+    """ASE calculator for a PaiNN student.
+
+    Args:
+      model: a :class:`~mlff_jax.PaiNNStudent`, a checkpoint path, or a bundled model name
+        (``"default"``), loaded with ``dtype``.
+      dtype: ``"float32"`` or ``"float64"`` (when loading; a model object keeps its own).
+
+    Properties: ``energy``, ``free_energy`` (the same: the model has no electronic entropy),
+    ``forces``, ``energies`` (per atom; they sum to ``energy``) and ``stress`` (periodic cells only).
+    """
+
+    implemented_properties = ["energy", "free_energy", "forces", "energies", "stress"]
+
+    def __init__(self, model, dtype: str = "float32", skin: float = 0.5, **kwargs):
+        load_kwargs = {k: kwargs.pop(k) for k in ("precision",) if k in kwargs}
+        super().__init__(**kwargs)
+        self.model = resolve_model(model, dtype, **load_kwargs)
+        self.skin = float(skin)
+        self._periodic = None  # PeriodicEvaluator, created on the first periodic structure
+
+    # ------------------------------------------------------------------ ASE interface
+    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
+        super().calculate(atoms, properties, system_changes)
+        atoms = self.atoms
+        if np.any(atoms.pbc):
+            if self._periodic is None:
+                from mlff_jax.calculator_periodic import PeriodicEvaluator
+
+                self._periodic = PeriodicEvaluator(self.model, self.skin)
+            self.results.update(self._periodic(atoms, want_energies="energies" in properties))
+            return
+        if "stress" in properties:
+            raise PropertyNotImplementedError("stress needs a periodic cell (atoms.pbc is all False)")
+        energy, forces = self.model.energy_and_forces(atoms.positions, atoms.numbers)
+        self.results["energy"] = float(energy)
+        self.results["free_energy"] = float(energy)
+        self.results["forces"] = np.asarray(forces, np.float64)
+        if "energies" in properties:
+            self.results["energies"] = atomic_energies(self.model, atoms.positions, atoms.numbers)
+
+    # ------------------------------------------------------------------ batches
+    def calculate_batch(self, atoms_list: Sequence) -> list[dict]:
+        """Energy and forces of many non-periodic structures in one compiled call.
+
+        Returns one dict per structure: ``{"energy": float eV, "forces": [N_i, 3] eV/Å}``. The
+        structures never interact (no edge joins two of them).
+        """
+        if len(atoms_list) == 0:
+            return []
+        if any(np.any(a.pbc) for a in atoms_list):
+            raise NotImplementedError("calculate_batch supports non-periodic structures only")
+        positions = np.concatenate([a.positions for a in atoms_list])
+        numbers = np.concatenate([a.numbers for a in atoms_list])
+        batch = np.repeat(np.arange(len(atoms_list)), [len(a) for a in atoms_list])
+        energies, forces = self.model.energy_and_forces(positions, numbers, batch=batch)
+        energies, forces = np.asarray(energies, np.float64), np.asarray(forces, np.float64)
+        bounds = np.cumsum([0] + [len(a) for a in atoms_list])
+        return [{"energy": float(energies[i]), "forces": forces[bounds[i] : bounds[i + 1]]} for i in range(len(atoms_list))]
+
+
+# ---------------------------------------------------------------------- per-atom energies
+@functools.partial(jax.jit, static_argnames=("config", "precision"))
+def _padded_atomic_energies(params, positions, atomic_numbers, atom_mask, config, precision):
+    edges = all_pairs_edges(atom_mask, jnp.zeros(atom_mask.shape[0], jnp.int32), positions.dtype)
+    return painn.atomic_energies(params, config, positions, atomic_numbers, edges, atom_mask, _PRECISIONS[precision])
+
+
+def atomic_energies(model: PaiNNStudent, positions, atomic_numbers) -> np.ndarray:
+    """Per-atom energies [N] eV of one non-periodic structure (they sum to its energy).
+
+    Padded to the model's size buckets (one compiled program per bucket), like ``energy_and_forces``.
+    """
+    positions, atomic_numbers, _, _ = model._validate(positions, atomic_numbers, None)
+    n = positions.shape[0]
+    n_pad = bucket_size(n)
+    dtype = jnp.dtype(model.dtype)
+    pos = np.zeros((n_pad, 3), dtype)
+    pos[:n] = positions
+    pos[n:, 0] = 1e3 + 10.0 * model.config.cutoff * np.arange(n_pad - n)  # padding atoms: far apart, masked anyway
+    z = np.ones(n_pad, np.int32)
+    z[:n] = atomic_numbers
+    mask = np.arange(n_pad) < n
+    energies = _padded_atomic_energies(model.params, pos, z, mask, model.config, model.precision)
+    return np.asarray(energies[:n], np.float64)
