@@ -324,14 +324,18 @@ def test_kernel_model_float32_matches_upstream_within_noise_floor(reference, loa
 
 
 def test_kernel_model_periodic_box_matches_edge_list_model(load_model):
-    """Periodic shifts and multiple images: the kernel model equals the port's edge-list model on the
-    same graph, and its forces sum to zero."""
+    """The project's neighbour list (periodic images, a 0.5 Å skin: slots beyond the cutoff) through
+    the Pallas path equals the port's edge-list model on the same list, and forces sum to zero."""
+    from mlff_jax import neighbors
+
     model = load_model("ultra-tiny-21k", "float64")
     pos, z, cell = periodic_water_box()
-    nbr, shifts = layout.periodic_dense(pos, cell, model.config.cutoff)
-    edges = layout.dense_to_edges(jnp.asarray(nbr), jnp.asarray(shifts))
+    nbrs = neighbors.neighbor_list_fn(cutoff=model.config.cutoff, skin=0.5, cell=cell).allocate(pos)
+    nbr, shifts = np.asarray(nbrs.idx), np.asarray(nbrs.cartesian_shifts())
+    layout.reverse_slots(nbr, shifts)  # the list is full
     n = len(z)
     mask, batch = jnp.ones(n, bool), jnp.zeros(n, jnp.int32)
+    edges = neighbors.neighbor_list_edges(nbrs)
 
     def edge_energy(p):
         return painn.structure_energies(model.params, model.config, p, jnp.asarray(z), edges, mask, batch, 1)[0]
