@@ -129,6 +129,12 @@ def main():
     print(json.dumps(env), flush=True)
     print(f"# model {model_name} ({source}); implementations {implementations}; precisions {precisions}", flush=True)
     rows = []
+    ks.RESULTS.mkdir(parents=True, exist_ok=True)
+    tag = ("quick_" if args.quick else "") + ("sweep_" if args.sweep else "") + env["device"].replace(" ", "_")
+    out = ks.RESULTS / f"bench_message_passing_{tag}_{time.strftime('%Y%m%d-%H%M%S')}.json"
+
+    def save():  # after every case: a run cut off by a time limit keeps what it measured
+        out.write_text(json.dumps({"environment": env, "model": model_name, "weights": source, "rows": rows}, indent=1))
 
     def record(row, fn, *fn_args):
         try:
@@ -139,11 +145,13 @@ def main():
             if row["workload"] == "model energy+forces":
                 row["atom_steps_per_s"] = row["atoms"] / row["median_s"]
             print(f"{row['workload']:22s} {row['system']:20s} {row['implementation']:7s} {row['precision']:8s} "
-                  f"{1e3 * row['median_s']:10.3f} ms  (min {1e3 * row['min_s']:.3f}, max {1e3 * row['max_s']:.3f})", flush=True)  # fmt: skip
+                  f"{1e3 * row['median_s']:10.3f} ms  (min {1e3 * row['min_s']:.3f}, max {1e3 * row['max_s']:.3f})"
+                  f"{'  ' + str(row['launch']) if isinstance(row['launch'], dict) else ''}", flush=True)  # fmt: skip
         except Exception as err:  # noqa: BLE001 - record and go on (out of memory, missing backend, ...)
             row["error"] = "".join(traceback.format_exception_only(err))[-2000:]
             print(f"{row['workload']:22s} {row['system']:20s} {row['implementation']:7s} {row['precision']:8s} FAILED: {row['error'][:300]}", flush=True)
         rows.append(row)
+        save()
 
     if args.sweep:
         name, pos, z, nbr, shifts = systems(sizes[:1], True)[-1]
@@ -178,10 +186,7 @@ def main():
                 if not args.skip_model:
                     record(dict(case, workload="model energy+forces"), model_case(params, config, pos, z, nbr, shifts, impl, precision, interpret and impl == "pallas", launch))
 
-    ks.RESULTS.mkdir(parents=True, exist_ok=True)
-    tag = ("quick_" if args.quick else "") + ("sweep_" if args.sweep else "") + env["device"].replace(" ", "_")
-    out = ks.RESULTS / f"bench_message_passing_{tag}_{time.strftime('%Y%m%d-%H%M%S')}.json"
-    out.write_text(json.dumps({"environment": env, "model": model_name, "weights": source, "rows": rows}, indent=1))
+    save()
     print(f"# wrote {out}")
 
 

@@ -23,6 +23,7 @@ sits at the float32 floor. Error = max |kernel - reference| / max |reference|, p
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import pathlib
@@ -114,8 +115,11 @@ def relative_errors(actual, desired) -> float:
     return worst
 
 
+INTERPRET = False  # --interpret: smoke-test this script on CPU (Pallas interpret mode)
+
+
 def check_blocks(implementations, rows, failures, quick=False):
-    sizes = [("benzene", 64, 12), ("odd", 32, 10), ("water-1k", 128, 20)]
+    sizes = [("benzene", 64, 12), ("odd", 32, 10)] + ([] if INTERPRET else [("water-1k", 128, 20)])
     launches = [dict()] + ([] if quick else [dict(block_atoms=16, num_warps=4), dict(block_atoms=32, num_warps=4), dict(block_atoms=64, num_warps=8)])
     for kind, hidden, num_rbf in sizes:
         nbr, args64, ct64 = block_inputs(kind, hidden, num_rbf)
@@ -131,7 +135,7 @@ def check_blocks(implementations, rows, failures, quick=False):
                 row = dict(check="block", system=kind, N=int(nbr.shape[0]), C=int(nbr.shape[1]), H=hidden, implementation=impl,
                            dtype=dtype, precision=precision, launch=launch or "default")  # fmt: skip
                 try:
-                    run = value_and_vjp(impl, nbr, args, ct, precision, **launch)
+                    run = value_and_vjp(impl, nbr, args, ct, precision, **launch, **({"interpret": True} if INTERPRET and impl == "pallas" else {}))
                     start = time.perf_counter()
                     out, grads = jax.block_until_ready(run(args, ct))
                     row["compile_and_run_s"] = round(time.perf_counter() - start, 2)
@@ -171,7 +175,7 @@ def check_models(implementations, rows, failures):
     if up is None:
         print("SKIP model checks: upstream checkpoints not found (set MLFF_JAX_UPSTREAM)")
         return
-    for name in ("tiny-77k", "student-427k"):
+    for name in ("tiny-77k",) if INTERPRET else ("tiny-77k", "student-427k"):
         config, params, _ = ks.load_params(name, "float32")
         R, Z, batch, E, F = reference_batch(up, name)
         nbr, shifts = layout.all_pairs_dense(R, config.cutoff, batch=batch)
@@ -181,10 +185,11 @@ def check_models(implementations, rows, failures):
                 row = dict(check="model", system=f"{name} reference set", N=len(Z), C=int(nbr.shape[1]), H=config.hidden_dim,
                            implementation=impl, dtype="float32", precision=precision, launch="default")  # fmt: skip
                 try:
-                    f = jax.jit(lambda p, r, impl=impl, precision=precision: energy_and_forces_kernel(
-                        p, config, r, jnp.asarray(Z), jnp.asarray(nbr), jnp.asarray(shifts, jnp.float32), jnp.ones(len(Z), bool),
-                        jnp.asarray(batch), len(E), implementation=impl, precision=precision))  # fmt: skip
-                    energies, forces = jax.block_until_ready(f(params, jnp.asarray(R, jnp.float32)))
+                    f = jax.jit(functools.partial(energy_and_forces_kernel, config=config, num_structures=len(E), implementation=impl,
+                                                  precision=precision, interpret=INTERPRET and impl == "pallas"))  # fmt: skip
+                    energies, forces = jax.block_until_ready(f(
+                        params, positions=jnp.asarray(R, jnp.float32), atomic_numbers=jnp.asarray(Z), neighbors_idx=jnp.asarray(nbr),
+                        shifts=jnp.asarray(shifts, jnp.float32), atom_mask=jnp.ones(len(Z), bool), batch=jnp.asarray(batch)))  # fmt: skip
                     row["force_error_eV_A"] = float(np.abs(np.asarray(forces, np.float64) - F).max())
                     row["energy_error_eV_per_atom"] = float((np.abs(np.asarray(energies, np.float64) - E) / sizes).max())
                     ok = row["force_error_eV_A"] <= PARITY_F32_FORCES and row["energy_error_eV_per_atom"] <= PARITY_F32_ENERGY_PER_ATOM
@@ -202,7 +207,18 @@ COLUMNS = ("status", "check", "system", "implementation", "dtype", "precision", 
            "xla_f32_value_error", "force_error_eV_A", "energy_error_eV_per_atom", "run_ms")  # fmt: skip
 
 
+_SAVE = {}
+
+
+def save(rows, failures):
+    """(Re)writes the results file: a run cut off by a time limit keeps what it measured."""
+    if _SAVE:
+        _SAVE["path"].write_text(json.dumps({"environment": _SAVE["env"], "rows": rows, "failures": [(r, t) for r, t in failures]}, indent=1, default=str))
+
+
 def print_row(row):
+    if _SAVE:
+        save(_SAVE["rows"], _SAVE["failures"])
     cells = []
     for key in COLUMNS:
         value = row.get(key, "")
@@ -429,7 +445,9 @@ def main():
     parser.add_argument("--compile-only", action="store_true", help="no GPU: lower (and compile to PTX if possible) only")
     parser.add_argument("--triton-interpret", action="store_true", help="no GPU: run the jax-triton kernels in Triton's CPU interpreter")
     parser.add_argument("--quick", action="store_true", help="default launch settings only")
+    parser.add_argument("--interpret", action="store_true", help="smoke-test this script on CPU (Pallas interpret mode, small systems)")
     parser.add_argument("--skip-models", action="store_true", help="kernel blocks only")
+    parser.add_argument("--implementations", default=None, help="kernel implementations to check (default: pallas, and triton if jax-triton imports)")
     args = parser.parse_args()
     if args.triton_interpret:
         os.environ["TRITON_INTERPRET"] = "1"  # before triton decorates our kernels
@@ -437,14 +455,20 @@ def main():
     env = ks.environment()
     print(json.dumps(env))
     rows, failures = [], []
+    ks.RESULTS.mkdir(parents=True, exist_ok=True)
+    tag = "compile" if args.compile_only else "triton_interpret" if args.triton_interpret else env["device"].replace(" ", "_")
+    out = ks.RESULTS / f"gpu_check_kernels_{tag}_{time.strftime('%Y%m%d-%H%M%S')}.json"
+    _SAVE.update(path=out, env=env, rows=rows, failures=failures)
     if args.compile_only:
         compile_only(rows, failures, compile_ptx)
     elif args.triton_interpret:
         triton_interpret(rows, failures)
     else:
-        if jax.default_backend() != "gpu":
-            sys.exit("no GPU: run with --compile-only, or on the GPU machine")
-        impls = available_implementations()
+        global INTERPRET
+        INTERPRET = args.interpret
+        if jax.default_backend() != "gpu" and not INTERPRET:
+            sys.exit("no GPU: run with --compile-only, --triton-interpret or --interpret, or on the GPU machine")
+        impls = args.implementations.split(",") if args.implementations else available_implementations()
         check_blocks(impls, rows, failures, quick=args.quick)
         if not args.skip_models:
             check_models(impls, rows, failures)
@@ -452,10 +476,7 @@ def main():
     print("\nSUMMARY", counts)
     for row, text in failures:
         print("\n" + "=" * 100 + f"\n{row['status']}: {json.dumps({k: v for k, v in row.items() if k != 'status'}, default=str)}\n{text}")
-    ks.RESULTS.mkdir(parents=True, exist_ok=True)
-    tag = "compile" if args.compile_only else "triton_interpret" if args.triton_interpret else env["device"].replace(" ", "_")
-    out = ks.RESULTS / f"gpu_check_kernels_{tag}_{time.strftime('%Y%m%d-%H%M%S')}.json"
-    out.write_text(json.dumps({"environment": env, "rows": rows, "failures": [(r, t) for r, t in failures]}, indent=1, default=str))
+    save(rows, failures)
     print(f"\nwrote {out}")
     sys.exit(1 if counts["FAIL"] or counts["ERROR"] else 0)
 

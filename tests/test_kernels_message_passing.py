@@ -324,14 +324,18 @@ def test_kernel_model_float32_matches_upstream_within_noise_floor(reference, loa
 
 
 def test_kernel_model_periodic_box_matches_edge_list_model(load_model):
-    """Periodic shifts and multiple images: the kernel model equals the port's edge-list model on the
-    same graph, and its forces sum to zero."""
+    """The project's neighbour list (periodic images, a 0.5 Å skin: slots beyond the cutoff) through
+    the Pallas path equals the port's edge-list model on the same list, and forces sum to zero."""
+    from mlff_jax import neighbors
+
     model = load_model("ultra-tiny-21k", "float64")
     pos, z, cell = periodic_water_box()
-    nbr, shifts = layout.periodic_dense(pos, cell, model.config.cutoff)
-    edges = layout.dense_to_edges(jnp.asarray(nbr), jnp.asarray(shifts))
+    nbrs = neighbors.neighbor_list_fn(cutoff=model.config.cutoff, skin=0.5, cell=cell).allocate(pos)
+    nbr, shifts = np.asarray(nbrs.idx), np.asarray(nbrs.cartesian_shifts())
+    layout.reverse_slots(nbr, shifts)  # the list is full
     n = len(z)
     mask, batch = jnp.ones(n, bool), jnp.zeros(n, jnp.int32)
+    edges = neighbors.neighbor_list_edges(nbrs)
 
     def edge_energy(p):
         return painn.structure_energies(model.params, model.config, p, jnp.asarray(z), edges, mask, batch, 1)[0]
@@ -351,3 +355,30 @@ def test_kernel_model_rejects_mismatched_shapes(load_model):
     for name, bad in (("shifts", jnp.zeros((n, 3, 3))), ("atomic_numbers", jnp.ones(n + 1, int)), ("batch", jnp.zeros(n - 1, int))):
         with pytest.raises(ValueError, match=name):
             energy_and_forces_kernel(model.params, model.config, num_structures=1, **dict(good, **{name: bad}))
+
+
+def test_kernel_model_adds_per_element_reference_energies(load_model):
+    """Our own models may carry per-element reference energies: the kernel model adds them as the
+    edge-list model does."""
+    model = load_model("ultra-tiny-21k", "float64")
+    params = dict(model.params, **{painn.ATOM_REFERENCE: {"energies": jnp.linspace(-3.0, 1.0, model.config.max_z + 1)}})
+    pos, z, _ = periodic_water_box(repeat=1)
+    nbr, shifts = layout.all_pairs_dense(pos, model.config.cutoff)
+    n = len(z)
+    edges = layout.dense_to_edges(jnp.asarray(nbr), jnp.asarray(shifts))
+    mask, batch = jnp.ones(n, bool), jnp.zeros(n, jnp.int32)
+    expected = painn.structure_energies(params, model.config, jnp.asarray(pos), jnp.asarray(z), edges, mask, batch, 1)
+    energies, _ = energy_and_forces_kernel(params, model.config, jnp.asarray(pos), jnp.asarray(z), jnp.asarray(nbr), jnp.asarray(shifts),
+                                           mask, batch, 1, implementation="xla")  # fmt: skip
+    np.testing.assert_allclose(np.asarray(energies), np.asarray(expected), rtol=0, atol=tol.ROUNDOFF_F64)
+    without = painn.structure_energies(model.params, model.config, jnp.asarray(pos), jnp.asarray(z), edges, mask, batch, 1)
+    assert abs(float(expected[0] - without[0])) > 1.0
+
+
+def test_kernel_model_rejects_compressed_filters(load_model):
+    model = load_model("ultra-tiny-21k", "float64")
+    params = dict(model.params, interactions_0=dict(model.params["interactions_0"], filter_table={}))
+    n = 3
+    with pytest.raises(ValueError, match="compressed"):
+        energy_and_forces_kernel(params, model.config, jnp.zeros((n, 3)), jnp.ones(n, int), jnp.full((n, 2), n), jnp.zeros((n, 2, 3)),
+                                 jnp.ones(n, bool), jnp.zeros(n, int), 1)  # fmt: skip

@@ -74,6 +74,9 @@ def atomic_energies_kernel(
     ``kernel_options`` (block_atoms, num_warps, num_stages) go to :func:`message_block`.
     """
     check_model_inputs(positions, atomic_numbers, neighbors, shifts, atom_mask, batch)
+    if any("filter_table" in params[f"interactions_{t}"] for t in range(config.num_interactions)):
+        raise ValueError("compressed models (tabulated radial filters, mlff_jax.compress) have no fused kernel path: "
+                         "use the model's own energy_and_forces")  # fmt: skip
     neighbors = mask_neighbors(neighbors, atom_mask, batch)
     distances, directions, _ = slot_geometry(positions, neighbors, shifts.astype(positions.dtype))
     centers, widths = params["rbf"]["centers"], params["rbf"]["widths"]
@@ -87,6 +90,8 @@ def atomic_energies_kernel(
         )  # fmt: skip
         s, v = painn.update(block, s + ds, v + dv, _DENSE_PRECISION)
     energies = painn.readout(params, s, _DENSE_PRECISION)
+    if painn.ATOM_REFERENCE in params:  # optional per-element reference energies, as in painn.atomic_energies
+        energies = energies + params[painn.ATOM_REFERENCE]["energies"][atomic_numbers]
     if atom_mask is not None:
         energies = jnp.where(atom_mask, energies, 0.0)
     return energies
