@@ -8,10 +8,12 @@ periodic water boxes of ~1,000 and ~10,000 atoms (unordered pairs within rc + sk
 list, with periodic shifts). Variants, all on the same candidate pairs:
 
 - ``autodiff``: ``jax.grad`` of :func:`mlff_jax.painn.structure_energies` on the directed edge list.
-- ``analytic``: :func:`mlff_jax.analytic.structure_energies_and_forces` on a ``PairGraph`` (filter once
-  per pair, gather-based sums), filters kept from the forward sweep.
-- ``analytic_lowmem``: the same, filters recomputed in the backward sweep (``store_filters=False``).
-- ``analytic_edges``: the analytic sweep on the directed edge list (scatter-based sums).
+- ``analytic_gather``: :func:`mlff_jax.analytic.energy_forces_virial` on a ``PairGraph`` with its
+  neighbour table (filter once per pair, gather-based sums: deterministic), filters kept.
+- ``analytic_scatter``: the same pair folding, sums by scatter-add over the pairs' atoms.
+- ``analytic_lowmem``: ``analytic_scatter`` with filters recomputed in the backward sweep
+  (``store_filters=False``).
+- ``analytic_edges``: the analytic sweep on the directed edge list (no pair folding, scatter-adds).
 
 Per system and variant: median and spread of the wall time of one jitted call and of one step of a
 compiled ``lax.fori_loop`` (positions nudged along the forces each step, so no step can be hoisted),
@@ -37,7 +39,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from common import environment, jax_sync, peak_memory_bytes, time_fn, write_json  # noqa: E402
 from systems import water_box, water_cluster  # noqa: E402
 
-VARIANTS = ("autodiff", "analytic", "analytic_lowmem", "analytic_edges")
+VARIANTS = ("autodiff", "analytic_gather", "analytic_scatter", "analytic_lowmem", "analytic_edges")
+PAIR_GRAPHS = {"analytic_gather": "gather", "analytic_scatter": "scatter", "analytic_lowmem": "scatter"}
 CLUSTERS = (1, 4, 10, 20, 33, 67)  # water molecules: 3 .. 201 atoms
 BOXES = (334, 3334)  # ~1,000 and ~10,000 atoms
 QUICK_CLUSTERS, QUICK_BOXES = (1, 4, 10), (100,)
@@ -152,8 +155,10 @@ def measure(variant: str, model, system, loop_steps: int, repeats: int) -> dict:
 
     positions, numbers, first, second, shifts = system
     dtype = jnp.float32 if model.dtype == "float32" else jnp.float64
-    pair_graph = pair_graph_from_pairs(first, second, shifts, len(numbers), dtype=dtype)
-    graph = pair_graph if variant in ("analytic", "analytic_lowmem") else edges_from_pair_graph(pair_graph)
+    if variant in PAIR_GRAPHS:
+        graph = pair_graph_from_pairs(first, second, shifts, len(numbers), dtype=dtype, accumulate=PAIR_GRAPHS[variant])
+    else:
+        graph = edges_from_pair_graph(pair_graph_from_pairs(first, second, shifts, len(numbers), dtype=dtype, accumulate="scatter"))
     fn = force_function(variant, model)
     args = (model.params, jnp.asarray(positions, dtype), jnp.asarray(numbers, jnp.int32), graph)
 

@@ -233,7 +233,11 @@ def backward_sweep(params, config: PaiNNConfig, graph, tape, seed, precision=HIG
     for t in reversed(range(config.num_interactions)):
         block, bt = params[f"interactions_{t}"], blocks[t]
         gs, gv = update_backward(block, bt, gs, gv, precision)
-        w = bt.filters if bt.filters is not None else block_filter(block, rbf, geom.d, geom.within, config.cutoff, precision)
+        if bt.filters is not None:
+            w = bt.filters
+        else:  # recompute; the barrier stops XLA from merging this with the forward's W (and keeping it)
+            rbf_t, d_t = jax.lax.optimization_barrier((rbf, geom.d))
+            w = block_filter(block, rbf_t, d_t, geom.within, config.cutoff, precision)
         gs, gv, gw, gdir_t = ops.message_backward(graph, gs, gv, bt.s_in, bt.v_in, w, geom.direction, t == 0)
         gdir = gdir + gdir_t
         if "filter_table" in block:
@@ -256,6 +260,7 @@ def energy_forces_virial(
       atom_mask: [N] bool or None; batch: [N] int structure index; num_structures: B (static).
       store_filters: keep each block's filter W [U, 3H] from the forward sweep (default) or
         recompute it in the backward sweep (less memory, one more [U, H] x [H, 3H] matmul per block).
+        Table (compressed) blocks are always recomputed: a lookup is cheaper than the stored array.
     """
     per_atom, tape = forward_sweep(params, config, positions, atomic_numbers, graph, atom_mask, precision, store_filters)
     seed = jnp.ones_like(per_atom) if atom_mask is None else atom_mask.astype(per_atom.dtype)

@@ -49,15 +49,19 @@ class PairGraph:
 
     Every pair fills exactly two slots: (row second, sign +1) and (row first, sign -1); a periodic
     self-image pair (first == second) fills two slots of the same row.
+
+    Without the neighbour table (the three fields None) the sums over edges are scatter-adds over
+    the pairs' two atoms instead: same pair folding, no padded table, but atomics on a GPU (the
+    summation order, hence the last bits, may change from run to run).
     """
 
     first: jax.Array
     second: jax.Array
     shifts: jax.Array
     mask: jax.Array
-    neighbors: jax.Array
-    neighbor_pairs: jax.Array
-    neighbor_signs: jax.Array
+    neighbors: jax.Array | None = None
+    neighbor_pairs: jax.Array | None = None
+    neighbor_signs: jax.Array | None = None
 
     @property
     def num_pairs(self) -> int:
@@ -93,7 +97,22 @@ def _neighbor_table(first: np.ndarray, second: np.ndarray, num_atoms: int, max_n
     return table_nbrs, table_pairs, table_signs, needs_padding_pair
 
 
-def pair_graph_from_pairs(first, second, shifts, num_atoms: int, mask=None, max_neighbors: int | None = None, dtype=np.float64) -> PairGraph:
+ACCUMULATIONS = ("gather", "scatter")
+# What PaiNNStudent uses. Measured on CPU (XLA, student-427k, 300-atom water box, one thread): the
+# scatter-add layout takes 0.64x the time of the neighbour-table gathers (XLA's CPU loops over the
+# [N, M, ...] gathers are slow). On GPU the choice should follow benchmarks/bench_forces.py
+# (analytic_gather vs analytic_scatter); gathers are deterministic, scatter-adds use atomics there.
+DEFAULT_ACCUMULATION = "scatter"
+
+
+def _check_accumulate(accumulate: str) -> None:
+    if accumulate not in ACCUMULATIONS:
+        raise ValueError(f"accumulate must be one of {ACCUMULATIONS}, got {accumulate!r}")
+
+
+def pair_graph_from_pairs(
+    first, second, shifts, num_atoms: int, mask=None, max_neighbors: int | None = None, dtype=np.float64, accumulate: str = "gather"
+) -> PairGraph:
     """Builds a :class:`PairGraph` on the host from an unordered pair list (numpy in, jax out).
 
     Args:
@@ -102,8 +121,10 @@ def pair_graph_from_pairs(first, second, shifts, num_atoms: int, mask=None, max_
       num_atoms: N.
       mask: optional [P] bool (default: all real).
       max_neighbors: optional slot count M (default: the largest degree); padding slots get sign 0.
+      accumulate: "gather" (build the neighbour table) or "scatter" (no table).
     If any slot is padding, one masked pair is appended (index P) for those slots to point at.
     """
+    _check_accumulate(accumulate)
     first = np.asarray(first, np.int32).reshape(-1)
     second = np.asarray(second, np.int32).reshape(-1)
     num_pairs = len(first)
@@ -113,17 +134,18 @@ def pair_graph_from_pairs(first, second, shifts, num_atoms: int, mask=None, max_
         raise ValueError(f"first and second must have the same length, got {num_pairs} and {len(second)}")
     if num_pairs and (min(first.min(), second.min()) < 0 or max(first.max(), second.max()) >= num_atoms):
         raise ValueError(f"pair atom indices must lie in 0..{num_atoms - 1}")
+    pair_arrays = (jnp.asarray(first), jnp.asarray(second), jnp.asarray(shifts, dtype), jnp.asarray(mask))
+    if accumulate == "scatter":
+        return PairGraph(*pair_arrays)
     nbrs, pairs, signs, needs_padding_pair = _neighbor_table(first, second, num_atoms, max_neighbors)
     if needs_padding_pair:
         first, second = np.append(first, 0), np.append(second, 0)
         shifts, mask = np.concatenate([shifts, np.zeros((1, 3))]), np.append(mask, False)
-    return PairGraph(
-        jnp.asarray(first), jnp.asarray(second), jnp.asarray(shifts, dtype), jnp.asarray(mask),
-        jnp.asarray(nbrs), jnp.asarray(pairs), jnp.asarray(signs, dtype),
-    )
+        pair_arrays = (jnp.asarray(first), jnp.asarray(second), jnp.asarray(shifts, dtype), jnp.asarray(mask))
+    return PairGraph(*pair_arrays, jnp.asarray(nbrs), jnp.asarray(pairs), jnp.asarray(signs, dtype))
 
 
-def pair_graph_from_edges(edges: Edges, num_atoms: int, max_neighbors: int | None = None) -> PairGraph:
+def pair_graph_from_edges(edges: Edges, num_atoms: int, max_neighbors: int | None = None, accumulate: str = "gather") -> PairGraph:
     """Host-side conversion of a symmetric directed edge list (concrete arrays) to a PairGraph.
 
     Masked edges are dropped. Raises ValueError when a real edge a -> b (shift S) has no real
@@ -146,7 +168,7 @@ def pair_graph_from_edges(edges: Edges, num_atoms: int, max_neighbors: int | Non
             raise ValueError(f"edge {a} -> {b} (shift {list(s)}) has no reverse edge {b} -> {a}: the edge set is not symmetric")
         used[e] = used[reverse[0]] = True
         first.append(a), second.append(b), pair_shifts.append(s)
-    return pair_graph_from_pairs(first, second, np.reshape(pair_shifts, (-1, 3)), num_atoms, max_neighbors=max_neighbors, dtype=edges.shifts.dtype)
+    return pair_graph_from_pairs(first, second, np.reshape(pair_shifts, (-1, 3)), num_atoms, max_neighbors=max_neighbors, dtype=edges.shifts.dtype, accumulate=accumulate)
 
 
 @functools.lru_cache(maxsize=64)
@@ -156,15 +178,19 @@ def _all_pairs_layout(num_atoms: int):
     return first.astype(np.int32), second.astype(np.int32), nbrs, pairs, signs
 
 
-def all_pairs_graph(atom_mask: jax.Array, batch: jax.Array, dtype=jnp.float32) -> PairGraph:
+def all_pairs_graph(atom_mask: jax.Array, batch: jax.Array, dtype=jnp.float32, accumulate: str = "gather") -> PairGraph:
     """Every unordered pair of real atoms of the same structure: P = N (N - 1) / 2, M = N - 1.
 
     The index tables are static (cached per N); only the mask depends on the inputs, so this works
-    under ``jit``. atom_mask: [N] bool; batch: [N] int structure index.
+    under ``jit``. atom_mask: [N] bool; batch: [N] int structure index; accumulate: "gather"
+    (neighbour table) or "scatter".
     """
+    _check_accumulate(accumulate)
     first, second, nbrs, pairs, signs = _all_pairs_layout(atom_mask.shape[0])
     mask = atom_mask[first] & atom_mask[second] & (batch[first] == batch[second])
     shifts = jnp.zeros((len(first), 3), dtype)
+    if accumulate == "scatter":
+        return PairGraph(jnp.asarray(first), jnp.asarray(second), shifts, mask)
     return PairGraph(jnp.asarray(first), jnp.asarray(second), shifts, mask, jnp.asarray(nbrs), jnp.asarray(pairs), jnp.asarray(signs, dtype))
 
 
@@ -232,6 +258,25 @@ def _pair_edge_vectors(positions, graph: PairGraph):
 
 
 def _pair_message(graph: PairGraph, s, v, w, direction, first_block: bool):
+    """The message step, per pair: both directions from one W_p (sums by gather or scatter)."""
+    if graph.neighbors is None:
+        return _pair_message_scatter(graph, s, v, w, direction, first_block)
+    return _pair_message_gather(graph, s, v, w, direction, first_block)
+
+
+def _pair_message_scatter(graph: PairGraph, s, v, w, direction, first_block: bool):
+    """Edge i -> j adds s_i Ws + ..., + dir_p Wv2 to atom j; edge j -> i adds s_j Ws, - dir_p Wv2 to i."""
+    i, j, n = graph.first, graph.second, s.shape[0]
+    ws, wv1, wv2 = _split3(w)
+    ds = jax.ops.segment_sum(s[i] * ws, j, n) + jax.ops.segment_sum(s[j] * ws, i, n)
+    radial = direction[:, :, None] * wv2[:, None, :]
+    to_j, to_i = radial, -radial
+    if not first_block:
+        to_j, to_i = to_j + v[i] * wv1[:, None, :], to_i + v[j] * wv1[:, None, :]
+    return s + ds, v + jax.ops.segment_sum(to_j, j, n) + jax.ops.segment_sum(to_i, i, n)
+
+
+def _pair_message_gather(graph: PairGraph, s, v, w, direction, first_block: bool):
     """The message step with gather-based sums over each atom's neighbour table.
 
     Slot (a, m) holds the incoming edge b -> a (b = neighbors[a, m]) of pair p, whose filter is
@@ -265,15 +310,22 @@ def _pair_message_backward(graph: PairGraph, gs_out, gv_out, s, v, w, direction,
     if first_block:
         return None, None, jnp.concatenate([gws, jnp.zeros_like(gws), gwv2], axis=-1), gdir
     gwv1 = jnp.sum(gv_j * v[i] + gv_i * v[j], axis=1)
-    slot_ws, slot_wv1, _ = _split3(w[graph.neighbor_pairs])
-    gs = gs_out + jnp.sum(gs_out[graph.neighbors] * slot_ws, axis=1)
-    gv = gv_out + jnp.sum(gv_out[graph.neighbors] * slot_wv1[:, :, None, :], axis=1)
+    if graph.neighbors is None:  # outgoing edges: i -> j (receiver j) and j -> i (receiver i)
+        ws, wv1, _ = _split3(w)
+        n = s.shape[0]
+        gs = gs_out + jax.ops.segment_sum(gs_j * ws, i, n) + jax.ops.segment_sum(gs_i * ws, j, n)
+        gv = gv_out + jax.ops.segment_sum(gv_j * wv1[:, None, :], i, n) + jax.ops.segment_sum(gv_i * wv1[:, None, :], j, n)
+    else:
+        slot_ws, slot_wv1, _ = _split3(w[graph.neighbor_pairs])
+        gs = gs_out + jnp.sum(gs_out[graph.neighbors] * slot_ws, axis=1)
+        gv = gv_out + jnp.sum(gv_out[graph.neighbors] * slot_wv1[:, :, None, :], axis=1)
     return gs, gv, jnp.concatenate([gws, gwv1, gwv2], axis=-1), gdir
 
 
 def _pair_positions_gradient(graph: PairGraph, gvec, num_atoms: int):
     """dE/dR_a = sum over a's slots of -sign * dE/dvec_p (vec_p = R_first - R_second + shift)."""
-    del num_atoms
+    if graph.neighbors is None:
+        return jax.ops.segment_sum(gvec, graph.first, num_atoms) - jax.ops.segment_sum(gvec, graph.second, num_atoms)
     return -jnp.sum(graph.neighbor_signs[:, :, None] * gvec[graph.neighbor_pairs], axis=1)
 
 
