@@ -194,6 +194,30 @@ def all_pairs_graph(atom_mask: jax.Array, batch: jax.Array, dtype=jnp.float32, a
     return PairGraph(jnp.asarray(first), jnp.asarray(second), shifts, mask, jnp.asarray(nbrs), jnp.asarray(pairs), jnp.asarray(signs, dtype))
 
 
+def fold_symmetric_edges(edges: Edges, num_pairs: int | None = None) -> PairGraph:
+    """A symmetric directed edge list as a PairGraph (scatter accumulation), under ``jit``.
+
+    Symmetric: every real edge a -> b with shift S has a real reverse b -> a with shift -S, as in
+    any neighbour list within a cutoff (``mlff_jax.neighbors``: row b lists (a, S), row a lists
+    (b, -S)). Keeps one direction of each pair (a < b; for a periodic self-image a == b, the shift
+    whose first non-zero component is positive) and compacts them into ``num_pairs`` slots
+    (default E // 2, always enough); the rest are masked. Gradients flow back to the kept edges'
+    ``shifts`` only (a reverse shift is taken to be minus its partner's), so derivatives with
+    respect to anything that moves both alike (strain, cell) are exact.
+
+    Edges listed beyond the model's cutoff (a skin) may lack their reverse at round-off; they carry
+    no weight (W = 0 for d > rc), so dropping or keeping them changes nothing.
+    """
+    senders, receivers, shifts = edges.senders, edges.receivers, edges.shifts
+    x, y, z = shifts[:, 0], shifts[:, 1], shifts[:, 2]
+    positive = (x > 0) | ((x == 0) & ((y > 0) | ((y == 0) & (z > 0))))
+    canonical = edges.mask & ((senders < receivers) | ((senders == receivers) & positive))
+    size = edges.num_edges // 2 if num_pairs is None else num_pairs
+    (index,) = jnp.nonzero(canonical, size=size, fill_value=0)
+    real = (jnp.arange(size) < jnp.sum(canonical)) & canonical[index]
+    return PairGraph(senders[index], receivers[index], shifts[index], real)
+
+
 def edges_from_pair_graph(graph: PairGraph) -> Edges:
     """The directed edge list of a PairGraph (both directions of each pair): E = 2P."""
     return Edges(

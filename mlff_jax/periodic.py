@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mlff_jax import analytic, painn
+from mlff_jax.analytic_graph import fold_symmetric_edges
 from mlff_jax.neighbors import cell as cell_lib
 from mlff_jax.neighbors import neighbor_list as nl
 from mlff_jax.neighbors.edges import neighbor_list_edges
@@ -36,8 +37,10 @@ def structure_energies(params, config, precision, positions, atomic_numbers, nbr
     method: "analytic" (gradients by the hand-derived sweep) or "autodiff" (plain reverse mode).
     """
     edges = neighbor_list_edges(nbrs, cells, positions.dtype)
-    energies = analytic.structure_energies if method == "analytic" else painn.structure_energies
-    return energies(params, config, positions, atomic_numbers, edges, atom_mask, nbrs.batch, num_structures, precision)
+    if method == "analytic":  # the list is symmetric: one filter evaluation per pair (mlff_jax.analytic_graph)
+        graph = fold_symmetric_edges(edges)
+        return analytic.structure_energies(params, config, positions, atomic_numbers, graph, atom_mask, nbrs.batch, num_structures, precision)
+    return painn.structure_energies(params, config, positions, atomic_numbers, edges, atom_mask, nbrs.batch, num_structures, precision)
 
 
 def energy_forces_stress(params, config, precision, positions, atomic_numbers, nbrs, cells, atom_mask, num_structures, compute_stress=True,
