@@ -17,9 +17,10 @@ list, with periodic shifts). Variants, all on the same candidate pairs:
 
 Per system and variant: median and spread of the wall time of one jitted call and of one step of a
 compiled ``lax.fori_loop`` (positions nudged along the forces each step, so no step can be hoisted),
-compile time, XLA's compiled memory analysis, and for the large systems the device's
-``peak_bytes_in_use`` measured in a fresh process per variant (the counter cannot be reset). The
-JSON records device, versions, git commit and command (benchmarks/common.py).
+compile time and XLA's compiled memory analysis (temporary buffers); with ``--isolate`` the boxes'
+variants also run in fresh processes to record the device's ``peak_bytes_in_use`` (the counter
+cannot be reset). The JSON, written after every system, records device, versions, git commit and
+command (benchmarks/common.py). ``--systems clusters|boxes`` splits the run.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from systems import water_box, water_cluster  # noqa: E402
 
 VARIANTS = ("autodiff", "analytic_gather", "analytic_scatter", "analytic_lowmem", "analytic_edges")
 PAIR_GRAPHS = {"analytic_gather": "gather", "analytic_scatter": "scatter", "analytic_lowmem": "scatter"}
+DEFAULT_VARIANTS = ("autodiff", "analytic_gather", "analytic_scatter")  # the others: --variants
 CLUSTERS = (1, 4, 10, 20, 33, 67)  # water molecules: 3 .. 201 atoms
 BOXES = (334, 3334)  # ~1,000 and ~10,000 atoms
 QUICK_CLUSTERS, QUICK_BOXES = (1, 4, 10), (100,)
@@ -232,12 +234,15 @@ def main(argv=None) -> None:
     p.add_argument("--quick", action="store_true", help="CPU smoke check: small model, small systems, few repeats")
     p.add_argument("--dtype", default="float32", choices=("float32", "float64"))
     p.add_argument("--precision", default="highest", choices=("highest", "high", "default"))
-    p.add_argument("--variants", default=",".join(VARIANTS))
+    p.add_argument("--variants", default=",".join(DEFAULT_VARIANTS), help=f"comma-separated, among {VARIANTS}")
+    p.add_argument("--budget-s", type=float, default=None, help="start no new system after this many seconds (results so far are kept)")
     p.add_argument("--repeats", type=int, default=30)
-    p.add_argument("--repeats-large", type=int, default=10)
+    p.add_argument("--repeats-large", type=int, default=5)
     p.add_argument("--loop-steps", type=int, default=50)
     p.add_argument("--loop-steps-large", type=int, default=10)
-    p.add_argument("--no-isolate", action="store_true", help="measure large systems in this process (no peak memory)")
+    p.add_argument("--isolate", action="store_true",
+                   help="GPU: measure each box variant in a fresh process to record its peak_bytes_in_use (slower)")
+    p.add_argument("--systems", default="all", help="'all', 'clusters', 'boxes', or comma-separated names (cluster_4,box_334)")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     p.add_argument("--variant", help=argparse.SUPPRESS)
     p.add_argument("--worker-out", help=argparse.SUPPRESS)
@@ -274,8 +279,19 @@ def main(argv=None) -> None:
         "skin_angstrom": SKIN,
         "systems": [],
     }
-    isolate = not args.no_isolate and device.platform == "gpu"
+    isolate = args.isolate and device.platform == "gpu"
+    if args.systems == "clusters":
+        names = [n for n in names if n.startswith("cluster")]
+    elif args.systems == "boxes":
+        names = [n for n in names if n.startswith("box")]
+    elif args.systems != "all":
+        names = args.systems.split(",")
+    started = time.perf_counter()
     for name in names:
+        if args.budget_s is not None and time.perf_counter() - started > args.budget_s:
+            payload.setdefault("skipped_for_budget", []).append(name)
+            write_json(out, payload)
+            continue
         system = make_system(name, model.config.cutoff)
         positions, numbers, first, second, _ = system
         large = name.startswith("box")
