@@ -1,15 +1,15 @@
 """Graph layouts for the analytic sweep, and the message-passing steps written for each.
 
 The sweep in :mod:`mlff_jax.analytic` works on "unique edges" u: every geometric quantity (vec, d,
-dir, the radial filter W) is computed once per unique edge. Two layouts are supported:
+dir, the radial filter W) is computed once per unique edge. Layouts:
 
 * :class:`~mlff_jax.graph.Edges` (directed, any edge set): unique edge = directed edge; sums over
   edges are scatter-adds (``segment_sum``). Correct for any edge list, symmetric or not.
 * :class:`PairGraph` (symmetric edge sets): unique edge = unordered pair {i, j}. The two directed
   edges i -> j and j -> i share d and W and have opposite directions, so the filter network runs
-  once per pair (half the work of the dominant matmuls). Each atom carries a padded table of its
-  neighbours, so every sum over edges becomes a gather followed by a reduction over the table's
-  slot axis: no scatter, no atomics, the same result on every run.
+  once per pair (half the work of the dominant matmuls). Sums over edges are either scatter-adds
+  over the pair's two atoms, or (with a per-atom neighbour table) gathers reduced over the table's
+  slot axis: no atomics, the same result on every run.
 
 For a pair p the canonical edge is first -> second: ``vec_p = R_first - R_second + shift_p``. The
 reverse edge second -> first has vector ``-vec_p`` (exactly: IEEE negation and subtraction are
@@ -35,7 +35,7 @@ from mlff_jax.graph import Edges
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
 class PairGraph:
-    """Unordered pairs plus a per-atom neighbour table (P pairs, N atoms, M slots per atom).
+    """Unordered pairs, optionally with a per-atom neighbour table (P pairs, N atoms, M slots per atom).
 
     Attributes:
       first, second: [P] int32, the pair's atoms; the canonical edge is first -> second.
