@@ -13,6 +13,8 @@ list, with periodic shifts). Variants, all on the same candidate pairs:
 - ``analytic_scatter``: the same pair folding, sums by scatter-add over the pairs' atoms.
 - ``analytic_lowmem``: ``analytic_scatter`` with filters recomputed in the backward sweep
   (``store_filters=False``).
+- ``analytic_chunked``: ``analytic_lowmem`` in chunks of 65,536 pairs (``chunk_size``, ``--chunk-pairs``): bounded
+  per-edge temporaries, for systems whose edges do not fit at once.
 - ``analytic_edges``: the analytic sweep on the directed edge list (no pair folding, scatter-adds).
 
 Per system and variant: median and spread of the wall time of one jitted call and of one step of a
@@ -40,8 +42,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from common import environment, jax_sync, peak_memory_bytes, time_fn, write_json  # noqa: E402
 from systems import water_box, water_cluster  # noqa: E402
 
-VARIANTS = ("autodiff", "analytic_gather", "analytic_scatter", "analytic_lowmem", "analytic_edges")
-PAIR_GRAPHS = {"analytic_gather": "gather", "analytic_scatter": "scatter", "analytic_lowmem": "scatter"}
+VARIANTS = ("autodiff", "analytic_gather", "analytic_scatter", "analytic_lowmem", "analytic_chunked", "analytic_edges")
+PAIR_GRAPHS = {"analytic_gather": "gather", "analytic_scatter": "scatter", "analytic_lowmem": "scatter", "analytic_chunked": "scatter"}
+CHUNK_PAIRS = 1 << 16  # analytic_chunked: pairs per chunk (--chunk-pairs)
 DEFAULT_VARIANTS = ("autodiff", "analytic_gather", "analytic_scatter")  # the others: --variants
 CLUSTERS = (1, 4, 10, 20, 33, 67)  # water molecules: 3 .. 201 atoms
 BOXES = (334, 3334)  # ~1,000 and ~10,000 atoms
@@ -111,7 +114,7 @@ def make_system(name: str, cutoff: float):
 
 
 # ----------------------------------------------------------------------------------- variants
-def force_function(variant: str, model):
+def force_function(variant: str, model, chunk_pairs: int = CHUNK_PAIRS):
     """(params, positions, numbers, graph) -> (energies [1], forces [N, 3]), to be jitted."""
     import jax
     import jax.numpy as jnp
@@ -138,17 +141,19 @@ def force_function(variant: str, model):
             return energies, -grad
 
         return forces
-    store = variant != "analytic_lowmem"
+    store = variant not in ("analytic_lowmem", "analytic_chunked")
+    chunk = chunk_pairs if variant == "analytic_chunked" else None
 
     def forces(params, positions, numbers, graph):
         mask, batch = inputs(positions)
-        result = analytic.energy_forces_virial(params, config, positions, numbers, graph, mask, batch, 1, precision, store_filters=store)
+        result = analytic.energy_forces_virial(params, config, positions, numbers, graph, mask, batch, 1, precision, store_filters=store,
+                                               chunk_size=chunk)
         return result.energies, result.forces
 
     return forces
 
 
-def measure(variant: str, model, system, loop_steps: int, repeats: int) -> dict:
+def measure(variant: str, model, system, loop_steps: int, repeats: int, chunk_pairs: int = CHUNK_PAIRS) -> dict:
     """Times, compile time and memory of one variant on one system."""
     import jax
     import jax.numpy as jnp
@@ -161,7 +166,7 @@ def measure(variant: str, model, system, loop_steps: int, repeats: int) -> dict:
         graph = pair_graph_from_pairs(first, second, shifts, len(numbers), dtype=dtype, accumulate=PAIR_GRAPHS[variant])
     else:
         graph = edges_from_pair_graph(pair_graph_from_pairs(first, second, shifts, len(numbers), dtype=dtype, accumulate="scatter"))
-    fn = force_function(variant, model)
+    fn = force_function(variant, model, chunk_pairs)
     args = (model.params, jnp.asarray(positions, dtype), jnp.asarray(numbers, jnp.int32), graph)
 
     def loop(params, pos, numbers, graph):
@@ -205,7 +210,7 @@ def run_worker(args) -> None:
 
     model = mlff_jax.load(args.checkpoint, dtype=args.dtype, precision=args.precision)
     system = make_system(args.worker, model.config.cutoff)
-    row = measure(args.variant, model, system, args.loop_steps_large, args.repeats_large)
+    row = measure(args.variant, model, system, args.loop_steps_large, args.repeats_large, args.chunk_pairs)
     np.save(args.worker_out + ".forces.npy", row.pop("forces"))
     with open(args.worker_out, "w") as f:
         json.dump(row, f)
@@ -217,7 +222,8 @@ def isolated(args, name: str, variant: str) -> dict:
         out = os.path.join(tmp, "row.json")
         cmd = [sys.executable, os.path.abspath(__file__), "--worker", name, "--variant", variant, "--worker-out", out,
                "--checkpoint", args.checkpoint, "--dtype", args.dtype, "--precision", args.precision,
-               "--loop-steps-large", str(args.loop_steps_large), "--repeats-large", str(args.repeats_large)]
+               "--loop-steps-large", str(args.loop_steps_large), "--repeats-large", str(args.repeats_large),
+               "--chunk-pairs", str(args.chunk_pairs)]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:
             return {"variant": variant, "error": proc.stderr[-2000:]}
@@ -235,6 +241,7 @@ def main(argv=None) -> None:
     p.add_argument("--dtype", default="float32", choices=("float32", "float64"))
     p.add_argument("--precision", default="highest", choices=("highest", "high", "default"))
     p.add_argument("--variants", default=",".join(DEFAULT_VARIANTS), help=f"comma-separated, among {VARIANTS}")
+    p.add_argument("--chunk-pairs", type=int, default=CHUNK_PAIRS, help="pairs per chunk of analytic_chunked")
     p.add_argument("--budget-s", type=float, default=None, help="start no new system after this many seconds (results so far are kept)")
     p.add_argument("--repeats", type=int, default=30)
     p.add_argument("--repeats-large", type=int, default=5)
@@ -303,7 +310,7 @@ def main(argv=None) -> None:
                 row = isolated(args, name, variant)
             else:
                 steps, repeats = (args.loop_steps_large, args.repeats_large) if large else (args.loop_steps, args.repeats)
-                row = measure(variant, model, system, steps, repeats)
+                row = measure(variant, model, system, steps, repeats, args.chunk_pairs)
                 if not large:
                     row["peak_bytes_in_use"] = None  # shared process: the counter is not this variant's
             row["wall_s"] = time.perf_counter() - t0

@@ -25,6 +25,7 @@ import jax.numpy as jnp
 from mlff_jax import painn
 from mlff_jax.analytic_graph import ops_for
 from mlff_jax.config import PaiNNConfig
+from mlff_jax.graph import Edges
 from mlff_jax.radial_table import tabulated_filter
 
 HIGHEST = jax.lax.Precision.HIGHEST
@@ -205,7 +206,102 @@ def _reference_energies(params, atomic_numbers):
     return 0.0
 
 
-def forward_sweep(params, config: PaiNNConfig, positions, atomic_numbers, graph, atom_mask, precision=HIGHEST, store_filters: bool = True):
+def _chunked(tree, num_chunks: int):
+    """Per-edge leaves [U, ...] -> [num_chunks, U / num_chunks, ...] (None leaves stay None)."""
+    return jax.tree_util.tree_map(lambda x: x.reshape((num_chunks, -1) + x.shape[1:]), tree)
+
+
+def _unchunked(tree):
+    return jax.tree_util.tree_map(lambda x: x.reshape((-1,) + x.shape[2:]), tree)
+
+
+def num_unique_edges(graph) -> int:
+    """U: directed edges of an ``Edges``, pairs of a ``PairGraph``."""
+    return graph.num_edges if isinstance(graph, Edges) else graph.num_pairs
+
+
+def pad_edges(graph, multiple: int):
+    """The graph with masked unique edges appended so that U is a multiple of ``multiple``
+    (appended edges: atoms 0 -> 0, zero shift, mask False: they contribute exactly zero)."""
+    fields = {f: getattr(graph, f) for f in graph.__dataclass_fields__}
+    if fields.get("neighbors") is not None:
+        raise ValueError("chunk_size needs a graph without a neighbour table (accumulate='scatter', or Edges)")
+    extra = -num_unique_edges(graph) % multiple
+    if extra == 0:
+        return graph
+    pad = lambda x: jnp.concatenate([x, jnp.zeros((extra,) + x.shape[1:], x.dtype)])
+    return type(graph)(**{k: None if x is None else pad(x) for k, x in fields.items()})
+
+
+AUTO_CHUNK_PAIRS = 1 << 16  # unique edges per chunk when auto_chunk_size chunks
+AUTO_CHUNK_ABOVE = 1 << 20  # ... which it does above this many unique edges (~20k atoms of water)
+
+
+def auto_chunk_size(num_edges: int) -> int | None:
+    """A chunk size for U unique edges: None (one pass, fastest) unless U > 2^20, then 2^16,
+    which bounds the per-edge temporaries of very large systems (100k atoms) at a few GB."""
+    return AUTO_CHUNK_PAIRS if num_edges > AUTO_CHUNK_ABOVE else None
+
+
+def _chunk_plan(graph, chunk_size: int | None):
+    """(graph padded to whole chunks, number of chunks)."""
+    if chunk_size is None or num_unique_edges(graph) <= chunk_size:
+        return graph, 1
+    graph = pad_edges(graph, chunk_size)
+    return graph, num_unique_edges(graph) // chunk_size
+
+
+def _forward_edges(ops, graph, geom, rbf, block, s, v, first_block, cutoff, precision, num_chunks, keep_filters):
+    """Filter W [U, 3H] and message increments (ds, dv) of one block, in num_chunks sequential
+    chunks of unique edges when num_chunks > 1 (per-edge temporaries bounded by the chunk)."""
+    if num_chunks == 1:
+        w = block_filter(block, rbf, geom.d, geom.within, cutoff, precision)
+        return (w,) + tuple(ops.message(graph, s, v, w, geom.direction, first_block))
+
+    def step(carry, chunk):
+        graph_c, geom_c, rbf_c = chunk
+        w = block_filter(block, rbf_c, geom_c.d, geom_c.within, cutoff, precision)
+        ds, dv = ops.message(graph_c, s, v, w, geom_c.direction, first_block)
+        return (carry[0] + ds, carry[1] + dv), (w if keep_filters else None)
+
+    (ds, dv), w = jax.lax.scan(step, (jnp.zeros_like(s), jnp.zeros_like(v)), _chunked((graph, geom, rbf), num_chunks))
+    return (None if w is None else _unchunked(w)), ds, dv
+
+
+def _backward_edges(ops, graph, geom, rbf, block, bt: BlockTape, gs, gv, first_block, cutoff, precision, num_chunks):
+    """Reverse of :func:`_forward_edges`: increments of the block inputs' adjoints (None in block 0),
+    dE/ddir [U, 3], and dE/de [U, K] (network blocks) or dE/dd [U] (table blocks)."""
+    table = "filter_table" in block
+
+    def edge_pass(graph_c, geom_c, rbf_c, w):
+        if w is None:  # recompute; the barrier stops XLA from merging this with the forward's W (and keeping it)
+            rbf_c, d_c = jax.lax.optimization_barrier((rbf_c, geom_c.d))
+            w = block_filter(block, rbf_c, d_c, geom_c.within, cutoff, precision)
+        dgs, dgv, gw, gdir = ops.message_backward(graph_c, gs, gv, bt.s_in, bt.v_in, w, geom_c.direction, first_block)
+        if table:
+            slope = table_slope(block["filter_table"], geom_c.d, cutoff)
+            g_radial = jnp.where(geom_c.within, jnp.sum(gw * slope, axis=-1), 0.0)
+        else:
+            g_radial = filter_backward(block, rbf_c, gw, geom_c.within, precision)
+        return dgs, dgv, gdir, g_radial
+
+    if num_chunks == 1:
+        return edge_pass(graph, geom, rbf, bt.filters)
+
+    def step(carry, chunk):
+        dgs, dgv, gdir, g_radial = edge_pass(*chunk)
+        if first_block:
+            return carry, (gdir, g_radial)
+        return (carry[0] + dgs, carry[1] + dgv), (gdir, g_radial)
+
+    chunks = _chunked((graph, geom, rbf, bt.filters), num_chunks)
+    carry, (gdir, g_radial) = jax.lax.scan(step, () if first_block else (jnp.zeros_like(gs), jnp.zeros_like(gv)), chunks)
+    dgs, dgv = (None, None) if first_block else carry
+    return dgs, dgv, _unchunked(gdir), _unchunked(g_radial)
+
+
+def forward_sweep(params, config: PaiNNConfig, positions, atomic_numbers, graph, atom_mask, precision=HIGHEST, store_filters: bool = True,
+                  num_chunks: int = 1):
     """Per-atom energies [N] eV (0 on padding atoms) and the tape for :func:`backward_sweep`."""
     ops = ops_for(graph)
     geom = edge_geometry(*ops.edge_vectors(positions, graph), config.cutoff)
@@ -215,10 +311,10 @@ def forward_sweep(params, config: PaiNNConfig, positions, atomic_numbers, graph,
     tapes = []
     for t in range(config.num_interactions):
         block = params[f"interactions_{t}"]
-        w = block_filter(block, rbf, geom.d, geom.within, config.cutoff, precision)
-        s_mid, v_mid = ops.message(graph, s, v, w, geom.direction, t == 0)
-        s_out, v_out, norm, pre, out = update_forward(block, s_mid, v_mid, precision)
         keep = store_filters and "filter_table" not in block  # a table lookup is cheaper to redo than to store
+        w, ds, dv = _forward_edges(ops, graph, geom, rbf, block, s, v, t == 0, config.cutoff, precision, num_chunks, keep)
+        s_mid, v_mid = s + ds, v + dv
+        s_out, v_out, norm, pre, out = update_forward(block, s_mid, v_mid, precision)
         tapes.append(BlockTape(s, v, w if keep else None, v_mid, norm, pre, out))
         s, v = s_out, v_out
     per_atom = painn.readout(params, s, precision) + _reference_energies(params, atomic_numbers)
@@ -227,7 +323,7 @@ def forward_sweep(params, config: PaiNNConfig, positions, atomic_numbers, graph,
     return per_atom, (geom, rbf, tuple(tapes), s)
 
 
-def backward_sweep(params, config: PaiNNConfig, graph, tape, seed, precision=HIGHEST):
+def backward_sweep(params, config: PaiNNConfig, graph, tape, seed, precision=HIGHEST, num_chunks: int = 1):
     """dE/dvec [U, 3] of sum_a seed_a E_a, for every unique edge (0 on masked edges)."""
     ops = ops_for(graph)
     geom, rbf, blocks, s_final = tape
@@ -239,45 +335,49 @@ def backward_sweep(params, config: PaiNNConfig, graph, tape, seed, precision=HIG
     for t in reversed(range(config.num_interactions)):
         block, bt = params[f"interactions_{t}"], blocks[t]
         gs, gv = update_backward(block, bt, gs, gv, precision)
-        if bt.filters is not None:
-            w = bt.filters
-        else:  # recompute; the barrier stops XLA from merging this with the forward's W (and keeping it)
-            rbf_t, d_t = jax.lax.optimization_barrier((rbf, geom.d))
-            w = block_filter(block, rbf_t, d_t, geom.within, config.cutoff, precision)
-        gs, gv, gw, gdir_t = ops.message_backward(graph, gs, gv, bt.s_in, bt.v_in, w, geom.direction, t == 0)
+        dgs, dgv, gdir_t, g_radial = _backward_edges(ops, graph, geom, rbf, block, bt, gs, gv, t == 0, config.cutoff, precision, num_chunks)
+        if t > 0:
+            gs, gv = gs + dgs, gv + dgv
         gdir = gdir + gdir_t
         if "filter_table" in block:
-            slope = table_slope(block["filter_table"], geom.d, config.cutoff)
-            gd = gd + jnp.where(geom.within, jnp.sum(gw * slope, axis=-1), 0.0)
+            gd = gd + g_radial
         else:
-            g_rbf = g_rbf + filter_backward(block, rbf, gw, geom.within, precision)
+            g_rbf = g_rbf + g_radial
     gd = gd + radial_backward(geom.d, g_rbf, params["rbf"]["centers"], params["rbf"]["widths"], config.cutoff)
     return geometry_backward(geom, gd, gdir)
 
 
 def energy_forces_virial(
     params, config: PaiNNConfig, positions, atomic_numbers, graph, atom_mask, batch, num_structures: int,
-    precision=HIGHEST, store_filters: bool = True,
+    precision=HIGHEST, store_filters: bool | None = None, chunk_size: int | None = None,
 ) -> AnalyticResult:
     """Energies, forces, virial and per-edge forces from one forward and one backward sweep.
 
     Args (as :func:`mlff_jax.painn.structure_energies`):
       positions: [N, 3] Å; atomic_numbers: [N] int; graph: ``Edges`` or ``PairGraph``;
       atom_mask: [N] bool or None; batch: [N] int structure index; num_structures: B (static).
-      store_filters: keep each block's filter W [U, 3H] from the forward sweep (default) or
-        recompute it in the backward sweep (less memory, one more [U, H] x [H, 3H] matmul per block).
+      store_filters: keep each block's filter W [U, 3H] from the forward sweep (default without
+        chunks) or recompute it in the backward sweep (default with chunks; less memory, one more
+        [U, H] x [H, 3H] matmul per block).
         Table (compressed) blocks are always recomputed: a lookup is cheaper than the stored array.
+      chunk_size: if set, the per-edge work of each block runs over chunks of this many unique
+        edges in a ``lax.scan``, so per-edge temporaries are bounded by the chunk (for systems whose
+        edges do not fit at once; sequential, hence slower when they do). Not with a neighbour table.
     """
-    per_atom, tape = forward_sweep(params, config, positions, atomic_numbers, graph, atom_mask, precision, store_filters)
+    num_edges = num_unique_edges(graph)
+    graph, num_chunks = _chunk_plan(graph, chunk_size)
+    if store_filters is None:
+        store_filters = num_chunks == 1
+    per_atom, tape = forward_sweep(params, config, positions, atomic_numbers, graph, atom_mask, precision, store_filters, num_chunks)
     seed = jnp.ones_like(per_atom) if atom_mask is None else atom_mask.astype(per_atom.dtype)
-    gvec = backward_sweep(params, config, graph, tape, seed, precision)
+    gvec = backward_sweep(params, config, graph, tape, seed, precision, num_chunks)
     ops = ops_for(graph)
     forces = -ops.positions_gradient(graph, gvec, positions.shape[0])
     geom = tape[0]
     edge_structure = ops.edge_structures(graph, batch)
     virial = -per_structure_sum(geom.vec[:, :, None] * gvec[:, None, :], edge_structure, num_structures)
     energies = per_structure_sum(per_atom, batch, num_structures)
-    return AnalyticResult(energies, forces, virial, -gvec)
+    return AnalyticResult(energies, forces, virial, -gvec[:num_edges])
 
 
 def per_structure_sum(values, structure, num_structures: int):
@@ -288,16 +388,19 @@ def per_structure_sum(values, structure, num_structures: int):
     return jax.ops.segment_sum(values, structure, num_structures)
 
 
-def structure_energies_and_forces(params, config, positions, atomic_numbers, graph, atom_mask, batch, num_structures, precision=HIGHEST):
+def structure_energies_and_forces(params, config, positions, atomic_numbers, graph, atom_mask, batch, num_structures, precision=HIGHEST,
+                                  chunk_size=None):
     """(energies [B] eV, forces [N, 3] eV/Å): the analytic counterpart of ``jax.grad`` of
-    :func:`mlff_jax.painn.structure_energies`, on the same inputs."""
-    result = energy_forces_virial(params, config, positions, atomic_numbers, graph, atom_mask, batch, num_structures, precision)
+    :func:`mlff_jax.painn.structure_energies`, on the same inputs (``chunk_size``: see
+    :func:`energy_forces_virial`)."""
+    result = energy_forces_virial(params, config, positions, atomic_numbers, graph, atom_mask, batch, num_structures, precision,
+                                  chunk_size=chunk_size)
     return result.energies, result.forces
 
 
 # --------------------------------------------------------------------- custom_vjp drop-in energy
-@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 7, 8))
-def structure_energies(params, config, positions, atomic_numbers, graph, atom_mask, batch, num_structures, precision=HIGHEST):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 7, 8, 9))
+def structure_energies(params, config, positions, atomic_numbers, graph, atom_mask, batch, num_structures, precision=HIGHEST, chunk_size=None):
     """Per-structure energies [B] eV, like :func:`mlff_jax.painn.structure_energies`, whose
     gradient with respect to positions (and edge shifts) is the analytic sweep.
 
@@ -305,7 +408,12 @@ def structure_energies(params, config, positions, atomic_numbers, graph, atom_ma
     (e.g. the parameter gradient of a loss on ``jax.grad``-computed forces) differentiate through
     the analytic sweep itself, which is plain JAX.
     """
-    per_atom, _ = forward_sweep(params, config, positions, atomic_numbers, graph, atom_mask, precision)
+    return _energies_only(params, config, positions, atomic_numbers, graph, atom_mask, batch, num_structures, precision, chunk_size)
+
+
+def _energies_only(params, config, positions, atomic_numbers, graph, atom_mask, batch, num_structures, precision, chunk_size):
+    graph, num_chunks = _chunk_plan(graph, chunk_size)
+    per_atom, _ = forward_sweep(params, config, positions, atomic_numbers, graph, atom_mask, precision, False, num_chunks)
     return per_structure_sum(per_atom, batch, num_structures)
 
 
@@ -318,20 +426,21 @@ def _unwrap(tree):
     return values, any(bool(getattr(x, "perturbed", False)) for x in leaves)
 
 
-def _structure_energies_fwd(params, config, positions, atomic_numbers, graph, atom_mask, batch, num_structures, precision):
+def _structure_energies_fwd(params, config, positions, atomic_numbers, graph, atom_mask, batch, num_structures, precision, chunk_size):
     (params, params_perturbed), (positions, positions_perturbed) = _unwrap(params), _unwrap(positions)
     (graph, graph_perturbed), (atomic_numbers, _), (atom_mask, _), (batch, _) = map(_unwrap, (graph, atomic_numbers, atom_mask, batch))
     if positions_perturbed or graph_perturbed:  # forces wanted: the analytic sweep
-        result = energy_forces_virial(params, config, positions, atomic_numbers, graph, atom_mask, batch, num_structures, precision)
+        result = energy_forces_virial(params, config, positions, atomic_numbers, graph, atom_mask, batch, num_structures, precision,
+                                      chunk_size=chunk_size)
         energies, forces, edge_forces = result.energies, result.forces, result.edge_forces
     else:  # only parameter gradients wanted: the forward sweep is enough
-        per_atom, _ = forward_sweep(params, config, positions, atomic_numbers, graph, atom_mask, precision)
-        energies, forces, edge_forces = per_structure_sum(per_atom, batch, num_structures), None, None
+        energies = _energies_only(params, config, positions, atomic_numbers, graph, atom_mask, batch, num_structures, precision, chunk_size)
+        forces = edge_forces = None
     residuals = (params if params_perturbed else None, positions, atomic_numbers, graph, atom_mask, batch, forces, edge_forces)
     return energies, residuals
 
 
-def _structure_energies_bwd(config, num_structures, precision, residuals, g):
+def _structure_energies_bwd(config, num_structures, precision, chunk_size, residuals, g):
     params, positions, atomic_numbers, graph, atom_mask, batch, forces, edge_forces = residuals
     if isinstance(g, jax.custom_derivatives.SymbolicZero):
         return None, None, None, None, None, None
@@ -344,8 +453,7 @@ def _structure_energies_bwd(config, num_structures, precision, residuals, g):
         g_graph = type(graph)(**{**{f: None for f in graph.__dataclass_fields__}, "shifts": g_shifts})
     if params is not None:  # documented switch: parameter cotangents by autodiff of the forward sweep
         def energies_of(p):
-            per_atom, _ = forward_sweep(p, config, positions, atomic_numbers, graph, atom_mask, precision)
-            return per_structure_sum(per_atom, batch, num_structures)
+            return _energies_only(p, config, positions, atomic_numbers, graph, atom_mask, batch, num_structures, precision, chunk_size)
 
         _, vjp = jax.vjp(energies_of, params)
         (g_params,) = vjp(g)

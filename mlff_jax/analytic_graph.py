@@ -239,20 +239,21 @@ def _directed_edge_vectors(positions, edges: Edges):
 
 
 def _directed_message(edges: Edges, s, v, w, direction, first_block: bool):
-    """s'_b = s_b + sum_{a->b} s_a Ws ; v'_b = v_b + sum_{a->b} (v_a Wv1 + dir (x) Wv2). In the first
-    block v = 0, so its term is skipped."""
+    """The message increments (ds, dv): ds_b = sum_{a->b} s_a Ws, dv_b = sum_{a->b} (v_a Wv1 + dir (x) Wv2).
+    In the first block v = 0, so its term is skipped."""
     n = s.shape[0]
     ws, wv1, wv2 = _split3(w)
     ds = jax.ops.segment_sum(s[edges.senders] * ws, edges.receivers, n)
     dv_edge = direction[:, :, None] * wv2[:, None, :]
     if not first_block:
         dv_edge = dv_edge + v[edges.senders] * wv1[:, None, :]
-    return s + ds, v + jax.ops.segment_sum(dv_edge, edges.receivers, n)
+    return ds, jax.ops.segment_sum(dv_edge, edges.receivers, n)
 
 
 def _directed_message_backward(edges: Edges, gs_out, gv_out, s, v, w, direction, first_block: bool):
-    """Reverse of :func:`_directed_message`. Returns (gs, gv, gw [E, 3H], gdir [E, 3]); gs, gv are
-    None in the first block (its inputs are the embedding and zeros: no position dependence)."""
+    """Reverse of :func:`_directed_message`. Returns the increments (gs, gv) of the block inputs'
+    adjoints (the identity part, gs_out and gv_out, is the caller's), gw [E, 3H] and gdir [E, 3];
+    gs, gv are None in the first block (its inputs are the embedding and zeros)."""
     ws, wv1, wv2 = _split3(w)
     gs_rcv, gv_rcv = gs_out[edges.receivers], gv_out[edges.receivers]
     gws = gs_rcv * s[edges.senders]
@@ -262,8 +263,8 @@ def _directed_message_backward(edges: Edges, gs_out, gv_out, s, v, w, direction,
         return None, None, jnp.concatenate([gws, jnp.zeros_like(gws), gwv2], axis=-1), gdir
     gwv1 = jnp.sum(gv_rcv * v[edges.senders], axis=1)
     n = s.shape[0]
-    gs = gs_out + jax.ops.segment_sum(gs_rcv * ws, edges.senders, n)
-    gv = gv_out + jax.ops.segment_sum(gv_rcv * wv1[:, None, :], edges.senders, n)
+    gs = jax.ops.segment_sum(gs_rcv * ws, edges.senders, n)
+    gv = jax.ops.segment_sum(gv_rcv * wv1[:, None, :], edges.senders, n)
     return gs, gv, jnp.concatenate([gws, gwv1, gwv2], axis=-1), gdir
 
 
@@ -297,7 +298,7 @@ def _pair_message_scatter(graph: PairGraph, s, v, w, direction, first_block: boo
     to_j, to_i = radial, -radial
     if not first_block:
         to_j, to_i = to_j + v[i] * wv1[:, None, :], to_i + v[j] * wv1[:, None, :]
-    return s + ds, v + jax.ops.segment_sum(to_j, j, n) + jax.ops.segment_sum(to_i, i, n)
+    return ds, jax.ops.segment_sum(to_j, j, n) + jax.ops.segment_sum(to_i, i, n)
 
 
 def _pair_message_gather(graph: PairGraph, s, v, w, direction, first_block: bool):
@@ -312,7 +313,7 @@ def _pair_message_gather(graph: PairGraph, s, v, w, direction, first_block: bool
     dv = jnp.sum(slot_dir[:, :, :, None] * wv2[:, :, None, :], axis=1)
     if not first_block:
         dv = dv + jnp.sum(v[graph.neighbors] * wv1[:, :, None, :], axis=1)
-    return s + ds, v + dv
+    return ds, dv
 
 
 def _pair_message_backward(graph: PairGraph, gs_out, gv_out, s, v, w, direction, first_block: bool):
@@ -337,12 +338,12 @@ def _pair_message_backward(graph: PairGraph, gs_out, gv_out, s, v, w, direction,
     if graph.neighbors is None:  # outgoing edges: i -> j (receiver j) and j -> i (receiver i)
         ws, wv1, _ = _split3(w)
         n = s.shape[0]
-        gs = gs_out + jax.ops.segment_sum(gs_j * ws, i, n) + jax.ops.segment_sum(gs_i * ws, j, n)
-        gv = gv_out + jax.ops.segment_sum(gv_j * wv1[:, None, :], i, n) + jax.ops.segment_sum(gv_i * wv1[:, None, :], j, n)
+        gs = jax.ops.segment_sum(gs_j * ws, i, n) + jax.ops.segment_sum(gs_i * ws, j, n)
+        gv = jax.ops.segment_sum(gv_j * wv1[:, None, :], i, n) + jax.ops.segment_sum(gv_i * wv1[:, None, :], j, n)
     else:
         slot_ws, slot_wv1, _ = _split3(w[graph.neighbor_pairs])
-        gs = gs_out + jnp.sum(gs_out[graph.neighbors] * slot_ws, axis=1)
-        gv = gv_out + jnp.sum(gv_out[graph.neighbors] * slot_wv1[:, :, None, :], axis=1)
+        gs = jnp.sum(gs_out[graph.neighbors] * slot_ws, axis=1)
+        gv = jnp.sum(gv_out[graph.neighbors] * slot_wv1[:, :, None, :], axis=1)
     return gs, gv, jnp.concatenate([gws, gwv1, gwv2], axis=-1), gdir
 
 

@@ -39,7 +39,8 @@ def structure_energies(params, config, precision, positions, atomic_numbers, nbr
     edges = neighbor_list_edges(nbrs, cells, positions.dtype)
     if method == "analytic":  # the list is symmetric: one filter evaluation per pair (mlff_jax.analytic_graph)
         graph = fold_symmetric_edges(edges)
-        return analytic.structure_energies(params, config, positions, atomic_numbers, graph, atom_mask, nbrs.batch, num_structures, precision)
+        return analytic.structure_energies(params, config, positions, atomic_numbers, graph, atom_mask, nbrs.batch, num_structures, precision,
+                                           analytic.auto_chunk_size(graph.num_pairs))
     return painn.structure_energies(params, config, positions, atomic_numbers, edges, atom_mask, nbrs.batch, num_structures, precision)
 
 

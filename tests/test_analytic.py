@@ -20,6 +20,7 @@ from mlff_jax.analytic_graph import DEFAULT_ACCUMULATION, all_pairs_graph, edges
 from mlff_jax.graph import Edges, all_pairs_edges
 
 ELEMENTS = (1, 6, 7, 8, 9, 16, 17)  # H C N O F S Cl
+HIGHEST = jax.lax.Precision.HIGHEST
 PADDED_ATOMS = 64  # every random molecule (1..60 atoms) is padded to this: one program per model
 
 
@@ -425,13 +426,17 @@ def test_periodic_model_folds_the_neighbour_list_and_matches_autodiff(load_model
     from periodic_systems import water_box
 
     model = load_model("ultra-tiny-21k", "float64")
-    cell = np.array([[6.25, 0.0, 0.0], [0.6, 6.2, 0.0], [-0.4, 0.5, 6.3]])  # thinner than 2 rc: self-images
-    positions, numbers = water_box(2, cell, seed=3)
-    analytic_out = model.energy_forces_stress(positions, numbers, cell=cell)
-    autodiff_out = model.energy_forces_stress(positions, numbers, cell=cell, method="autodiff")
-    for a, b in zip(analytic_out, autodiff_out):
-        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=0, atol=tol.ANALYTIC_VS_AUTODIFF_F64)
-    assert np.abs(np.asarray(analytic_out[1])).max() > 0.1
+    boxes = (
+        np.array([[6.25, 0.0, 0.0], [0.6, 6.2, 0.0], [-0.4, 0.5, 6.3]]),  # 8 waters, thinner than 2 rc
+        np.array([[4.4, 0.0, 0.0], [0.5, 4.3, 0.0], [-0.3, 0.4, 4.6]]),  # 1 water: its own images within rc
+    )
+    for per_side, cell in zip((2, 1), boxes):
+        positions, numbers = water_box(per_side, cell, seed=3)
+        analytic_out = model.energy_forces_stress(positions, numbers, cell=cell)
+        autodiff_out = model.energy_forces_stress(positions, numbers, cell=cell, method="autodiff")
+        for a, b in zip(analytic_out, autodiff_out):
+            np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=0, atol=tol.ANALYTIC_VS_AUTODIFF_F64)
+        assert np.abs(np.asarray(analytic_out[1])).max() > 0.1
 
 
 # ------------------------------------------------------------------- padding and bad input
@@ -455,6 +460,32 @@ def test_padding_pairs_and_slots_contribute_exactly_zero(reference, load_model):
         np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=0, atol=tol.ROUNDOFF_F64)
     grads = jax.jit(jax.grad(lambda p: jnp.sum(run(p, padded).forces ** 2)))(model.params)
     assert all_finite(grads)
+
+
+def test_chunked_sweep_equals_the_single_pass(reference, load_model):
+    """chunk_size: the per-edge work in a lax.scan over chunks (with padding to whole chunks) gives
+    the single pass's energies, forces, virial and edge forces, for both layouts, network and table
+    filters; the custom rule with chunks gives the same position and parameter gradients."""
+    ref, model = reference("ultra-tiny-21k"), load_model("ultra-tiny-21k", "float64")
+    positions, numbers, mask, batch = single(ref["062_water10", "R"], ref["062_water10", "Z"], pad_to=32)
+    graphs = (all_pairs_graph(mask, batch, jnp.float64, accumulate="scatter"), all_pairs_edges(mask, batch, jnp.float64))
+    run = jax.jit(analytic.energy_forces_virial, static_argnums=(1, 7, 8, 9, 10))
+    for params in (model.params, model.compress().params):
+        for graph in graphs:
+            whole = run(params, model.config, positions, numbers, graph, mask, batch, 1)
+            chunked = run(params, model.config, positions, numbers, graph, mask, batch, 1, HIGHEST, None, 100)  # 496 pairs: 5 chunks, padded
+            for x, y in zip(whole, chunked):
+                assert x.shape == y.shape
+                np.testing.assert_allclose(np.asarray(y), np.asarray(x), rtol=0, atol=tol.ROUNDOFF_F64)
+
+    def energy(params, pos, chunk_size):
+        return analytic.structure_energies(params, model.config, pos, numbers, graphs[0], mask, batch, 1, HIGHEST, chunk_size)[0]
+
+    grads = jax.jit(jax.grad(energy, argnums=(0, 1)), static_argnums=2)
+    assert max_abs_diff(grads(model.params, positions, 64), grads(model.params, positions, None)) <= tol.ROUNDOFF_F64
+    with pytest.raises(ValueError, match="neighbour table"):
+        analytic.energy_forces_virial(model.params, model.config, positions, numbers, all_pairs_graph(mask, batch, jnp.float64, accumulate="gather"),
+                                      mask, batch, 1, chunk_size=100)
 
 
 def test_atom_reference_energies_shift_energy_not_forces(load_model):
