@@ -45,7 +45,7 @@ from systems import water_box, water_cluster  # noqa: E402
 VARIANTS = ("autodiff", "analytic_gather", "analytic_scatter", "analytic_lowmem", "analytic_chunked", "analytic_edges")
 PAIR_GRAPHS = {"analytic_gather": "gather", "analytic_scatter": "scatter", "analytic_lowmem": "scatter", "analytic_chunked": "scatter"}
 CHUNK_PAIRS = 1 << 16  # analytic_chunked: pairs per chunk (--chunk-pairs)
-DEFAULT_VARIANTS = ("autodiff", "analytic_gather", "analytic_scatter")  # the others: --variants
+DEFAULT_VARIANTS = ("autodiff", "analytic_gather", "analytic_scatter", "analytic_chunked")  # the others: --variants
 CLUSTERS = (1, 4, 10, 20, 33, 67)  # water molecules: 3 .. 201 atoms
 BOXES = (334, 3334)  # ~1,000 and ~10,000 atoms
 QUICK_CLUSTERS, QUICK_BOXES = (1, 4, 10), (100,)
@@ -241,7 +241,7 @@ def main(argv=None) -> None:
     p.add_argument("--dtype", default="float32", choices=("float32", "float64"))
     p.add_argument("--precision", default="highest", choices=("highest", "high", "default"))
     p.add_argument("--variants", default=",".join(DEFAULT_VARIANTS), help=f"comma-separated, among {VARIANTS}")
-    p.add_argument("--chunk-pairs", type=int, default=CHUNK_PAIRS, help="pairs per chunk of analytic_chunked")
+    p.add_argument("--chunk-pairs", type=int, default=None, help=f"pairs per chunk of analytic_chunked ({CHUNK_PAIRS}; 4096 with --quick)")
     p.add_argument("--budget-s", type=float, default=None, help="start no new system after this many seconds (results so far are kept)")
     p.add_argument("--repeats", type=int, default=30)
     p.add_argument("--repeats-large", type=int, default=5)
@@ -259,6 +259,8 @@ def main(argv=None) -> None:
 
         jax.config.update("jax_enable_x64", True)
     args.checkpoint = args.checkpoint or default_checkpoint(args.quick)
+    if args.chunk_pairs is None:
+        args.chunk_pairs = 4096 if args.quick else CHUNK_PAIRS
     if args.worker:
         return run_worker(args)
 
@@ -284,6 +286,7 @@ def main(argv=None) -> None:
         "dtype": args.dtype,
         "precision": args.precision,
         "skin_angstrom": SKIN,
+        "chunk_pairs": args.chunk_pairs,
         "systems": [],
     }
     isolate = args.isolate and device.platform == "gpu"
