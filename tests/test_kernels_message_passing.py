@@ -49,10 +49,13 @@ def make_system(dtype, seed=0, extra_slots=3):
     return jnp.asarray(nbr), args
 
 
+INTERPRET = jax.default_backend() == "cpu"  # Pallas kernels compile for real when the tests run on a GPU
+
+
 def run(implementation, nbr, args, **options):
     return message_block(
         args["s"], args["v"], nbr, args["distances"], args["directions"], args["block"], args["centers"], args["widths"],
-        cutoff=CUTOFF, implementation=implementation, interpret=implementation == "pallas", **options,
+        cutoff=CUTOFF, implementation=implementation, interpret=INTERPRET and implementation == "pallas", **options,
     )  # fmt: skip
 
 
@@ -296,7 +299,7 @@ def kernel_model_outputs(model, R, Z, batch, num_structures, implementation, nei
     dtype = jnp.float64 if model.dtype == "float64" else jnp.float32
     f = jax.jit(
         functools.partial(energy_and_forces_kernel, config=model.config, num_structures=num_structures,
-                          implementation=implementation, interpret=implementation == "pallas")  # fmt: skip
+                          implementation=implementation, interpret=INTERPRET and implementation == "pallas")  # fmt: skip
     )
     return f(
         model.params, positions=jnp.asarray(R, dtype), atomic_numbers=jnp.asarray(Z), neighbors_idx=jnp.asarray(neighbors),
@@ -382,3 +385,52 @@ def test_kernel_model_rejects_compressed_filters(load_model):
     with pytest.raises(ValueError, match="compressed"):
         energy_and_forces_kernel(params, model.config, jnp.zeros((n, 3)), jnp.ones(n, int), jnp.full((n, 2), n), jnp.zeros((n, 2, 3)),
                                  jnp.ones(n, bool), jnp.zeros(n, int), 1)  # fmt: skip
+
+
+# ----------------------------------------------------------------------------- real (non-interpret) kernels
+def _abstract_gpu():
+    """jax >= 0.11 asks the device for its compute capability when lowering Pallas-Triton; lend it
+    an abstract H100 (jax 0.10 needs nothing)."""
+    import contextlib
+
+    device_cls = getattr(jax.sharding, "AbstractDevice", None)
+    if device_cls is None:
+        return contextlib.nullcontext()
+    device = device_cls(device_kind="NVIDIA H100 80GB HBM3", num_cores=132, platform="gpu")
+    return jax.sharding.use_abstract_mesh(jax.sharding.AbstractMesh((1,), ("x",), abstract_device=device))
+
+
+@pytest.mark.parametrize("dtype, precision", [(jnp.float32, "highest"), (jnp.float32, "tf32x3"), (jnp.float64, "highest")])
+def test_pallas_kernels_lower_to_triton_for_cuda(system64, dtype, precision):
+    """Catches ops without a Triton lowering on a CPU machine: forward and backward lower to Triton."""
+    nbr, args = system64
+    args = jax.tree.map(lambda x: x.astype(dtype), args)
+
+    def forward_and_vjp(a):
+        out, pullback = jax.vjp(lambda s, v, d, u: message_block(
+            s, v, nbr, d, u, a["block"], a["centers"], a["widths"], cutoff=CUTOFF, implementation="pallas", precision=precision),
+            a["s"], a["v"], a["distances"], a["directions"])  # fmt: skip
+        return out, pullback(out)
+
+    try:
+        with _abstract_gpu():
+            text = jax.jit(forward_and_vjp).trace(args).lower(lowering_platforms=("cuda",)).as_text()
+    except (ImportError, RuntimeError) as error:  # no Triton dialect, or (jax >= 0.11) no Triton compiler without a GPU
+        pytest.skip(f"no Triton lowering available here: {error}")
+    assert text.count("triton") >= 2  # forward and backward kernels
+
+
+@pytest.mark.skipif(jax.default_backend() != "gpu", reason="needs a GPU (run with MLFF_JAX_TEST_ON_DEVICE=1 on one)")
+@pytest.mark.parametrize("implementation", ["pallas", "triton"])
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
+def test_compiled_kernels_on_gpu_match_reference(system64, implementation, dtype):
+    """The real kernels (not interpret mode): values and gradients against the float64 reference."""
+    if implementation == "triton":
+        pytest.importorskip("jax_triton")
+    nbr, args64 = system64
+    value64, grads64 = loss_and_grads("xla", nbr, args64)
+    value, grads = loss_and_grads(implementation, nbr, jax.tree.map(lambda x: x.astype(dtype), args64))
+    rel = tol.ROUNDOFF_F64 if dtype == jnp.float64 else tol.KERNEL_VS_REFERENCE_F32
+    assert_close(value, value64, rel=rel)
+    for actual, desired in zip(jax.tree.leaves(grads), jax.tree.leaves(grads64)):
+        assert_close(np.asarray(actual, np.float64), desired, rel=rel)
