@@ -264,9 +264,17 @@ def energy_forces_virial(
     forces = -ops.positions_gradient(graph, gvec, positions.shape[0])
     geom = tape[0]
     edge_structure = ops.edge_structures(graph, batch)
-    virial = -jax.ops.segment_sum(geom.vec[:, :, None] * gvec[:, None, :], edge_structure, num_structures)
-    energies = jax.ops.segment_sum(per_atom, batch, num_structures)
+    virial = -per_structure_sum(geom.vec[:, :, None] * gvec[:, None, :], edge_structure, num_structures)
+    energies = per_structure_sum(per_atom, batch, num_structures)
     return AnalyticResult(energies, forces, virial, -gvec)
+
+
+def per_structure_sum(values, structure, num_structures: int):
+    """Sum of values [M, ...] per structure -> [B, ...]; a plain reduction (no scatter) when B = 1,
+    since a scatter-add of many rows into one slot serialises its atomics on a GPU."""
+    if num_structures == 1:
+        return jnp.sum(values, axis=0)[None]
+    return jax.ops.segment_sum(values, structure, num_structures)
 
 
 def structure_energies_and_forces(params, config, positions, atomic_numbers, graph, atom_mask, batch, num_structures, precision=HIGHEST):
@@ -287,31 +295,50 @@ def structure_energies(params, config, positions, atomic_numbers, graph, atom_ma
     the analytic sweep itself, which is plain JAX.
     """
     per_atom, _ = forward_sweep(params, config, positions, atomic_numbers, graph, atom_mask, precision)
-    return jax.ops.segment_sum(per_atom, batch, num_structures)
+    return per_structure_sum(per_atom, batch, num_structures)
+
+
+def _unwrap(tree):
+    """(values, perturbed?) of a custom_vjp argument under ``symbolic_zeros=True`` (leaves are
+    CustomVJPPrimal(value, perturbed))."""
+    is_primal = lambda x: hasattr(x, "perturbed") and hasattr(x, "value")
+    leaves = jax.tree_util.tree_leaves(tree, is_leaf=is_primal)
+    values = jax.tree_util.tree_map(lambda x: x.value if is_primal(x) else x, tree, is_leaf=is_primal)
+    return values, any(bool(getattr(x, "perturbed", False)) for x in leaves)
 
 
 def _structure_energies_fwd(params, config, positions, atomic_numbers, graph, atom_mask, batch, num_structures, precision):
-    result = energy_forces_virial(params, config, positions, atomic_numbers, graph, atom_mask, batch, num_structures, precision)
-    residuals = (params, positions, atomic_numbers, graph, atom_mask, batch, result.forces, result.edge_forces)
-    return result.energies, residuals
+    (params, params_perturbed), (positions, positions_perturbed) = _unwrap(params), _unwrap(positions)
+    (graph, graph_perturbed), (atomic_numbers, _), (atom_mask, _), (batch, _) = map(_unwrap, (graph, atomic_numbers, atom_mask, batch))
+    if positions_perturbed or graph_perturbed:  # forces wanted: the analytic sweep
+        result = energy_forces_virial(params, config, positions, atomic_numbers, graph, atom_mask, batch, num_structures, precision)
+        energies, forces, edge_forces = result.energies, result.forces, result.edge_forces
+    else:  # only parameter gradients wanted: the forward sweep is enough
+        per_atom, _ = forward_sweep(params, config, positions, atomic_numbers, graph, atom_mask, precision)
+        energies, forces, edge_forces = per_structure_sum(per_atom, batch, num_structures), None, None
+    residuals = (params if params_perturbed else None, positions, atomic_numbers, graph, atom_mask, batch, forces, edge_forces)
+    return energies, residuals
 
 
 def _structure_energies_bwd(config, num_structures, precision, residuals, g):
     params, positions, atomic_numbers, graph, atom_mask, batch, forces, edge_forces = residuals
-    ops = ops_for(graph)
-    # Structures do not interact: dE_b/dR_a is zero unless a belongs to b, so the cotangent of
-    # sum_b g_b E_b is the per-structure force scaled by its own g_b.
-    g_positions = -forces * g[batch][:, None]
-    g_shifts = -edge_forces * g[ops.edge_structures(graph, batch)][:, None]
-    g_graph = type(graph)(**{**{f: None for f in graph.__dataclass_fields__}, "shifts": g_shifts})
+    if isinstance(g, jax.custom_derivatives.SymbolicZero):
+        return None, None, None, None, None, None
+    g_positions = g_graph = g_params = None
+    if forces is not None:
+        # Structures do not interact: dE_b/dR_a is zero unless a belongs to b, so the cotangent of
+        # sum_b g_b E_b is the per-structure force scaled by its own g_b.
+        g_positions = -forces * g[batch][:, None]
+        g_shifts = -edge_forces * g[ops_for(graph).edge_structures(graph, batch)][:, None]
+        g_graph = type(graph)(**{**{f: None for f in graph.__dataclass_fields__}, "shifts": g_shifts})
+    if params is not None:  # documented switch: parameter cotangents by autodiff of the forward sweep
+        def energies_of(p):
+            per_atom, _ = forward_sweep(p, config, positions, atomic_numbers, graph, atom_mask, precision)
+            return per_structure_sum(per_atom, batch, num_structures)
 
-    def energies_of(p):
-        per_atom, _ = forward_sweep(p, config, positions, atomic_numbers, graph, atom_mask, precision)
-        return jax.ops.segment_sum(per_atom, batch, num_structures)
-
-    _, vjp = jax.vjp(energies_of, params)
-    (g_params,) = vjp(g)
+        _, vjp = jax.vjp(energies_of, params)
+        (g_params,) = vjp(g)
     return g_params, g_positions, None, g_graph, None, None
 
 
-structure_energies.defvjp(_structure_energies_fwd, _structure_energies_bwd)
+structure_energies.defvjp(_structure_energies_fwd, _structure_energies_bwd, symbolic_zeros=True)

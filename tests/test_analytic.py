@@ -3,6 +3,7 @@ NaN-free at the cusps, with working parameter gradients and an exact virial."""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import jax
@@ -280,6 +281,17 @@ def test_jax_grad_of_model_energy_fn_runs_the_analytic_sweep(reference, load_mod
     assert "custom_vjp_call" in str(jax.make_jaxpr(model.energy_fn)(positions, numbers))
 
 
+def test_hessian_through_the_custom_rule_is_reverse_over_reverse(load_model):
+    """Forward mode cannot pass a custom_vjp; jax.jacrev(jax.grad(energy_fn)) gives the Hessian."""
+    model = load_model("ultra-tiny-21k", "float64")
+    positions, numbers = jnp.array([[0.0, 0.0, 0.0], [0.96, 0.0, 0.0], [-0.24, 0.93, 0.0]]), jnp.array([8, 1, 1])
+    mask, batch = jnp.ones(3, bool), jnp.zeros(3, jnp.int32)
+    edges = all_pairs_edges(mask, batch, jnp.float64)
+    plain = lambda pos: painn.structure_energies(model.params, model.config, pos, numbers, edges, mask, batch, 1)[0]
+    hessian = jax.jit(jax.jacrev(jax.grad(model.energy_fn)))(positions, numbers)
+    np.testing.assert_allclose(np.asarray(hessian), np.asarray(jax.jit(jax.hessian(plain))(positions)), rtol=0, atol=tol.ANALYTIC_VS_AUTODIFF_F64)
+
+
 # ------------------------------------------------------------------------------------ float32
 @pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n != "tiny-77k" else n for n in MODEL_NAMES])
 def test_float32_analytic_forces_stay_at_the_float32_floor(name, reference, load_model):
@@ -296,7 +308,7 @@ def test_float32_analytic_forces_stay_at_the_float32_floor(name, reference, load
         pad = pad_size(len(ref[s, "Z"]))
         args64 = single(ref[s, "R"].astype(np.float32), ref[s, "Z"], pad_to=pad)
         args32 = single(ref[s, "R"].astype(np.float32), ref[s, "Z"], pad_to=pad, dtype=jnp.float32)
-        forces64 = np.asarray(analytic_run(params64, model32.config, *args64).forces)
+        forces64 = np.asarray(autodiff_run(params64, model32.config, *args64)[1])  # independent of the sweep under test
         forces32 = np.asarray(analytic_run(params32, model32.config, *args32).forces)
         forces32_ad = np.asarray(autodiff_run(params32, model32.config, *args32)[1])
         assert forces32.dtype == np.float32
@@ -327,6 +339,24 @@ def test_virial_equals_minus_strain_derivative_for_molecules(reference, load_mod
         virial = analytic_jit(model.params, model.config, positions, numbers, graph, mask, batch, 4).virial
         np.testing.assert_allclose(np.asarray(virial), np.asarray(expected), rtol=0, atol=tol.ANALYTIC_VS_AUTODIFF_F64)
         assert np.abs(np.asarray(virial)).max() > 1.0
+
+
+def test_custom_vjp_scales_each_structure_by_its_own_cotangent(reference, load_model):
+    """jax.grad of sum_b c_b E_b through the custom rule, for a batch of four structures."""
+    ref, model = reference("ultra-tiny-21k"), load_model("ultra-tiny-21k", "float64")
+    positions, numbers, batch = (jnp.asarray(ref["batch", k]) for k in ("R", "Z", "batch"))
+    mask = jnp.ones(len(numbers), bool)
+    graph, edges = all_pairs_graph(mask, batch, jnp.float64), all_pairs_edges(mask, batch, jnp.float64)
+    weights = jnp.array([1.0, -2.0, 0.5, 3.0])
+
+    def weighted(pos, energy_fn, layout):
+        return jnp.sum(weights * energy_fn(model.params, model.config, pos, numbers, layout, mask, batch, 4))
+
+    grad = jax.jit(jax.grad(weighted), static_argnums=(1,))
+    np.testing.assert_allclose(
+        np.asarray(grad(positions, analytic.structure_energies, graph)), np.asarray(grad(positions, painn.structure_energies, edges)),
+        rtol=0, atol=tol.ANALYTIC_VS_AUTODIFF_F64,
+    )
 
 
 def _periodic_edges(positions, cell, cutoff):
@@ -371,6 +401,15 @@ def test_periodic_forces_and_virial_with_nonzero_edge_shifts(load_model):
         result = analytic_jit(model.params, model.config, positions, numbers, layout, mask, batch, 1)
         np.testing.assert_allclose(np.asarray(result.forces), np.asarray(forces_ad), rtol=0, atol=tol.ANALYTIC_VS_AUTODIFF_F64)
         np.testing.assert_allclose(np.asarray(result.virial), np.asarray(expected_virial), rtol=0, atol=tol.ANALYTIC_VS_AUTODIFF_F64)
+
+    # the custom rule's cotangent for the edge shifts is minus the per-edge forces
+    def energy_of_shifts(shifts, energy_fn, layout):
+        moved = dataclasses.replace(layout, shifts=shifts)
+        return energy_fn(model.params, model.config, positions, numbers, moved, mask, batch, 1)[0]
+
+    shift_grad = jax.jit(jax.grad(energy_of_shifts), static_argnums=(1,))
+    expected_shift_grad = shift_grad(edges.shifts, painn.structure_energies, edges)
+    np.testing.assert_allclose(np.asarray(shift_grad(edges.shifts, analytic.structure_energies, edges)), np.asarray(expected_shift_grad), rtol=0, atol=tol.ANALYTIC_VS_AUTODIFF_F64)
 
 
 # ------------------------------------------------------------------- padding and bad input

@@ -146,31 +146,35 @@ class Packer:
         edge_slot = _ranges(edge_start, n_edges)
         edge_shift = np.repeat(atom_start, n_edges)  # local atom index -> index inside the batch
 
+        A, E, B = shape.max_atoms, shape.max_edges, shape.max_structures
+        atom_at = dst_batch * A + dst_atom  # flat destinations: 1-D fancy indexing is the fast path
+        edge_at = edge_batch * E + edge_slot
+        frame_at = batch_of_frame * B + slot
         out = {
-            "positions": np.zeros((nb, shape.max_atoms, 3), dtype),
-            "numbers": np.ones((nb, shape.max_atoms), np.int32),
-            "atom_mask": np.zeros((nb, shape.max_atoms), bool),
-            "structure": np.zeros((nb, shape.max_atoms), np.int32),
-            "edge_senders": np.zeros((nb, shape.max_edges), np.int32),
-            "edge_receivers": np.zeros((nb, shape.max_edges), np.int32),
-            "edge_mask": np.zeros((nb, shape.max_edges), bool),
-            "energy": np.zeros((nb, shape.max_structures), np.float64),
-            "forces": np.zeros((nb, shape.max_atoms, 3), dtype),
-            "num_atoms": np.zeros((nb, shape.max_structures), dtype),
-            "structure_mask": np.zeros((nb, shape.max_structures), bool),
+            "positions": np.zeros((nb * A, 3), dtype),
+            "numbers": np.ones(nb * A, np.int32),
+            "atom_mask": np.zeros(nb * A, bool),
+            "structure": np.zeros(nb * A, np.int32),
+            "edge_senders": np.zeros(nb * E, np.int32),
+            "edge_receivers": np.zeros(nb * E, np.int32),
+            "edge_mask": np.zeros(nb * E, bool),
+            "energy": np.zeros(nb * B, np.float64),
+            "forces": np.zeros((nb * A, 3), dtype),
+            "num_atoms": np.zeros(nb * B, dtype),
+            "structure_mask": np.zeros(nb * B, bool),
         }
-        out["positions"][dst_batch, dst_atom] = ds.positions[src_atoms]
-        out["numbers"][dst_batch, dst_atom] = ds.numbers[src_atoms]
-        out["atom_mask"][dst_batch, dst_atom] = True
-        out["structure"][dst_batch, dst_atom] = np.repeat(slot, n_atoms)
-        out["forces"][dst_batch, dst_atom] = ds.forces[src_atoms]
-        out["edge_senders"][edge_batch, edge_slot] = self.senders[src_edges] + edge_shift
-        out["edge_receivers"][edge_batch, edge_slot] = self.receivers[src_edges] + edge_shift
-        out["edge_mask"][edge_batch, edge_slot] = True
-        out["energy"][batch_of_frame, slot] = ds.energy[frames]
-        out["num_atoms"][batch_of_frame, slot] = n_atoms
-        out["structure_mask"][batch_of_frame, slot] = True
-        return out
+        out["positions"][atom_at] = ds.positions[src_atoms]
+        out["numbers"][atom_at] = ds.numbers[src_atoms]
+        out["atom_mask"][atom_at] = True
+        out["structure"][atom_at] = np.repeat(slot, n_atoms)
+        out["forces"][atom_at] = ds.forces[src_atoms]
+        out["edge_senders"][edge_at] = self.senders[src_edges] + edge_shift
+        out["edge_receivers"][edge_at] = self.receivers[src_edges] + edge_shift
+        out["edge_mask"][edge_at] = True
+        out["energy"][frame_at] = ds.energy[frames]
+        out["num_atoms"][frame_at] = n_atoms
+        out["structure_mask"][frame_at] = True
+        return {k: v.reshape((nb, -1) + v.shape[1:]) for k, v in out.items()}
 
     def pack(self, frames: list[int], shape: BatchShape, dtype=np.float32) -> dict[str, np.ndarray]:
         """One batch (arrays without the leading batch axis)."""

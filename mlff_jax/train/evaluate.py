@@ -31,11 +31,23 @@ from mlff_jax.train.dataset import Dataset
 PRECISIONS = {"highest": jax.lax.Precision.HIGHEST, "high": jax.lax.Precision.HIGH, "default": jax.lax.Precision.DEFAULT}
 
 
-def energies_and_forces(params, config: PaiNNConfig, batch, precision):
+FORCE_METHODS = ("autodiff", "analytic")
+
+
+def energies_and_forces(params, config: PaiNNConfig, batch, precision, method: str = "autodiff"):
     """Per-slot energies [B] eV and forces [N, 3] eV/Å of one padded :class:`Batch`.
 
-    The single place where training and evaluation get forces (here: autodiff of the energy).
+    The single place where training and evaluation get forces: ``"autodiff"`` (``jax.grad`` of the
+    energy) or ``"analytic"`` (the hand-derived sweep of :mod:`mlff_jax.analytic`, plain JAX, so a
+    loss on its forces has parameter gradients too). Both give the same values to round-off.
     """
+    if method == "analytic":
+        from mlff_jax import analytic
+
+        return analytic.structure_energies_and_forces(params, config, batch.positions, batch.numbers, batch.edges,
+                                                      batch.atom_mask, batch.structure, batch.max_structures, precision)
+    if method != "autodiff":
+        raise ValueError(f"force method must be one of {FORCE_METHODS}, got {method!r}")
 
     def total(positions):
         e = painn.structure_energies(params, config, positions, batch.numbers, batch.edges, batch.atom_mask,

@@ -37,7 +37,7 @@ from mlff_jax.graph import all_pairs_edges
 from mlff_jax.io import write_checkpoint
 from mlff_jax.train.batching import Packer, to_batch
 from mlff_jax.train.dataset import Dataset
-from mlff_jax.train.evaluate import PRECISIONS, Predictor, energies_and_forces, error_metrics
+from mlff_jax.train.evaluate import FORCE_METHODS, PRECISIONS, Predictor, energies_and_forces, error_metrics
 from mlff_jax.train.progress import ProgressReporter
 
 DEFAULT_CONFIG = pathlib.Path(__file__).with_name("configs") / "default.toml"
@@ -72,6 +72,7 @@ class TrainConfig:
     patience: int = 0  # evaluations without improvement before stopping (0: never stop early)
     steps_per_call: int = 25
     precision: str = "highest"  # matmul precision in training; evaluation is always "highest"
+    forces: str = "autodiff"  # how training gets forces: "autodiff" or "analytic" (mlff_jax.analytic)
     log_every: int = 100
     max_frames: int = 0  # use only the first N training frames (0: all; for quick tests)
 
@@ -81,6 +82,8 @@ class TrainConfig:
         for name in ("batch_structures", "max_steps", "eval_every", "steps_per_call", "log_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.forces not in FORCE_METHODS:
+            raise ValueError(f"forces must be one of {FORCE_METHODS}, got {self.forces!r}")
         if not 0 <= self.ema_decay < 1:
             raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
 
@@ -164,7 +167,7 @@ def make_train_chunk(config: PaiNNConfig, cfg: TrainConfig, optimizer):
     precision = PRECISIONS[cfg.precision]
 
     def loss_fn(params, batch):
-        energies, forces = energies_and_forces(params, config, batch, precision)
+        energies, forces = energies_and_forces(params, config, batch, precision, cfg.forces)
         n_structures = jnp.maximum(jnp.sum(batch.structure_mask), 1)
         n_components = 3 * jnp.maximum(jnp.sum(batch.atom_mask), 1)
         de = jnp.where(batch.structure_mask, (energies - batch.energy) / jnp.maximum(batch.num_atoms, 1), 0.0)

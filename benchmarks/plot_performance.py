@@ -1,0 +1,45 @@
+"""Plots for docs/performance.md from committed results (no GPU needed).
+
+    python3 benchmarks/plot_performance.py   # writes docs/performance.png
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+
+
+def main():
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+    nbrs = json.loads((RESULTS / "neighbors_h100.json").read_text())
+    for method in ("ours-pallas", "ours-xla", "jax-md"):
+        rows = sorted((r for r in nbrs["results"] if r.get("method") == method and "median_ms" in r), key=lambda r: r["atoms"])
+        left.loglog([r["atoms"] for r in rows], [r["median_ms"] for r in rows], "o-", label=method)
+    for label, ref in nbrs["published_reference_ms"].items():
+        left.loglog([int(k) for k in ref], list(ref.values()), "k*", ms=10, label=f"{label} (published)")
+    left.set(xlabel="atoms (water, 5 Å cutoff)", ylabel="neighbour-list build (ms)", title="Neighbour lists, H100")
+    left.legend()
+
+    forces = json.loads((RESULTS / "forces_h100.json").read_text())
+    for variant in ("autodiff", "analytic"):
+        pts = [(s["atoms"], next(r for r in s["rows"] if r["variant"] == variant)["loop"]["median_us_per_step"]) for s in forces["systems"]]
+        right.loglog(*zip(*pts), "o-", label=f"{variant} (compiled loop)")
+    md = json.loads((RESULTS / "md_h100.json").read_text())
+    right.loglog([r["atoms"] for r in md["rows"]], [r["one_frame_per_call_us_per_step"] for r in md["rows"]], "s--", label="MD step, 77K (mlff_jax.md)")
+    right.set(xlabel="atoms (molecule / cluster)", ylabel="µs per energy+forces", title="Energy + forces, 427K model, H100")
+    right.legend()
+    fig.tight_layout()
+    fig.savefig(ROOT / "docs" / "performance.png", dpi=110)
+    print("wrote docs/performance.png")
+
+
+if __name__ == "__main__":
+    main()

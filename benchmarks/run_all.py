@@ -1,0 +1,70 @@
+"""Run every benchmark on this machine, one after the other, each within its own time budget.
+
+    python3 benchmarks/run_all.py --upstream PATH/TO/shared/upstream --out benchmarks/results/run_<label> [--only a,b]
+
+Each benchmark is a separate process (its own compile caches and peak memory); a benchmark that
+fails or overruns its budget is recorded in ``summary.json`` and the run goes on. Every JSON carries
+the device name, library versions, git commit and command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def plan(upstream: str, out: str) -> dict[str, tuple[list[str], int]]:
+    ck = lambda name: os.path.join(upstream, "checkpoints", f"{name}.model.pt")  # noqa: E731
+    py = [sys.executable]
+    return {
+        "single_molecule": (py + [f"{HERE}/bench_single_molecule.py", "--checkpoint", ck("tiny-77k"), "--reference",
+                                  os.path.join(upstream, "reference", "tiny-77k.npz"), "--out", f"{out}/single_molecule.json"], 120),
+        "forces": (py + [f"{HERE}/bench_forces.py", "--checkpoint", ck("student-427k"), "--out", f"{out}/forces.json"], 170),
+        "md": (py + [f"{HERE}/bench_md.py", "--checkpoint", ck("tiny-77k"), "--out", f"{out}/md.json"], 100),
+        "throughput": (py + [f"{HERE}/bench_throughput.py", "--checkpoint-small", ck("tiny-77k"), "--checkpoint-large", ck("student-427k"),
+                             "--out", f"{out}/throughput.json"], 150),
+        "neighbors": (py + [f"{HERE}/bench_neighbors.py", "--repeats", "10", "--timeout", "60", "--out", f"{out}/neighbors.json"], 150),
+        # writes benchmarks/results/bench_message_passing_<device>_<time>.json itself
+        "message_passing": (py + [f"{HERE}/bench_message_passing.py", "--precisions", "highest", "--repeats", "5"], 150),
+    }
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--upstream", required=True, help="folder with checkpoints/ and reference/ of the upstream models")
+    p.add_argument("--out", required=True, help="folder for the JSON results")
+    p.add_argument("--only", default=None, help="comma-separated subset of: " + ", ".join(plan(".", ".")))
+    args = p.parse_args(argv)
+    os.makedirs(args.out, exist_ok=True)
+    jobs = plan(args.upstream, args.out)
+    chosen = args.only.split(",") if args.only else list(jobs)
+    summary = {}
+    for name in chosen:
+        cmd, budget = jobs[name]
+        t0 = time.time()
+        print(f"=== {name} (budget {budget} s): {' '.join(cmd)}", flush=True)
+        try:
+            env = dict(os.environ, MLFF_JAX_UPSTREAM=os.path.abspath(args.upstream))
+            proc = subprocess.run(cmd, timeout=budget, capture_output=True, text=True, env=env)
+            status = "ok" if proc.returncode == 0 else f"exit {proc.returncode}"
+            log = proc.stdout + proc.stderr
+        except subprocess.TimeoutExpired as exc:
+            status = f"timeout after {budget} s"
+            log = (exc.stdout or b"").decode(errors="replace") + (exc.stderr or b"").decode(errors="replace")
+        with open(os.path.join(args.out, f"{name}.log"), "w") as f:
+            f.write(log)
+        summary[name] = {"status": status, "seconds": round(time.time() - t0, 1), "command": " ".join(cmd)}
+        print(f"--- {name}: {status} in {summary[name]['seconds']} s", flush=True)
+        print("\n".join(log.strip().splitlines()[-6:]), flush=True)
+    with open(os.path.join(args.out, "summary.json"), "w") as f:
+        json.dump(summary, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
