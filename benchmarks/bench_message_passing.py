@@ -99,6 +99,7 @@ def main():
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--block-atoms", type=int, default=None)
     parser.add_argument("--num-warps", type=int, default=None)
+    parser.add_argument("--k-chunk", type=int, default=None)
     parser.add_argument("--sweep", action="store_true", help="launch settings sweep: block forward+backward of the kernels on one box (--sizes, first entry)")
     parser.add_argument("--skip-block", action="store_true")
     parser.add_argument("--skip-model", action="store_true")
@@ -122,7 +123,7 @@ def main():
     if args.implementations:
         implementations = args.implementations.split(",")
     precisions = (args.precisions or ("highest" if args.quick else "highest,tf32x3,tf32")).split(",")
-    launch = {k: v for k, v in (("block_atoms", args.block_atoms), ("num_warps", args.num_warps)) if v is not None}
+    launch = {k: v for k, v in (("block_atoms", args.block_atoms), ("num_warps", args.num_warps), ("k_chunk", args.k_chunk)) if v is not None}
 
     env = ks.environment()
     config, params, source = ks.load_params(model_name, "float32")
@@ -157,8 +158,9 @@ def main():
         name, pos, z, nbr, shifts = systems(sizes[:1], True)[-1]
         for impl in [i for i in implementations if i != "xla"]:
             for precision in precisions:
-                for block_atoms, num_warps, num_stages in ((16, 4, 1), (32, 4, 1), (32, 8, 1), (64, 4, 1), (64, 8, 1), (64, 8, 2)):
-                    sweep_launch = dict(block_atoms=block_atoms, num_warps=num_warps, num_stages=num_stages)
+                for block_atoms, num_warps, num_stages, k_chunk in ((16, 8, 1, 16), (16, 4, 1, 16), (32, 8, 1, 16), (32, 4, 1, 16),
+                                                                   (64, 8, 1, 16), (16, 8, 2, 16), (16, 8, 1, 32), (32, 8, 1, 32)):
+                    sweep_launch = dict(block_atoms=block_atoms, num_warps=num_warps, num_stages=num_stages, k_chunk=k_chunk)
                     case = dict(system=name, atoms=len(pos), capacity=int(nbr.shape[1]), model=model_name, weights=source, dtype="float32",
                                 implementation=impl, precision=precision, launch=sweep_launch)  # fmt: skip
                     try:

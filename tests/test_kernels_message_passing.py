@@ -1,6 +1,6 @@
 """The fused message-passing kernels against their plain-JAX reference, and the model built on them.
 
-Pallas kernels run in interpret mode (CPU). Systems are small (N = 20, H = 12, K = 6) but have every
+Pallas kernels run in interpret mode (CPU). Systems are small (N = 20, H = 36, K = 6) but have every
 awkward case: padding atoms, empty slots, slots beyond the cutoff, H and K that need padding.
 """
 
@@ -17,7 +17,7 @@ from mlff_jax.kernels.message_passing import layout, message_block, message_bloc
 from mlff_jax.kernels.message_passing.model import energy_and_forces_kernel
 
 CUTOFF = 2.5
-NUM_ATOMS, NUM_PADDING, HIDDEN, NUM_RBF = 20, 2, 12, 6
+NUM_ATOMS, NUM_PADDING, HIDDEN, NUM_RBF = 20, 2, 36, 6  # H_pad = 64: four 16-wide chunks of the FMA matmuls
 DIFF_ARGS = ("s", "v", "distances", "directions", "block", "centers", "widths")
 
 
