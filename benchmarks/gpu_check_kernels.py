@@ -458,24 +458,25 @@ def triton_interpret(rows, failures):
             n, c = nbr.shape
             row = dict(check="triton-interpret", system=kind, N=int(n), C=int(c), H=hidden, implementation="triton", dtype=dtype, precision="highest")
             try:
-                cfg = kp.KernelConfig(num_atoms=n, cutoff=5.0, block_atoms=16, k_chunk=16)
+                cfg = kp.KernelConfig(num_atoms=n, cutoff=5.0, block_atoms=16, k_chunk=16, slot_splits=3)
                 p = kp.pack(nbr, a["distances"], a["directions"], a["block"], a["centers"], a["widths"], cfg)
                 n_pad, h_pad, _ = kp.padded_sizes(n, hidden, num_rbf, 16)
                 s_pad, v_pad = kp.pack_features(a["s"], a["v"], n_pad, h_pad)
                 gs_pad, gv_pad = kp.pack_features(ct[0], ct[1], n_pad, h_pad)
                 consts = kt._constants(p, s_pad, cfg)
-                grid = (n_pad // 16,)
-                zeros = lambda x: _HostBuffer(np.zeros(x.shape, s_pad.dtype))
-                ds, dv = zeros(s_pad), zeros(v_pad)
+                grid = (n_pad // 16, cfg.slot_splits)
+                zeros = lambda shape: _HostBuffer(np.zeros(shape, s_pad.dtype))
+                ds, dv = zeros((3, *s_pad.shape)), zeros((3, *v_pad.shape))
                 inputs = (p.neighbors, p.distances, p.directions, s_pad, v_pad, p.w1, p.b1, p.w2, p.b2, p.centers, p.widths)
                 kt._forward_kernel[grid](*map(_HostBuffer, inputs), ds, dv, **consts)
-                outs = [zeros(s_pad), zeros(v_pad), zeros(p.distances), zeros(p.directions)]
+                outs = [zeros((3, *s_pad.shape)), zeros((3, *v_pad.shape)), zeros(p.distances.shape), zeros(p.directions.shape)]
                 inputs = (p.neighbors, p.distances, p.directions, s_pad, v_pad, gs_pad, gv_pad, p.w1, p.b1, p.w2, p.b2,
                           jnp.transpose(p.w2, (0, 2, 1)), p.centers, p.widths)  # fmt: skip
                 kt._backward_kernel[grid](*map(_HostBuffer, inputs), *outs, **consts)
                 g_s, g_v, g_d, g_u = (o.array for o in outs)
-                out = (ds.array[:n, :hidden], dv.array[:, :n, :hidden].transpose(1, 0, 2))
-                grads = (g_s[:n, :hidden], g_v[:, :n, :hidden].transpose(1, 0, 2), g_d[:, :n].T, g_u[:, :, :n].transpose(2, 1, 0))
+                g_s, g_v, ds, dv = g_s.sum(0), g_v.sum(0), ds.array.sum(0), dv.array.sum(0)
+                out = (ds[:n, :hidden], dv[:, :n, :hidden].transpose(1, 0, 2))
+                grads = (g_s[:n, :hidden], g_v[:, :n, :hidden].transpose(1, 0, 2), g_d[:c, :n].T, g_u[:, :c, :n].transpose(2, 1, 0))
                 row["value_error"] = relative_errors(out, ref_out)
                 row["grad_error"] = relative_errors(grads, ref_grads[:4])
                 row["status"] = "PASS" if max(row["value_error"], row["grad_error"]) <= bound else "FAIL"

@@ -164,6 +164,17 @@ def test_pallas_gradients_match_reference_float64(grads64, name):
         assert_close(actual, desired, tol.ROUNDOFF_F64, err_msg=name)
 
 
+@pytest.mark.parametrize("slot_splits", [1, 4])
+def test_slot_splits_change_nothing_but_roundoff(system32, slot_splits):
+    """Programs sharing a block's slots (partial sums added afterwards) give the same values and
+    gradients as the default split (one program per slot here), to float32 round-off."""
+    nbr, args = system32
+    (value, grads), (value_split, grads_split) = (loss_and_grads("pallas", nbr, args), loss_and_grads("pallas", nbr, args, slot_splits=slot_splits))
+    assert_close(value_split, value, rel=tol.KERNEL_VS_REFERENCE_F32)
+    for actual, desired in zip(jax.tree.leaves(grads_split), jax.tree.leaves(grads)):
+        assert_close(actual, desired, rel=tol.KERNEL_VS_REFERENCE_F32)
+
+
 def test_gradients_vanish_on_padding_atoms_empty_slots_and_beyond_cutoff(system64, grads64):
     nbr, args = system64
     _, grad = grads64["pallas"]
@@ -244,6 +255,8 @@ def test_reverse_slots_rejects_a_half_list():
         (dict(implementation="cuda"), "implementation"),
         (dict(precision="fp8"), "precision"),
         (dict(block_atoms=24, implementation="pallas"), "block_atoms"),
+        (dict(slot_splits=0, implementation="pallas"), "slot_splits"),
+        (dict(k_chunk=24, implementation="pallas"), "k_chunk"),
         (dict(interpret=True, implementation="xla_triton"), "implementation"),
         (dict(s=np.zeros((NUM_ATOMS, HIDDEN + 1))), "v must be"),
         (dict(distances=np.zeros((NUM_ATOMS, 2))), "distances"),
@@ -254,7 +267,7 @@ def test_reverse_slots_rejects_a_half_list():
 def test_bad_input_raises_value_error(system64, change, message):
     nbr, args = system64
     change = dict(change)
-    kwargs = {k: change.pop(k) for k in ("implementation", "precision", "block_atoms", "interpret") if k in change}
+    kwargs = {k: change.pop(k) for k in ("implementation", "precision", "block_atoms", "interpret", "slot_splits", "k_chunk") if k in change}
     if "neighbors_offset" in change:
         nbr = nbr.at[0, 0].set(change.pop("neighbors_offset"))
     args = dict(args, **{k: jnp.asarray(x) for k, x in change.items()})

@@ -65,6 +65,10 @@ class KernelConfig:
         registers, and ptxas then falls back to 32 registers and spills kilobytes per thread
         (measured: 10-100x slower than XLA on an H100); the tensor-core modes suffer the same at
         K = 128. Chunks of 16 compile to <= 255 registers with (almost) no spills in every mode.
+      slot_splits: S, programs sharing one block of receivers, each looping over C / S slots and
+        writing its own partial sums (added up afterwards in a fixed order: still deterministic).
+        Gives small systems enough programs to fill the GPU (N / block_atoms alone would be 1 for
+        benzene); 1 for large systems.
     """
 
     num_atoms: int
@@ -75,6 +79,7 @@ class KernelConfig:
     num_stages: int = 1
     interpret: bool = False
     k_chunk: int = 16
+    slot_splits: int = 1
 
     def dot(self, x, w):
         """x @ w in this launch's precision mode (TF32 modes need tensor cores: not in interpret mode)."""
@@ -91,6 +96,15 @@ def default_num_warps(block_atoms: int) -> int:
     return 8
 
 
+TARGET_PROGRAMS = 256  # about two programs per streaming multiprocessor of an H100 (132)
+
+
+def default_slot_splits(num_atoms: int, capacity: int, block_atoms: int) -> int:
+    """Enough slot splits to reach ``TARGET_PROGRAMS`` programs, at most one per slot."""
+    blocks = -(-num_atoms // block_atoms)
+    return max(1, min(capacity, -(-TARGET_PROGRAMS // blocks)))
+
+
 def default_k_chunk(dtype, precision: str, h_pad: int) -> int:
     """Hidden-dimension chunk of the matmuls: 16 (see ``KernelConfig.k_chunk``)."""
     return min(16, h_pad)
@@ -100,9 +114,9 @@ def default_k_chunk(dtype, precision: str, h_pad: int) -> int:
 class Packed:
     """Kernel-layout arrays (see module docstring); shapes: B = block rows, C slots."""
 
-    neighbors: jax.Array  # [C, Np] int32
-    distances: jax.Array  # [C, Np]
-    directions: jax.Array  # [3, C, Np]
+    neighbors: jax.Array  # [C_pad, Np] int32 (C_pad: C rounded up to a multiple of slot_splits)
+    distances: jax.Array  # [C_pad, Np]
+    directions: jax.Array  # [3, C_pad, Np]
     w1: jax.Array  # [Kp, Hp]
     b1: jax.Array  # [1, Hp]
     w2: jax.Array  # [3, Hp, Hp]  (Ws, Wv1, Wv2 parts of Linear2)
@@ -125,10 +139,11 @@ def pack(neighbors, distances, directions, block, centers, widths, cfg: KernelCo
     n, c = neighbors.shape
     k, h = block["filter_in"]["kernel"].shape
     n_pad, h_pad, k_pad = padded_sizes(n, h, k, cfg.block_atoms)
+    c_pad = -(-c // cfg.slot_splits) * cfg.slot_splits  # empty slots make every split equally long
     valid = (neighbors >= 0) & (neighbors < n)
-    nbr = _pad_to(jnp.where(valid, neighbors, n).astype(jnp.int32), (n_pad, c), n).T
-    d = _pad_to(jnp.where(valid, distances, cfg.cutoff), (n_pad, c), cfg.cutoff).T
-    u = jnp.transpose(_pad_to(jnp.where(valid[..., None], directions, 0.0), (n_pad, c, 3)), (2, 1, 0))
+    nbr = _pad_to(jnp.where(valid, neighbors, n).astype(jnp.int32), (n_pad, c_pad), n).T
+    d = _pad_to(jnp.where(valid, distances, cfg.cutoff), (n_pad, c_pad), cfg.cutoff).T
+    u = jnp.transpose(_pad_to(jnp.where(valid[..., None], directions, 0.0), (n_pad, c_pad, 3)), (2, 1, 0))
     w2 = block["filter_out"]["kernel"].reshape(h, 3, h).transpose(1, 0, 2)
     return Packed(
         neighbors=nbr,
@@ -275,9 +290,33 @@ def _backward_kernel(
 
 
 # ----------------------------------------------------------------------------- launches
+# Grid (receiver blocks i, slot splits j). Program (i, j) reads slots [j C_pad / S, (j + 1) C_pad / S)
+# of receivers [i B, (i + 1) B) and writes its partial feature sums into split j of the outputs.
+_SQUEEZED = getattr(pl, "squeezed", None)
+
+
 def _whole(shape):
     """BlockSpec of an array every program reads in full (gather sources, weights)."""
-    return pl.BlockSpec(shape, lambda i: (0,) * len(shape))
+    return pl.BlockSpec(shape, lambda i, j: (0,) * len(shape))
+
+
+def _specs(packed: Packed, h_pad: int, cfg: KernelConfig):
+    capacity = packed.neighbors.shape[0] // cfg.slot_splits
+    b = cfg.block_atoms
+    return dict(
+        slots=pl.BlockSpec((capacity, b), lambda i, j: (j, i)),
+        slot_vectors=pl.BlockSpec((3, capacity, b), lambda i, j: (0, j, i)),
+        rows=pl.BlockSpec((b, h_pad), lambda i, j: (i, 0)),
+        vector_rows=pl.BlockSpec((3, b, h_pad), lambda i, j: (0, i, 0)),
+        split_rows=pl.BlockSpec((_SQUEEZED, b, h_pad), lambda i, j: (j, i, 0)),
+        split_vector_rows=pl.BlockSpec((_SQUEEZED, 3, b, h_pad), lambda i, j: (j, 0, i, 0)),
+        capacity=capacity,
+    )
+
+
+def _weights_specs(packed: Packed, h_pad: int):
+    k_pad = packed.w1.shape[0]
+    return [_whole((k_pad, h_pad)), _whole((1, h_pad)), _whole((3, h_pad, h_pad)), _whole((3, 1, h_pad))]
 
 
 def _compiler_params(cfg: KernelConfig):
@@ -290,7 +329,7 @@ def _launch(kernel, name, out_shape, in_specs, out_specs, n_pad, cfg, *args):
     return pl.pallas_call(
         kernel,
         out_shape=out_shape,
-        grid=(n_pad // cfg.block_atoms,),
+        grid=(n_pad // cfg.block_atoms, cfg.slot_splits),
         in_specs=in_specs,
         out_specs=out_specs,
         compiler_params=_compiler_params(cfg),
@@ -299,73 +338,54 @@ def _launch(kernel, name, out_shape, in_specs, out_specs, n_pad, cfg, *args):
     )(*args)
 
 
+def sum_splits(partial):
+    """Sum over the leading (split) axis in a fixed order (deterministic, unlike a reduction that
+    XLA may parallelise with atomics)."""
+    total = partial[0]
+    for j in range(1, partial.shape[0]):
+        total = total + partial[j]
+    return total
+
+
 def forward(packed: Packed, s_pad, v_pad, cfg: KernelConfig):
     """(ds [Np, Hp], dv [3, Np, Hp]) from kernel-layout inputs."""
-    capacity, n_pad = packed.neighbors.shape
-    h_pad = s_pad.shape[1]
+    n_pad, h_pad = s_pad.shape
+    sp = _specs(packed, h_pad, cfg)
     k_pad = packed.w1.shape[0]
-    b = cfg.block_atoms
-    slots = pl.BlockSpec((capacity, b), lambda i: (0, i))
-    in_specs = [
-        slots,
-        slots,
-        pl.BlockSpec((3, capacity, b), lambda i: (0, 0, i)),
-        _whole((n_pad, h_pad)),
-        _whole((3, n_pad, h_pad)),
-        _whole((k_pad, h_pad)),
-        _whole((1, h_pad)),
-        _whole((3, h_pad, h_pad)),
-        _whole((3, 1, h_pad)),
-        _whole((1, k_pad)),
-        _whole((1, k_pad)),
-    ]
-    out_specs = [pl.BlockSpec((b, h_pad), lambda i: (i, 0)), pl.BlockSpec((3, b, h_pad), lambda i: (0, i, 0))]
-    out_shape = [jax.ShapeDtypeStruct((n_pad, h_pad), s_pad.dtype), jax.ShapeDtypeStruct((3, n_pad, h_pad), s_pad.dtype)]
-    kernel = functools.partial(_forward_kernel, cfg=cfg, capacity=capacity)
+    in_specs = [sp["slots"], sp["slots"], sp["slot_vectors"], _whole((n_pad, h_pad)), _whole((3, n_pad, h_pad))]
+    in_specs += _weights_specs(packed, h_pad) + [_whole((1, k_pad)), _whole((1, k_pad))]
+    out_specs = [sp["split_rows"], sp["split_vector_rows"]]
+    splits = cfg.slot_splits
+    out_shape = [jax.ShapeDtypeStruct((splits, n_pad, h_pad), s_pad.dtype), jax.ShapeDtypeStruct((splits, 3, n_pad, h_pad), s_pad.dtype)]
+    kernel = functools.partial(_forward_kernel, cfg=cfg, capacity=sp["capacity"])
     p = packed
-    return _launch(kernel, "painn_message_fwd", out_shape, in_specs, out_specs, n_pad, cfg,
-                   p.neighbors, p.distances, p.directions, s_pad, v_pad, p.w1, p.b1, p.w2, p.b2, p.centers, p.widths)  # fmt: skip
+    ds, dv = _launch(kernel, "painn_message_fwd", out_shape, in_specs, out_specs, n_pad, cfg,
+                     p.neighbors, p.distances, p.directions, s_pad, v_pad, p.w1, p.b1, p.w2, p.b2, p.centers, p.widths)  # fmt: skip
+    return sum_splits(ds), sum_splits(dv)
 
 
 def backward(packed: Packed, s_pad, v_pad, gs_pad, gv_pad, cfg: KernelConfig):
-    """Cotangents (g_s [Np, Hp], g_v [3, Np, Hp], g_d [C, Np], g_dir [3, C, Np]) in kernel layout."""
-    capacity, n_pad = packed.neighbors.shape
-    h_pad = s_pad.shape[1]
+    """Cotangents (g_s [Np, Hp], g_v [3, Np, Hp], g_d [C_pad, Np], g_dir [3, C_pad, Np]) in kernel layout."""
+    n_pad, h_pad = s_pad.shape
+    c_pad = packed.neighbors.shape[0]
+    sp = _specs(packed, h_pad, cfg)
     k_pad = packed.w1.shape[0]
-    b = cfg.block_atoms
-    slots = pl.BlockSpec((capacity, b), lambda i: (0, i))
-    slot_vectors = pl.BlockSpec((3, capacity, b), lambda i: (0, 0, i))
-    rows = pl.BlockSpec((b, h_pad), lambda i: (i, 0))
-    vector_rows = pl.BlockSpec((3, b, h_pad), lambda i: (0, i, 0))
-    in_specs = [
-        slots,
-        slots,
-        slot_vectors,
-        _whole((n_pad, h_pad)),
-        _whole((3, n_pad, h_pad)),
-        _whole((n_pad, h_pad)),
-        _whole((3, n_pad, h_pad)),
-        rows,
-        vector_rows,
-        _whole((k_pad, h_pad)),
-        _whole((1, h_pad)),
-        _whole((3, h_pad, h_pad)),
-        _whole((3, 1, h_pad)),
-        _whole((3, h_pad, h_pad)),
-        _whole((1, k_pad)),
-        _whole((1, k_pad)),
-    ]
-    out_specs = [rows, vector_rows, slots, slot_vectors]
+    in_specs = [sp["slots"], sp["slots"], sp["slot_vectors"], _whole((n_pad, h_pad)), _whole((3, n_pad, h_pad)),
+                _whole((n_pad, h_pad)), _whole((3, n_pad, h_pad)), sp["rows"], sp["vector_rows"]]  # fmt: skip
+    in_specs += _weights_specs(packed, h_pad) + [_whole((3, h_pad, h_pad)), _whole((1, k_pad)), _whole((1, k_pad))]
+    out_specs = [sp["split_rows"], sp["split_vector_rows"], sp["slots"], sp["slot_vectors"]]
     dtype = s_pad.dtype
+    splits = cfg.slot_splits
     out_shape = [
-        jax.ShapeDtypeStruct((n_pad, h_pad), dtype),
-        jax.ShapeDtypeStruct((3, n_pad, h_pad), dtype),
-        jax.ShapeDtypeStruct((capacity, n_pad), dtype),
-        jax.ShapeDtypeStruct((3, capacity, n_pad), dtype),
+        jax.ShapeDtypeStruct((splits, n_pad, h_pad), dtype),
+        jax.ShapeDtypeStruct((splits, 3, n_pad, h_pad), dtype),
+        jax.ShapeDtypeStruct((c_pad, n_pad), dtype),
+        jax.ShapeDtypeStruct((3, c_pad, n_pad), dtype),
     ]
-    kernel = functools.partial(_backward_kernel, cfg=cfg, capacity=capacity)
+    kernel = functools.partial(_backward_kernel, cfg=cfg, capacity=sp["capacity"])
     p = packed
     w2t = jnp.transpose(p.w2, (0, 2, 1))
-    return _launch(kernel, "painn_message_bwd", out_shape, in_specs, out_specs, n_pad, cfg,
-                   p.neighbors, p.distances, p.directions, s_pad, v_pad, gs_pad, gv_pad, gs_pad, gv_pad,
-                   p.w1, p.b1, p.w2, p.b2, w2t, p.centers, p.widths)  # fmt: skip
+    g_s, g_v, g_d, g_u = _launch(kernel, "painn_message_bwd", out_shape, in_specs, out_specs, n_pad, cfg,
+                                 p.neighbors, p.distances, p.directions, s_pad, v_pad, gs_pad, gv_pad, gs_pad, gv_pad,
+                                 p.w1, p.b1, p.w2, p.b2, w2t, p.centers, p.widths)  # fmt: skip
+    return sum_splits(g_s), sum_splits(g_v), g_d, g_u

@@ -17,7 +17,7 @@ import jax_triton as jt
 import triton
 import triton.language as tl
 
-from .pallas import KernelConfig, Packed
+from .pallas import KernelConfig, Packed, sum_splits
 
 
 @triton.jit
@@ -72,10 +72,13 @@ def _filter(e, m, w1_ptr, b1_ptr, w2_ptr, b2_ptr, H: tl.constexpr, K: tl.constex
 def _forward_kernel(
     nbr_ptr, d_ptr, u_ptr, s_ptr, v_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr, mu_ptr, width_ptr,
     ds_ptr, dv_ptr,
-    N_PAD: tl.constexpr, CAPACITY: tl.constexpr, NUM_ATOMS: tl.constexpr, CUTOFF: tl.constexpr,
+    N_PAD: tl.constexpr, CAPACITY: tl.constexpr, SLOTS: tl.constexpr, NUM_ATOMS: tl.constexpr, CUTOFF: tl.constexpr,
     BLOCK: tl.constexpr, H: tl.constexpr, K: tl.constexpr, KC: tl.constexpr, PRECISION: tl.constexpr,
 ):  # fmt: skip
     rows = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    split = tl.program_id(1)  # this program reads slots [split * SLOTS, (split + 1) * SLOTS)
+    ds_ptr += split * N_PAD * H
+    dv_ptr += split * 3 * N_PAD * H
     hc = tl.arange(0, H)
     kc = tl.arange(0, K)
     mu = tl.load(mu_ptr + kc)[None, :]
@@ -85,7 +88,8 @@ def _forward_kernel(
     dv0 = tl.zeros((BLOCK, H), dtype)
     dv1 = tl.zeros((BLOCK, H), dtype)
     dv2 = tl.zeros((BLOCK, H), dtype)
-    for j in range(CAPACITY):
+    for jj in range(SLOTS):
+        j = split * SLOTS + jj
         nbr = tl.load(nbr_ptr + j * N_PAD + rows)
         d = tl.load(d_ptr + j * N_PAD + rows)
         valid = (nbr >= 0) & (nbr < NUM_ATOMS)
@@ -113,10 +117,13 @@ def _backward_kernel(
     nbr_ptr, d_ptr, u_ptr, s_ptr, v_ptr, gs_ptr, gv_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr, w2t_ptr,
     mu_ptr, width_ptr,
     gs_out_ptr, gv_out_ptr, gd_ptr, gu_ptr,
-    N_PAD: tl.constexpr, CAPACITY: tl.constexpr, NUM_ATOMS: tl.constexpr, CUTOFF: tl.constexpr,
+    N_PAD: tl.constexpr, CAPACITY: tl.constexpr, SLOTS: tl.constexpr, NUM_ATOMS: tl.constexpr, CUTOFF: tl.constexpr,
     BLOCK: tl.constexpr, H: tl.constexpr, K: tl.constexpr, KC: tl.constexpr, PRECISION: tl.constexpr,
 ):  # fmt: skip
     rows = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    split = tl.program_id(1)  # this program reads slots [split * SLOTS, (split + 1) * SLOTS)
+    gs_out_ptr += split * N_PAD * H
+    gv_out_ptr += split * 3 * N_PAD * H
     hc = tl.arange(0, H)
     kc = tl.arange(0, K)
     cc = tl.arange(0, KC)
@@ -129,7 +136,8 @@ def _backward_kernel(
     acc_v0 = tl.zeros((BLOCK, H), dtype)
     acc_v1 = tl.zeros((BLOCK, H), dtype)
     acc_v2 = tl.zeros((BLOCK, H), dtype)
-    for j in range(CAPACITY):
+    for jj in range(SLOTS):
+        j = split * SLOTS + jj
         nbr = tl.load(nbr_ptr + j * N_PAD + rows)
         d = tl.load(d_ptr + j * N_PAD + rows)
         valid = (nbr >= 0) & (nbr < NUM_ATOMS)
@@ -195,7 +203,7 @@ def _constants(packed: Packed, s_pad, cfg: KernelConfig):
     else:
         precision = {"highest": "ieee", "tf32x3": "tf32x3", "tf32": "tf32", "bf16": "bf16"}[cfg.precision]
     return dict(
-        N_PAD=n_pad, CAPACITY=capacity, NUM_ATOMS=cfg.num_atoms, CUTOFF=float(cfg.cutoff), BLOCK=cfg.block_atoms,
+        N_PAD=n_pad, CAPACITY=capacity, SLOTS=capacity // cfg.slot_splits, NUM_ATOMS=cfg.num_atoms, CUTOFF=float(cfg.cutoff), BLOCK=cfg.block_atoms,
         H=s_pad.shape[1], K=packed.w1.shape[0], KC=cfg.k_chunk, PRECISION=precision,
     )  # fmt: skip
 
@@ -206,7 +214,7 @@ def _launch(kernel, name, args, out_shape, packed, s_pad, cfg):
         *args,
         kernel=kernel,
         out_shape=out_shape,
-        grid=(n_pad // cfg.block_atoms,),
+        grid=(n_pad // cfg.block_atoms, cfg.slot_splits),
         name=name,
         num_warps=cfg.num_warps,
         num_stages=cfg.num_stages,
@@ -217,22 +225,26 @@ def _launch(kernel, name, args, out_shape, packed, s_pad, cfg):
 def forward(packed: Packed, s_pad, v_pad, cfg: KernelConfig):
     """(ds [Np, Hp], dv [3, Np, Hp]) from kernel-layout inputs (as ``pallas.forward``)."""
     p = packed
-    out_shape = [jax.ShapeDtypeStruct(s_pad.shape, s_pad.dtype), jax.ShapeDtypeStruct(v_pad.shape, s_pad.dtype)]
+    splits = cfg.slot_splits
+    out_shape = [jax.ShapeDtypeStruct((splits, *s_pad.shape), s_pad.dtype), jax.ShapeDtypeStruct((splits, *v_pad.shape), s_pad.dtype)]
     args = (p.neighbors, p.distances, p.directions, s_pad, v_pad, p.w1, p.b1, p.w2, p.b2, p.centers, p.widths)
-    return _launch(_forward_kernel, "painn_message_fwd_triton", args, out_shape, p, s_pad, cfg)
+    ds, dv = _launch(_forward_kernel, "painn_message_fwd_triton", args, out_shape, p, s_pad, cfg)
+    return sum_splits(ds), sum_splits(dv)
 
 
 def backward(packed: Packed, s_pad, v_pad, gs_pad, gv_pad, cfg: KernelConfig):
     """(g_s [Np, Hp], g_v [3, Np, Hp], g_d [C, Np], g_dir [3, C, Np]) (as ``pallas.backward``)."""
     p = packed
     dtype = s_pad.dtype
+    splits = cfg.slot_splits
     out_shape = [
-        jax.ShapeDtypeStruct(s_pad.shape, dtype),
-        jax.ShapeDtypeStruct(v_pad.shape, dtype),
+        jax.ShapeDtypeStruct((splits, *s_pad.shape), dtype),
+        jax.ShapeDtypeStruct((splits, *v_pad.shape), dtype),
         jax.ShapeDtypeStruct(p.distances.shape, dtype),
         jax.ShapeDtypeStruct(p.directions.shape, dtype),
     ]
     w2t = jnp.transpose(p.w2, (0, 2, 1))
     args = (p.neighbors, p.distances, p.directions, s_pad, v_pad, gs_pad, gv_pad, p.w1, p.b1, p.w2, p.b2, w2t, p.centers, p.widths)
-    return _launch(_backward_kernel, "painn_message_bwd_triton", args, out_shape, p, s_pad, cfg)
+    g_s, g_v, g_d, g_u = _launch(_backward_kernel, "painn_message_bwd_triton", args, out_shape, p, s_pad, cfg)
+    return sum_splits(g_s), sum_splits(g_v), g_d, g_u
 
