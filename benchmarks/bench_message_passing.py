@@ -39,11 +39,12 @@ from mlff_jax.kernels.message_passing import layout, message_block  # noqa: E402
 from mlff_jax.kernels.message_passing.model import energy_and_forces_kernel, mask_neighbors  # noqa: E402
 
 
-def systems(sizes, quick):
+def systems(sizes, quick, molecules=True):
     """(name, positions, Z, neighbors, shifts) with neighbour lists built on the host."""
     out = []
     mols = [("benzene", *ks.molecule("C6H6"))] if quick else [
         ("benzene", *ks.molecule("C6H6")), ("C60", *ks.molecule("C60")), ("water-cluster-192", *ks.water_cluster(64))]  # fmt: skip
+    mols = mols if molecules else []
     for name, pos, z in mols:
         nbr, shifts = layout.all_pairs_dense(pos, 5.0)
         out.append((name, pos, z, nbr, shifts))
@@ -101,6 +102,7 @@ def main():
     parser.add_argument("--num-warps", type=int, default=None)
     parser.add_argument("--k-chunk", type=int, default=None)
     parser.add_argument("--sweep", action="store_true", help="launch settings sweep: block forward+backward of the kernels on one box (--sizes, first entry)")
+    parser.add_argument("--skip-molecules", action="store_true", help="water boxes only")
     parser.add_argument("--skip-block", action="store_true")
     parser.add_argument("--skip-model", action="store_true")
     args = parser.parse_args()
@@ -170,7 +172,7 @@ def main():
                     except Exception as err:  # noqa: BLE001
                         rows.append(dict(case, workload="block", error="".join(traceback.format_exception_only(err))[-2000:]))
                         print(f"sweep {impl} {precision} {sweep_launch} FAILED: {rows[-1]['error'][:300]}", flush=True)
-    for name, pos, z, nbr, shifts in [] if args.sweep else systems(sizes, args.quick):
+    for name, pos, z, nbr, shifts in [] if args.sweep else systems(sizes, args.quick, not args.skip_molecules):
         valid = np.asarray(mask_neighbors(jnp.asarray(nbr), None, None)) < len(pos)
         d = np.linalg.norm(pos[np.where(valid, nbr, 0)] - pos[:, None, :] + shifts, axis=-1)
         base = dict(system=name, atoms=len(pos), capacity=int(nbr.shape[1]), edges_within_cutoff=int((valid & (d <= config.cutoff)).sum()),

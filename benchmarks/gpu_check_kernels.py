@@ -120,7 +120,7 @@ INTERPRET = False  # --interpret: smoke-test this script on CPU (Pallas interpre
 
 def check_blocks(implementations, rows, failures, quick=False):
     sizes = [("benzene", 64, 12), ("odd", 32, 10)] + ([] if INTERPRET else [("water-1k", 128, 20)])
-    launches = [dict()] + ([] if quick else [dict(block_atoms=16, num_warps=4), dict(block_atoms=32), dict(block_atoms=64), dict(k_chunk=32)])
+    launches = [dict()] + ([] if quick else [dict(block_atoms=16, num_warps=4), dict(block_atoms=32), dict(block_atoms=64), dict(k_chunk=32), dict(slot_splits=1)])
     for kind, hidden, num_rbf in sizes:
         nbr, args64, ct64 = block_inputs(kind, hidden, num_rbf)
         ref_out, ref_grads = value_and_vjp("xla", nbr, args64, ct64)(args64, ct64)
