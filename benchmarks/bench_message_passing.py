@@ -39,11 +39,12 @@ from mlff_jax.kernels.message_passing import layout, message_block  # noqa: E402
 from mlff_jax.kernels.message_passing.model import energy_and_forces_kernel, mask_neighbors  # noqa: E402
 
 
-def systems(sizes, quick):
+def systems(sizes, quick, molecules=True):
     """(name, positions, Z, neighbors, shifts) with neighbour lists built on the host."""
     out = []
     mols = [("benzene", *ks.molecule("C6H6"))] if quick else [
         ("benzene", *ks.molecule("C6H6")), ("C60", *ks.molecule("C60")), ("water-cluster-192", *ks.water_cluster(64))]  # fmt: skip
+    mols = mols if molecules else []
     for name, pos, z in mols:
         nbr, shifts = layout.all_pairs_dense(pos, 5.0)
         out.append((name, pos, z, nbr, shifts))
@@ -99,7 +100,9 @@ def main():
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--block-atoms", type=int, default=None)
     parser.add_argument("--num-warps", type=int, default=None)
+    parser.add_argument("--k-chunk", type=int, default=None)
     parser.add_argument("--sweep", action="store_true", help="launch settings sweep: block forward+backward of the kernels on one box (--sizes, first entry)")
+    parser.add_argument("--skip-molecules", action="store_true", help="water boxes only")
     parser.add_argument("--skip-block", action="store_true")
     parser.add_argument("--skip-model", action="store_true")
     args = parser.parse_args()
@@ -122,7 +125,7 @@ def main():
     if args.implementations:
         implementations = args.implementations.split(",")
     precisions = (args.precisions or ("highest" if args.quick else "highest,tf32x3,tf32")).split(",")
-    launch = {k: v for k, v in (("block_atoms", args.block_atoms), ("num_warps", args.num_warps)) if v is not None}
+    launch = {k: v for k, v in (("block_atoms", args.block_atoms), ("num_warps", args.num_warps), ("k_chunk", args.k_chunk)) if v is not None}
 
     env = ks.environment()
     config, params, source = ks.load_params(model_name, "float32")
@@ -157,8 +160,9 @@ def main():
         name, pos, z, nbr, shifts = systems(sizes[:1], True)[-1]
         for impl in [i for i in implementations if i != "xla"]:
             for precision in precisions:
-                for block_atoms, num_warps, num_stages in ((16, 4, 1), (32, 4, 1), (32, 8, 1), (64, 4, 1), (64, 8, 1), (64, 8, 2)):
-                    sweep_launch = dict(block_atoms=block_atoms, num_warps=num_warps, num_stages=num_stages)
+                for block_atoms, num_warps, num_stages, k_chunk in ((16, 8, 1, 16), (16, 4, 1, 16), (32, 8, 1, 16), (32, 4, 1, 16),
+                                                                   (64, 8, 1, 16), (16, 8, 2, 16), (16, 8, 1, 32), (32, 8, 1, 32)):
+                    sweep_launch = dict(block_atoms=block_atoms, num_warps=num_warps, num_stages=num_stages, k_chunk=k_chunk)
                     case = dict(system=name, atoms=len(pos), capacity=int(nbr.shape[1]), model=model_name, weights=source, dtype="float32",
                                 implementation=impl, precision=precision, launch=sweep_launch)  # fmt: skip
                     try:
@@ -168,7 +172,7 @@ def main():
                     except Exception as err:  # noqa: BLE001
                         rows.append(dict(case, workload="block", error="".join(traceback.format_exception_only(err))[-2000:]))
                         print(f"sweep {impl} {precision} {sweep_launch} FAILED: {rows[-1]['error'][:300]}", flush=True)
-    for name, pos, z, nbr, shifts in [] if args.sweep else systems(sizes, args.quick):
+    for name, pos, z, nbr, shifts in [] if args.sweep else systems(sizes, args.quick, not args.skip_molecules):
         valid = np.asarray(mask_neighbors(jnp.asarray(nbr), None, None)) < len(pos)
         d = np.linalg.norm(pos[np.where(valid, nbr, 0)] - pos[:, None, :] + shifts, axis=-1)
         base = dict(system=name, atoms=len(pos), capacity=int(nbr.shape[1]), edges_within_cutoff=int((valid & (d <= config.cutoff)).sum()),

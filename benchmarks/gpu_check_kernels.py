@@ -120,7 +120,7 @@ INTERPRET = False  # --interpret: smoke-test this script on CPU (Pallas interpre
 
 def check_blocks(implementations, rows, failures, quick=False):
     sizes = [("benzene", 64, 12), ("odd", 32, 10)] + ([] if INTERPRET else [("water-1k", 128, 20)])
-    launches = [dict()] + ([] if quick else [dict(block_atoms=16, num_warps=4), dict(block_atoms=32, num_warps=4), dict(block_atoms=64, num_warps=8)])
+    launches = [dict()] + ([] if quick else [dict(block_atoms=16, num_warps=4), dict(block_atoms=32), dict(block_atoms=64), dict(k_chunk=32), dict(slot_splits=1)])
     for kind, hidden, num_rbf in sizes:
         nbr, args64, ct64 = block_inputs(kind, hidden, num_rbf)
         ref_out, ref_grads = value_and_vjp("xla", nbr, args64, ct64)(args64, ct64)
@@ -259,9 +259,58 @@ def ptx_compiler():
     return lambda module, cfg: ext.compile_triton_to_asm(c_api, module, "9.0", cfg.num_warps, 1, cfg.num_stages)
 
 
+SPILL_LIMIT_BYTES = 2048  # per thread, per kernel: above it a default launch is reported as FAIL
+
+
+def ptxas_report(ptx: str) -> dict:
+    """Registers and spills of a PTX kernel for sm_90a, from the ptxas shipped with the triton wheel
+    (or on PATH); {} without one. PTX newer than that ptxas knows is relabelled (a developer aid)."""
+    import re
+    import shutil
+    import subprocess
+    import tempfile
+
+    ptxas = shutil.which("ptxas")
+    try:
+        import triton
+
+        bundled = pathlib.Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas"
+        ptxas = str(bundled) if bundled.exists() else ptxas
+    except ImportError:
+        pass
+    if ptxas is None:
+        return {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for text in (ptx, re.sub(r"^\.version \d+\.\d+", ".version 8.7", ptx, flags=re.M)):
+            path = pathlib.Path(tmp) / "k.ptx"
+            path.write_text(text)
+            info = subprocess.run([ptxas, "-arch=sm_90a", "-v", str(path), "-o", str(path.with_suffix(".cubin"))], capture_output=True, text=True).stderr
+            registers = re.findall(r"Used (\d+) registers", info)
+            if registers:
+                spills = re.findall(r"(\d+) bytes spill stores, (\d+) bytes spill loads", info)
+                return dict(registers=int(registers[0]), spill_stores=int(spills[0][0]) if spills else 0, spill_loads=int(spills[0][1]) if spills else 0)
+    return {"ptxas_error": info[-300:]}
+
+
+def _judge(row, failures, default):
+    """FAIL a default launch whose kernels exceed shared memory or spill more than SPILL_LIMIT_BYTES."""
+    from mlff_jax.kernels.message_passing import pallas as kp
+
+    kernels = row.get("kernels", [])
+    too_big = any(k.get("smem_bytes", 0) > kp.SMEM_LIMIT_BYTES for k in kernels)
+    spills = any(k.get("spill_stores", 0) > SPILL_LIMIT_BYTES for k in kernels)
+    if too_big or spills:
+        row["status"] = "FAIL" if default else "INFO"
+        if default:
+            failures.append((row, f"shared memory above {kp.SMEM_LIMIT_BYTES} B or spills above {SPILL_LIMIT_BYTES} B: {kernels}"))
+
+
+COMPILE_LAUNCHES = (dict(), dict(block_atoms=32), dict(block_atoms=64), dict(k_chunk=128))  # default first
+
+
 def compile_only(rows, failures, compile_ptx):
-    """Lowers every kernel to Triton IR for sm_90 without a GPU and, with ``compile_ptx``, to PTX,
-    checking the shared memory of each launch configuration against the H100 limit."""
+    """Lowers every kernel to Triton IR for sm_90 without a GPU and, with ``compile_ptx``, to PTX;
+    reports shared memory, and registers and spills when a ptxas is at hand."""
     import io
 
     from jax._src.pallas.triton import lowering as triton_lowering
@@ -291,35 +340,35 @@ def compile_only(rows, failures, compile_ptx):
         n = nbr.shape[0]
         for dtype in ("float32", "float64"):
             for precision in ("highest", "tf32x3", "tf32", "bf16") if dtype == "float32" else ("highest",):
-                for launch in (dict(), dict(block_atoms=16), dict(block_atoms=32), dict(block_atoms=64)) if hidden == 128 else (dict(),):
+                for launch in COMPILE_LAUNCHES if hidden == 128 else COMPILE_LAUNCHES[:1]:
                     args, ct = cast(args64, dtype), cast(ct64, dtype)
                     block = launch.get("block_atoms", kp.default_block_atoms(n, dtype, precision))
-                    cfg = kp.KernelConfig(num_atoms=n, cutoff=5.0, precision=precision, block_atoms=block, num_warps=kp.default_num_warps(block))
+                    cfg = kp.KernelConfig(num_atoms=n, cutoff=5.0, precision=precision, block_atoms=block, num_warps=kp.default_num_warps(block),
+                                          k_chunk=launch.get("k_chunk", kp.default_k_chunk(dtype, precision, hidden)))  # fmt: skip
                     row = dict(check="compile", system="water-1k", H=hidden, implementation="pallas", dtype=dtype, precision=precision,
-                               launch=dict(block_atoms=block, num_warps=cfg.num_warps), default=not launch)  # fmt: skip
+                               launch=dict(block_atoms=block, num_warps=cfg.num_warps, k_chunk=cfg.k_chunk), default=not launch)  # fmt: skip
                     captured.clear()
                     try:
                         value_and_vjp("pallas", nbr, args, ct, precision, **launch).trace(args, ct).lower(lowering_platforms=("cuda",))
                         row["triton_ir_modules"] = len(captured)
                         row["status"] = "PASS"
                         if compile_ptx is not None:
-                            row["smem_bytes"] = [compile_ptx(module, cfg).smem_bytes for module in captured]
-                            if max(row["smem_bytes"]) > kp.SMEM_LIMIT_BYTES:
-                                # Expected for blocks above kp.max_block_atoms (never chosen by default).
-                                row["status"] = "FAIL" if not launch or block <= kp.max_block_atoms(dtype, precision) else "INFO"
-                                if row["status"] == "FAIL":
-                                    failures.append((row, f"shared memory {row['smem_bytes']} above the limit {kp.SMEM_LIMIT_BYTES}"))
+                            row["kernels"] = []
+                            for module in captured:
+                                result = compile_ptx(module, cfg)
+                                row["kernels"].append(dict(smem_bytes=result.smem_bytes, **ptxas_report(result.asm)))
+                            _judge(row, failures, not launch)
                     except Exception as err:  # noqa: BLE001
                         row["status"] = "ERROR"
                         failures.append((row, "".join(traceback.format_exception(err))[-4000:]))
                     rows.append(row)
-                    print(f"{row['status']:5s} | H={hidden} {dtype} {precision} block_atoms={block} warps={cfg.num_warps}"
-                          f"{' (default)' if not launch else ''} | Triton IR modules={row.get('triton_ir_modules')} smem={row.get('smem_bytes')}", flush=True)  # fmt: skip
+                    print(f"{row['status']:5s} | pallas H={hidden} {dtype} {precision} {row['launch']}{' (default)' if not launch else ''} | "
+                          f"fwd, bwd: {row.get('kernels')}", flush=True)  # fmt: skip
     compile_only_triton(rows, failures)
 
 
 def compile_only_triton(rows, failures):
-    """The jax-triton kernels (default launches) compiled to PTX by Triton itself, if it imports."""
+    """The jax-triton kernels compiled to PTX by Triton itself, if it imports."""
     try:
         import jax_triton.triton_lib as triton_lib
     except ImportError as err:
@@ -328,12 +377,12 @@ def compile_only_triton(rows, failures):
     from mlff_jax.kernels.message_passing import pallas as kp
 
     triton_lib.triton_kernel_call_lib.get_compute_capability = lambda device: 90  # no device: target sm_90
-    smem = []
+    kernels = []
     original = triton_lib.compile_ttir_inplace
 
     def capture(*args, **kwargs):
         result = original(*args, **kwargs)
-        smem.append(result.shared_mem_bytes)
+        kernels.append(dict(smem_bytes=result.shared_mem_bytes, **ptxas_report(result.binary)))
         return result
 
     triton_lib.compile_ttir_inplace = capture
@@ -343,19 +392,18 @@ def compile_only_triton(rows, failures):
             args, ct = cast(args64, dtype), cast(ct64, dtype)
             block = kp.default_block_atoms(nbr.shape[0], dtype, precision)
             row = dict(check="compile", system="water-1k", H=128, implementation="triton", dtype=dtype, precision=precision,
-                       launch=dict(block_atoms=block, num_warps=kp.default_num_warps(block)), default=True)  # fmt: skip
-            smem.clear()
+                       launch=dict(block_atoms=block, num_warps=kp.default_num_warps(block), k_chunk=kp.default_k_chunk(dtype, precision, 128)), default=True)  # fmt: skip
+            kernels.clear()
             try:
                 value_and_vjp("triton", nbr, args, ct, precision).trace(args, ct).lower(lowering_platforms=("cuda",))
-                row["smem_bytes"] = list(smem)
-                row["status"] = "PASS" if smem and max(smem) <= kp.SMEM_LIMIT_BYTES else "FAIL"
-                if row["status"] == "FAIL":
-                    failures.append((row, f"shared memory {smem} above the limit {kp.SMEM_LIMIT_BYTES} (or nothing compiled)"))
+                row["kernels"] = list(kernels)
+                row["status"] = "PASS" if len(kernels) == 2 else "FAIL"
+                _judge(row, failures, True)
             except Exception as err:  # noqa: BLE001
                 row["status"] = "ERROR"
                 failures.append((row, "".join(traceback.format_exception(err))[-4000:]))
             rows.append(row)
-            print(f"{row['status']:5s} | triton H=128 {dtype} {precision} block_atoms={block} | smem={row.get('smem_bytes')}", flush=True)
+            print(f"{row['status']:5s} | triton H=128 {dtype} {precision} {row['launch']} | fwd, bwd: {row.get('kernels')}", flush=True)
 
 
 # ----------------------------------------------------------------------------- Triton interpreter mode
@@ -410,24 +458,25 @@ def triton_interpret(rows, failures):
             n, c = nbr.shape
             row = dict(check="triton-interpret", system=kind, N=int(n), C=int(c), H=hidden, implementation="triton", dtype=dtype, precision="highest")
             try:
-                cfg = kp.KernelConfig(num_atoms=n, cutoff=5.0, block_atoms=16)
+                cfg = kp.KernelConfig(num_atoms=n, cutoff=5.0, block_atoms=16, k_chunk=16, slot_splits=3)
                 p = kp.pack(nbr, a["distances"], a["directions"], a["block"], a["centers"], a["widths"], cfg)
                 n_pad, h_pad, _ = kp.padded_sizes(n, hidden, num_rbf, 16)
                 s_pad, v_pad = kp.pack_features(a["s"], a["v"], n_pad, h_pad)
                 gs_pad, gv_pad = kp.pack_features(ct[0], ct[1], n_pad, h_pad)
                 consts = kt._constants(p, s_pad, cfg)
-                grid = (n_pad // 16,)
-                zeros = lambda x: _HostBuffer(np.zeros(x.shape, s_pad.dtype))
-                ds, dv = zeros(s_pad), zeros(v_pad)
+                grid = (n_pad // 16, cfg.slot_splits)
+                zeros = lambda shape: _HostBuffer(np.zeros(shape, s_pad.dtype))
+                ds, dv = zeros((3, *s_pad.shape)), zeros((3, *v_pad.shape))
                 inputs = (p.neighbors, p.distances, p.directions, s_pad, v_pad, p.w1, p.b1, p.w2, p.b2, p.centers, p.widths)
                 kt._forward_kernel[grid](*map(_HostBuffer, inputs), ds, dv, **consts)
-                outs = [zeros(s_pad), zeros(v_pad), zeros(p.distances), zeros(p.directions)]
+                outs = [zeros((3, *s_pad.shape)), zeros((3, *v_pad.shape)), zeros(p.distances.shape), zeros(p.directions.shape)]
                 inputs = (p.neighbors, p.distances, p.directions, s_pad, v_pad, gs_pad, gv_pad, p.w1, p.b1, p.w2, p.b2,
-                          p.w1.T, jnp.transpose(p.w2, (0, 2, 1)), p.centers, p.widths)  # fmt: skip
+                          jnp.transpose(p.w2, (0, 2, 1)), p.centers, p.widths)  # fmt: skip
                 kt._backward_kernel[grid](*map(_HostBuffer, inputs), *outs, **consts)
                 g_s, g_v, g_d, g_u = (o.array for o in outs)
-                out = (ds.array[:n, :hidden], dv.array[:, :n, :hidden].transpose(1, 0, 2))
-                grads = (g_s[:n, :hidden], g_v[:, :n, :hidden].transpose(1, 0, 2), g_d[:, :n].T, g_u[:, :, :n].transpose(2, 1, 0))
+                g_s, g_v, ds, dv = g_s.sum(0), g_v.sum(0), ds.array.sum(0), dv.array.sum(0)
+                out = (ds[:n, :hidden], dv[:, :n, :hidden].transpose(1, 0, 2))
+                grads = (g_s[:n, :hidden], g_v[:, :n, :hidden].transpose(1, 0, 2), g_d[:c, :n].T, g_u[:, :c, :n].transpose(2, 1, 0))
                 row["value_error"] = relative_errors(out, ref_out)
                 row["grad_error"] = relative_errors(grads, ref_grads[:4])
                 row["status"] = "PASS" if max(row["value_error"], row["grad_error"]) <= bound else "FAIL"

@@ -1,6 +1,6 @@
 """The fused message-passing kernels against their plain-JAX reference, and the model built on them.
 
-Pallas kernels run in interpret mode (CPU). Systems are small (N = 20, H = 12, K = 6) but have every
+Pallas kernels run in interpret mode (CPU). Systems are small (N = 20, H = 36, K = 6) but have every
 awkward case: padding atoms, empty slots, slots beyond the cutoff, H and K that need padding.
 """
 
@@ -17,7 +17,7 @@ from mlff_jax.kernels.message_passing import layout, message_block, message_bloc
 from mlff_jax.kernels.message_passing.model import energy_and_forces_kernel
 
 CUTOFF = 2.5
-NUM_ATOMS, NUM_PADDING, HIDDEN, NUM_RBF = 20, 2, 12, 6
+NUM_ATOMS, NUM_PADDING, HIDDEN, NUM_RBF = 20, 2, 36, 6  # H_pad = 64: four 16-wide chunks of the FMA matmuls
 DIFF_ARGS = ("s", "v", "distances", "directions", "block", "centers", "widths")
 
 
@@ -49,10 +49,13 @@ def make_system(dtype, seed=0, extra_slots=3):
     return jnp.asarray(nbr), args
 
 
+INTERPRET = jax.default_backend() == "cpu"  # Pallas kernels compile for real when the tests run on a GPU
+
+
 def run(implementation, nbr, args, **options):
     return message_block(
         args["s"], args["v"], nbr, args["distances"], args["directions"], args["block"], args["centers"], args["widths"],
-        cutoff=CUTOFF, implementation=implementation, interpret=implementation == "pallas", **options,
+        cutoff=CUTOFF, implementation=implementation, interpret=INTERPRET and implementation == "pallas", **options,
     )  # fmt: skip
 
 
@@ -161,6 +164,17 @@ def test_pallas_gradients_match_reference_float64(grads64, name):
         assert_close(actual, desired, tol.ROUNDOFF_F64, err_msg=name)
 
 
+@pytest.mark.parametrize("slot_splits", [1, 4])
+def test_slot_splits_change_nothing_but_roundoff(system32, slot_splits):
+    """Programs sharing a block's slots (partial sums added afterwards) give the same values and
+    gradients as the default split (one program per slot here), to float32 round-off."""
+    nbr, args = system32
+    (value, grads), (value_split, grads_split) = (loss_and_grads("pallas", nbr, args), loss_and_grads("pallas", nbr, args, slot_splits=slot_splits))
+    assert_close(value_split, value, rel=tol.KERNEL_VS_REFERENCE_F32)
+    for actual, desired in zip(jax.tree.leaves(grads_split), jax.tree.leaves(grads)):
+        assert_close(actual, desired, rel=tol.KERNEL_VS_REFERENCE_F32)
+
+
 def test_gradients_vanish_on_padding_atoms_empty_slots_and_beyond_cutoff(system64, grads64):
     nbr, args = system64
     _, grad = grads64["pallas"]
@@ -241,6 +255,8 @@ def test_reverse_slots_rejects_a_half_list():
         (dict(implementation="cuda"), "implementation"),
         (dict(precision="fp8"), "precision"),
         (dict(block_atoms=24, implementation="pallas"), "block_atoms"),
+        (dict(slot_splits=0, implementation="pallas"), "slot_splits"),
+        (dict(k_chunk=24, implementation="pallas"), "k_chunk"),
         (dict(interpret=True, implementation="xla_triton"), "implementation"),
         (dict(s=np.zeros((NUM_ATOMS, HIDDEN + 1))), "v must be"),
         (dict(distances=np.zeros((NUM_ATOMS, 2))), "distances"),
@@ -251,7 +267,7 @@ def test_reverse_slots_rejects_a_half_list():
 def test_bad_input_raises_value_error(system64, change, message):
     nbr, args = system64
     change = dict(change)
-    kwargs = {k: change.pop(k) for k in ("implementation", "precision", "block_atoms", "interpret") if k in change}
+    kwargs = {k: change.pop(k) for k in ("implementation", "precision", "block_atoms", "interpret", "slot_splits", "k_chunk") if k in change}
     if "neighbors_offset" in change:
         nbr = nbr.at[0, 0].set(change.pop("neighbors_offset"))
     args = dict(args, **{k: jnp.asarray(x) for k, x in change.items()})
@@ -296,7 +312,7 @@ def kernel_model_outputs(model, R, Z, batch, num_structures, implementation, nei
     dtype = jnp.float64 if model.dtype == "float64" else jnp.float32
     f = jax.jit(
         functools.partial(energy_and_forces_kernel, config=model.config, num_structures=num_structures,
-                          implementation=implementation, interpret=implementation == "pallas")  # fmt: skip
+                          implementation=implementation, interpret=INTERPRET and implementation == "pallas")  # fmt: skip
     )
     return f(
         model.params, positions=jnp.asarray(R, dtype), atomic_numbers=jnp.asarray(Z), neighbors_idx=jnp.asarray(neighbors),
@@ -382,3 +398,52 @@ def test_kernel_model_rejects_compressed_filters(load_model):
     with pytest.raises(ValueError, match="compressed"):
         energy_and_forces_kernel(params, model.config, jnp.zeros((n, 3)), jnp.ones(n, int), jnp.full((n, 2), n), jnp.zeros((n, 2, 3)),
                                  jnp.ones(n, bool), jnp.zeros(n, int), 1)  # fmt: skip
+
+
+# ----------------------------------------------------------------------------- real (non-interpret) kernels
+def _abstract_gpu():
+    """jax >= 0.11 asks the device for its compute capability when lowering Pallas-Triton; lend it
+    an abstract H100 (jax 0.10 needs nothing)."""
+    import contextlib
+
+    device_cls = getattr(jax.sharding, "AbstractDevice", None)
+    if device_cls is None:
+        return contextlib.nullcontext()
+    device = device_cls(device_kind="NVIDIA H100 80GB HBM3", num_cores=132, platform="gpu")
+    return jax.sharding.use_abstract_mesh(jax.sharding.AbstractMesh((1,), ("x",), abstract_device=device))
+
+
+@pytest.mark.parametrize("dtype, precision", [(jnp.float32, "highest"), (jnp.float32, "tf32x3"), (jnp.float64, "highest")])
+def test_pallas_kernels_lower_to_triton_for_cuda(system64, dtype, precision):
+    """Catches ops without a Triton lowering on a CPU machine: forward and backward lower to Triton."""
+    nbr, args = system64
+    args = jax.tree.map(lambda x: x.astype(dtype), args)
+
+    def forward_and_vjp(a):
+        out, pullback = jax.vjp(lambda s, v, d, u: message_block(
+            s, v, nbr, d, u, a["block"], a["centers"], a["widths"], cutoff=CUTOFF, implementation="pallas", precision=precision),
+            a["s"], a["v"], a["distances"], a["directions"])  # fmt: skip
+        return out, pullback(out)
+
+    try:
+        with _abstract_gpu():
+            text = jax.jit(forward_and_vjp).trace(args).lower(lowering_platforms=("cuda",)).as_text()
+    except (ImportError, RuntimeError) as error:  # no Triton dialect, or (jax >= 0.11) no Triton compiler without a GPU
+        pytest.skip(f"no Triton lowering available here: {error}")
+    assert text.count("triton") >= 2  # forward and backward kernels
+
+
+@pytest.mark.skipif(jax.default_backend() != "gpu", reason="needs a GPU (run with MLFF_JAX_TEST_ON_DEVICE=1 on one)")
+@pytest.mark.parametrize("implementation", ["pallas", "triton"])
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
+def test_compiled_kernels_on_gpu_match_reference(system64, implementation, dtype):
+    """The real kernels (not interpret mode): values and gradients against the float64 reference."""
+    if implementation == "triton":
+        pytest.importorskip("jax_triton")
+    nbr, args64 = system64
+    value64, grads64 = loss_and_grads("xla", nbr, args64)
+    value, grads = loss_and_grads(implementation, nbr, jax.tree.map(lambda x: x.astype(dtype), args64))
+    rel = tol.ROUNDOFF_F64 if dtype == jnp.float64 else tol.KERNEL_VS_REFERENCE_F32
+    assert_close(value, value64, rel=rel)
+    for actual, desired in zip(jax.tree.leaves(grads), jax.tree.leaves(grads64)):
+        assert_close(np.asarray(actual, np.float64), desired, rel=rel)

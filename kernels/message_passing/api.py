@@ -100,6 +100,8 @@ def message_block(
     block_atoms: int | None = None,
     num_warps: int | None = None,
     num_stages: int = 1,
+    k_chunk: int | None = None,
+    slot_splits: int | None = None,
 ):
     """Message increments of one PaiNN block (the op of :mod:`.reference`).
 
@@ -112,12 +114,14 @@ def message_block(
       cutoff: rc in Å (slots with d > rc contribute zero).
       implementation: "xla" | "pallas" | "triton" (module docstring).
       interpret: Pallas interpret mode (CPU); only for "pallas".
-      precision: float32 matmuls, "highest" (IEEE float32, default) | "tf32" | "bf16" (bf16 inputs,
-        float32 accumulation); float64 inputs are always computed in float64.
-      block_atoms: receivers per kernel program (power of two >= 16; default: 16 up to 512 atoms,
-        else the largest block whose kernels fit in shared memory, see ``pallas.max_block_atoms``).
-      num_warps, num_stages: Triton launch parameters of the kernels (num_warps default: 4 for
-        blocks up to 32 receivers, else 8).
+      precision: float32 matmuls, "highest" (IEEE float32, default) | "tf32x3" | "tf32" | "bf16"
+        (see ``reference.matmul``); float64 inputs are always computed in float64.
+      block_atoms: receivers per kernel program (power of two >= 16; default 16).
+      num_warps, num_stages: Triton launch parameters of the kernels (default 8 warps, 1 stage).
+      k_chunk: width of the hidden-dimension chunks of the kernels' matmuls (see
+        ``pallas.KernelConfig``; default ``pallas.default_k_chunk``).
+      slot_splits: programs per block of receivers, each with a share of the slots (see
+        ``pallas.KernelConfig``; default ``pallas.default_slot_splits``: more for small systems).
     Returns:
       (ds [N, H], dv [N, 3, H]).
     """
@@ -138,6 +142,16 @@ def message_block(
     block_atoms = int(block_atoms)
     if block_atoms < pallas_kernels.MIN_DIM or block_atoms & (block_atoms - 1):
         raise ValueError(f"block_atoms must be a power of two >= {pallas_kernels.MIN_DIM}, got {block_atoms}")
+    h_pad = pallas_kernels.next_power_of_two(h, pallas_kernels.MIN_DIM)
+    k_chunk = pallas_kernels.default_k_chunk(s.dtype, precision, h_pad) if k_chunk is None else int(k_chunk)
+    if k_chunk < pallas_kernels.MIN_DIM or k_chunk & (k_chunk - 1) or k_chunk > h_pad:
+        raise ValueError(f"k_chunk must be a power of two in [{pallas_kernels.MIN_DIM}, {h_pad}], got {k_chunk}")
+    capacity = neighbors.shape[1]
+    if slot_splits is None:
+        slot_splits = pallas_kernels.default_slot_splits(n, capacity, block_atoms)
+    slot_splits = int(slot_splits)
+    if not 1 <= slot_splits <= max(capacity, 1):
+        raise ValueError(f"slot_splits must lie in [1, C] = [1, {capacity}], got {slot_splits}")
     cfg = pallas_kernels.KernelConfig(
         num_atoms=n,
         cutoff=float(cutoff),
@@ -146,6 +160,8 @@ def message_block(
         num_warps=pallas_kernels.default_num_warps(block_atoms) if num_warps is None else int(num_warps),
         num_stages=int(num_stages),
         interpret=bool(interpret),
+        k_chunk=k_chunk,
+        slot_splits=slot_splits,
     )
     _backend(implementation)  # fail early (ValueError) if the backend cannot be imported
     return _fused(cfg, implementation, s, v, neighbors, distances, directions, filt, rbf_centers, rbf_widths)
@@ -184,8 +200,9 @@ def _fused_bwd(cfg, backend, residuals, cotangents):
     g_s, g_v, g_d, g_u = module.backward(packed, s_pad, v_pad, gs_pad, gv_pad, cfg)
     g_s = g_s[:n, :h]
     g_v = jnp.transpose(g_v[:, :n, :h], (1, 0, 2))
-    g_d = g_d[:, :n].T.astype(distances.dtype)
-    g_u = jnp.transpose(g_u[:, :, :n], (2, 1, 0)).astype(directions.dtype)
+    c = neighbors.shape[1]
+    g_d = g_d[:c, :n].T.astype(distances.dtype)
+    g_u = jnp.transpose(g_u[:, :c, :n], (2, 1, 0)).astype(directions.dtype)
 
     # Filter-network and basis parameters: the reference's VJP (XLA). Dead code unless requested.
     def by_params(f, c, w):

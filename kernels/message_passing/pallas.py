@@ -3,7 +3,8 @@
 Both kernels run one program per block of ``block_atoms`` receivers and loop over the C neighbour
 slots; each iteration handles slot j of every receiver of the block at once (rows = receivers):
 
-    forward   e(d) -> filter net (3 [B, H] x [H, H] matmuls) -> gather s_a, v_a -> accumulate ds, dv
+    forward   e(d) -> filter net (matmuls contracting over at most 16 hidden units at a time)
+              -> gather s_a, v_a -> accumulate ds, dv
     backward  the same filter net, then
               (i)  slot (b, j) as the edge a -> b: cotangents of its distance and direction, from
                    the receiver's own cotangents (g_ds_b, g_dv_b) and the gathered s_a, v_a;
@@ -39,12 +40,8 @@ from jax.experimental import pallas as pl
 from .reference import matmul
 
 MIN_DIM = 16  # smallest tl.dot dimension
-MAX_HIDDEN = 128  # a whole [H, H] weight operand is staged in shared memory: H = 256 does not fit
+MAX_HIDDEN = 128  # the register tiles of the kernels are [block_atoms, H]: H = 256 would spill heavily
 SMEM_LIMIT_BYTES = 232448  # 227 KiB: most dynamic shared memory one H100/H200 block may use
-
-# Largest block of receivers whose backward fits SMEM_LIMIT_BYTES at H = 128 (measured by compiling
-# to PTX for sm_90, ``benchmarks/gpu_check_kernels.py --compile-only``; docs/kernels.md has the table).
-_MAX_BLOCK_ATOMS = {"float64": 16, "tf32x3": 32, "highest": 64, "tf32": 64, "bf16": 64}
 
 
 def next_power_of_two(n: int, minimum: int = 1) -> int:
@@ -62,6 +59,16 @@ class KernelConfig:
       block_atoms: receivers per program (a power of two >= 16).
       num_warps, num_stages: Triton launch parameters.
       interpret: run the kernel in Pallas interpret mode (CPU tests).
+      k_chunk: matmuls contract over the hidden dimension in chunks this wide (a power of two >= 16
+        dividing H_pad). Triton's float32 (IEEE) and float64 matmuls run on FMA units and hold a
+        K-deep slice of both operands in registers per thread: K = 128 asks for far more than 255
+        registers, and ptxas then falls back to 32 registers and spills kilobytes per thread
+        (measured: 10-100x slower than XLA on an H100); the tensor-core modes suffer the same at
+        K = 128. Chunks of 16 compile to <= 255 registers with (almost) no spills in every mode.
+      slot_splits: S, programs sharing one block of receivers, each looping over C / S slots and
+        writing its own partial sums (added up afterwards in a fixed order: still deterministic).
+        Gives small systems enough programs to fill the GPU (N / block_atoms alone would be 1 for
+        benzene); 1 for large systems.
     """
 
     num_atoms: int
@@ -71,33 +78,45 @@ class KernelConfig:
     num_warps: int = 4
     num_stages: int = 1
     interpret: bool = False
+    k_chunk: int = 16
+    slot_splits: int = 1
 
     def dot(self, x, w):
         """x @ w in this launch's precision mode (TF32 modes need tensor cores: not in interpret mode)."""
         return matmul(x, w, self.precision, tensor_cores=not self.interpret)
 
 
-def max_block_atoms(dtype, precision: str) -> int:
-    """Largest ``block_atoms`` whose kernels fit in shared memory (at H <= 128)."""
-    return _MAX_BLOCK_ATOMS["float64" if jnp.dtype(dtype) == jnp.float64 else precision]
-
-
-def default_block_atoms(num_atoms: int, dtype=jnp.float32, precision: str = "highest") -> int:
-    """Receivers per program: 16 for small systems (fewer padded rows), else the largest that fits."""
-    return 16 if num_atoms <= 512 else max_block_atoms(dtype, precision)
+def default_block_atoms(num_atoms: int = 0, dtype=jnp.float32, precision: str = "highest") -> int:
+    """16 receivers per program: the tiles that compile without register spills (H = 128, 8 warps;
+    measured with ptxas for every precision mode, docs/kernels.md)."""
+    return 16
 
 
 def default_num_warps(block_atoms: int) -> int:
-    return 4 if block_atoms <= 32 else 8
+    return 8
+
+
+TARGET_PROGRAMS = 256  # about two programs per streaming multiprocessor of an H100 (132)
+
+
+def default_slot_splits(num_atoms: int, capacity: int, block_atoms: int) -> int:
+    """Enough slot splits to reach ``TARGET_PROGRAMS`` programs, at most one per slot."""
+    blocks = -(-num_atoms // block_atoms)
+    return max(1, min(capacity, -(-TARGET_PROGRAMS // blocks)))
+
+
+def default_k_chunk(dtype, precision: str, h_pad: int) -> int:
+    """Hidden-dimension chunk of the matmuls: 16 (see ``KernelConfig.k_chunk``)."""
+    return min(16, h_pad)
 
 
 @dataclasses.dataclass(frozen=True)
 class Packed:
     """Kernel-layout arrays (see module docstring); shapes: B = block rows, C slots."""
 
-    neighbors: jax.Array  # [C, Np] int32
-    distances: jax.Array  # [C, Np]
-    directions: jax.Array  # [3, C, Np]
+    neighbors: jax.Array  # [C_pad, Np] int32 (C_pad: C rounded up to a multiple of slot_splits)
+    distances: jax.Array  # [C_pad, Np]
+    directions: jax.Array  # [3, C_pad, Np]
     w1: jax.Array  # [Kp, Hp]
     b1: jax.Array  # [1, Hp]
     w2: jax.Array  # [3, Hp, Hp]  (Ws, Wv1, Wv2 parts of Linear2)
@@ -120,10 +139,11 @@ def pack(neighbors, distances, directions, block, centers, widths, cfg: KernelCo
     n, c = neighbors.shape
     k, h = block["filter_in"]["kernel"].shape
     n_pad, h_pad, k_pad = padded_sizes(n, h, k, cfg.block_atoms)
+    c_pad = -(-c // cfg.slot_splits) * cfg.slot_splits  # empty slots make every split equally long
     valid = (neighbors >= 0) & (neighbors < n)
-    nbr = _pad_to(jnp.where(valid, neighbors, n).astype(jnp.int32), (n_pad, c), n).T
-    d = _pad_to(jnp.where(valid, distances, cfg.cutoff), (n_pad, c), cfg.cutoff).T
-    u = jnp.transpose(_pad_to(jnp.where(valid[..., None], directions, 0.0), (n_pad, c, 3)), (2, 1, 0))
+    nbr = _pad_to(jnp.where(valid, neighbors, n).astype(jnp.int32), (n_pad, c_pad), n).T
+    d = _pad_to(jnp.where(valid, distances, cfg.cutoff), (n_pad, c_pad), cfg.cutoff).T
+    u = jnp.transpose(_pad_to(jnp.where(valid[..., None], directions, 0.0), (n_pad, c_pad, 3)), (2, 1, 0))
     w2 = block["filter_out"]["kernel"].reshape(h, 3, h).transpose(1, 0, 2)
     return Packed(
         neighbors=nbr,
@@ -163,6 +183,27 @@ def _slot(nbr_ref, d_ref, k, num_atoms, cutoff):
     return jnp.where(valid, nbr, 0), d[:, None], within[:, None], jnp.max(within.astype(jnp.int32)) > 0
 
 
+def _chunks(cfg, hidden):
+    """Static column slices of the hidden dimension, ``cfg.k_chunk`` wide."""
+    return [slice(c, c + cfg.k_chunk) for c in range(0, hidden, cfg.k_chunk)]
+
+
+def _filter(e, within, w1_ref, b1_ref, w2_ref, b2_ref, cfg):
+    """(Ws, Wv1, Wv2) [B, H], masked: Linear2(SiLU(Linear1(e))).
+
+    Every matmul that contracts over H does so in chunks of ``cfg.k_chunk`` hidden units (the hidden
+    layer is computed chunk by chunk): Triton's float32 FMA matmul holds a K-deep slice of both
+    operands in registers, and K = 128 would spill (see ``KernelConfig.k_chunk``).
+    """
+    outs = [None, None, None]
+    for cols in _chunks(cfg, w1_ref.shape[1]):
+        h = jax.nn.silu(cfg.dot(e, w1_ref[:, cols]) + b1_ref[:, cols])
+        for p in range(3):
+            term = cfg.dot(h, w2_ref[p, cols, :])
+            outs[p] = term if outs[p] is None else outs[p] + term
+    return [jnp.where(within, out + b2_ref[p], 0.0) for p, out in enumerate(outs)]
+
+
 def _forward_kernel(nbr_ref, d_ref, u_ref, s_ref, v_ref, w1_ref, b1_ref, w2_ref, b2_ref, mu_ref, width_ref, ds_ref, dv_ref, *, cfg, capacity):
     rows, hidden = ds_ref.shape
     mu, width = mu_ref[...], width_ref[...]
@@ -173,15 +214,9 @@ def _forward_kernel(nbr_ref, d_ref, u_ref, s_ref, v_ref, w1_ref, b1_ref, w2_ref,
         def accumulate(carry):
             ds, dv0, dv1, dv2 = carry
             e, _ = _radial(d, mu, width, cfg.cutoff)
-            h = jax.nn.silu(cfg.dot(e, w1_ref[...]) + b1_ref[...])
-            ws = jnp.where(within, cfg.dot(h, w2_ref[0]) + b2_ref[0], 0.0)
+            ws, wv1, wv2 = _filter(e, within, w1_ref, b1_ref, w2_ref, b2_ref, cfg)
             ds = ds + s_ref[idx, :] * ws
-            wv1 = jnp.where(within, cfg.dot(h, w2_ref[1]) + b2_ref[1], 0.0)
-            wv2 = jnp.where(within, cfg.dot(h, w2_ref[2]) + b2_ref[2], 0.0)
-            dv = [
-                acc + v_ref[i, idx, :] * wv1 + u_ref[i, k, :][:, None] * wv2
-                for i, acc in enumerate((dv0, dv1, dv2))
-            ]
+            dv = [acc + v_ref[i, idx, :] * wv1 + u_ref[i, k, :][:, None] * wv2 for i, acc in enumerate((dv0, dv1, dv2))]
             return (ds, *dv)
 
         return jax.lax.cond(any_within, accumulate, lambda c: c, carry)
@@ -196,13 +231,11 @@ def _forward_kernel(nbr_ref, d_ref, u_ref, s_ref, v_ref, w1_ref, b1_ref, w2_ref,
 
 def _backward_kernel(
     nbr_ref, d_ref, u_ref, s_ref, v_ref, gs_ref, gv_ref, gs_own_ref, gv_own_ref,
-    w1_ref, b1_ref, w2_ref, b2_ref, w1t_ref, w2t_ref, mu_ref, width_ref,
+    w1_ref, b1_ref, w2_ref, b2_ref, w2t_ref, mu_ref, width_ref,
     gs_out_ref, gv_out_ref, gd_ref, gu_ref, *, cfg, capacity,
 ):  # fmt: skip
     rows, hidden = gs_out_ref.shape
     mu, width = mu_ref[...], width_ref[...]
-    gs_own = gs_own_ref[...]
-    gv_own = [gv_own_ref[i] for i in range(3)]
 
     def body(k, carry):
         idx, d, within, any_within = _slot(nbr_ref, d_ref, k, cfg.num_atoms, cfg.cutoff)
@@ -210,36 +243,31 @@ def _backward_kernel(
         def slot_gradients(carry):
             acc_s, acc_v0, acc_v1, acc_v2 = carry
             e, de = _radial(d, mu, width, cfg.cutoff)
-            pre = cfg.dot(e, w1_ref[...]) + b1_ref[...]
-            sig = jax.nn.sigmoid(pre)
-            h = pre * sig
-            ws = jnp.where(within, cfg.dot(h, w2_ref[0]) + b2_ref[0], 0.0)
-            wv1 = jnp.where(within, cfg.dot(h, w2_ref[1]) + b2_ref[1], 0.0)
-            wv2 = jnp.where(within, cfg.dot(h, w2_ref[2]) + b2_ref[2], 0.0)
+            ws, wv1, wv2 = _filter(e, within, w1_ref, b1_ref, w2_ref, b2_ref, cfg)
             # (ii) reverse edge: sender cotangents gathered from the neighbours' rows.
             acc_s = acc_s + gs_ref[idx, :] * ws
             acc_v = [acc + gv_ref[i, idx, :] * wv1 for i, acc in enumerate((acc_v0, acc_v1, acc_v2))]
-            # (i) this slot's edge a -> b: cotangent of the filter output W = (Ws, Wv1, Wv2) ...
-            g_ws = jnp.where(within, gs_own * s_ref[idx, :], 0.0)
-            g_wv1 = jnp.zeros_like(g_ws)
-            g_wv2 = jnp.zeros_like(g_ws)
-            g_dir = []
-            for i in range(3):
-                u_i = u_ref[i, k, :][:, None]
-                g_wv1 = g_wv1 + gv_own[i] * v_ref[i, idx, :]
-                g_wv2 = g_wv2 + gv_own[i] * u_i
-                g_dir.append(jnp.sum(gv_own[i] * wv2, axis=1))
-            g_wv1 = jnp.where(within, g_wv1, 0.0)
-            g_wv2 = jnp.where(within, g_wv2, 0.0)
-            # ... then back through Linear2, SiLU, Linear1 and e(d) to the distance.
-            g_h = (
-                cfg.dot(g_ws, w2t_ref[0])
-                + cfg.dot(g_wv1, w2t_ref[1])
-                + cfg.dot(g_wv2, w2t_ref[2])
-            )
-            g_pre = g_h * (sig * (1.0 + pre * (1.0 - sig)))
-            g_e = cfg.dot(g_pre, w1t_ref[...])
-            g_d = jnp.sum(g_e * de, axis=1)
+            # (i) this slot's edge a -> b: the direction's cotangent ...
+            g_dir = [jnp.sum(gv_own_ref[i] * wv2, axis=1) for i in range(3)]
+            u = [u_ref[i, k, :][:, None] for i in range(3)]
+            # ... and g_h = dL/d(hidden layer) = g_W @ W2^T, contracting over H in chunks of the
+            # cotangent of W = (Ws, Wv1, Wv2), which is built chunk by chunk from memory.
+            g_h = None
+            for cols in _chunks(cfg, hidden):
+                g_ws = jnp.where(within, gs_own_ref[:, cols] * s_ref[idx, cols], 0.0)
+                g_wv1 = sum(gv_own_ref[i, :, cols] * v_ref[i, idx, cols] for i in range(3))
+                g_wv2 = sum(gv_own_ref[i, :, cols] * u[i] for i in range(3))
+                term = (
+                    cfg.dot(g_ws, w2t_ref[0, cols, :])
+                    + cfg.dot(jnp.where(within, g_wv1, 0.0), w2t_ref[1, cols, :])
+                    + cfg.dot(jnp.where(within, g_wv2, 0.0), w2t_ref[2, cols, :])
+                )
+                g_h = term if g_h is None else g_h + term
+            # d(hidden)/dd = SiLU'(pre) * (e'(d) @ W1): no matmul over H needed for the distance.
+            pre = cfg.dot(e, w1_ref[...]) + b1_ref[...]
+            sig = jax.nn.sigmoid(pre)
+            dh_dd = sig * (1.0 + pre * (1.0 - sig)) * cfg.dot(de, w1_ref[...])
+            g_d = jnp.sum(g_h * dh_dd, axis=1)
             return (acc_s, *acc_v), (g_d, *g_dir)
 
         def empty(carry):
@@ -262,9 +290,33 @@ def _backward_kernel(
 
 
 # ----------------------------------------------------------------------------- launches
+# Grid (receiver blocks i, slot splits j). Program (i, j) reads slots [j C_pad / S, (j + 1) C_pad / S)
+# of receivers [i B, (i + 1) B) and writes its partial feature sums into split j of the outputs.
+_SQUEEZED = getattr(pl, "squeezed", None)
+
+
 def _whole(shape):
     """BlockSpec of an array every program reads in full (gather sources, weights)."""
-    return pl.BlockSpec(shape, lambda i: (0,) * len(shape))
+    return pl.BlockSpec(shape, lambda i, j: (0,) * len(shape))
+
+
+def _specs(packed: Packed, h_pad: int, cfg: KernelConfig):
+    capacity = packed.neighbors.shape[0] // cfg.slot_splits
+    b = cfg.block_atoms
+    return dict(
+        slots=pl.BlockSpec((capacity, b), lambda i, j: (j, i)),
+        slot_vectors=pl.BlockSpec((3, capacity, b), lambda i, j: (0, j, i)),
+        rows=pl.BlockSpec((b, h_pad), lambda i, j: (i, 0)),
+        vector_rows=pl.BlockSpec((3, b, h_pad), lambda i, j: (0, i, 0)),
+        split_rows=pl.BlockSpec((_SQUEEZED, b, h_pad), lambda i, j: (j, i, 0)),
+        split_vector_rows=pl.BlockSpec((_SQUEEZED, 3, b, h_pad), lambda i, j: (j, 0, i, 0)),
+        capacity=capacity,
+    )
+
+
+def _weights_specs(packed: Packed, h_pad: int):
+    k_pad = packed.w1.shape[0]
+    return [_whole((k_pad, h_pad)), _whole((1, h_pad)), _whole((3, h_pad, h_pad)), _whole((3, 1, h_pad))]
 
 
 def _compiler_params(cfg: KernelConfig):
@@ -277,7 +329,7 @@ def _launch(kernel, name, out_shape, in_specs, out_specs, n_pad, cfg, *args):
     return pl.pallas_call(
         kernel,
         out_shape=out_shape,
-        grid=(n_pad // cfg.block_atoms,),
+        grid=(n_pad // cfg.block_atoms, cfg.slot_splits),
         in_specs=in_specs,
         out_specs=out_specs,
         compiler_params=_compiler_params(cfg),
@@ -286,75 +338,54 @@ def _launch(kernel, name, out_shape, in_specs, out_specs, n_pad, cfg, *args):
     )(*args)
 
 
+def sum_splits(partial):
+    """Sum over the leading (split) axis in a fixed order (deterministic, unlike a reduction that
+    XLA may parallelise with atomics)."""
+    total = partial[0]
+    for j in range(1, partial.shape[0]):
+        total = total + partial[j]
+    return total
+
+
 def forward(packed: Packed, s_pad, v_pad, cfg: KernelConfig):
     """(ds [Np, Hp], dv [3, Np, Hp]) from kernel-layout inputs."""
-    capacity, n_pad = packed.neighbors.shape
-    h_pad = s_pad.shape[1]
+    n_pad, h_pad = s_pad.shape
+    sp = _specs(packed, h_pad, cfg)
     k_pad = packed.w1.shape[0]
-    b = cfg.block_atoms
-    slots = pl.BlockSpec((capacity, b), lambda i: (0, i))
-    in_specs = [
-        slots,
-        slots,
-        pl.BlockSpec((3, capacity, b), lambda i: (0, 0, i)),
-        _whole((n_pad, h_pad)),
-        _whole((3, n_pad, h_pad)),
-        _whole((k_pad, h_pad)),
-        _whole((1, h_pad)),
-        _whole((3, h_pad, h_pad)),
-        _whole((3, 1, h_pad)),
-        _whole((1, k_pad)),
-        _whole((1, k_pad)),
-    ]
-    out_specs = [pl.BlockSpec((b, h_pad), lambda i: (i, 0)), pl.BlockSpec((3, b, h_pad), lambda i: (0, i, 0))]
-    out_shape = [jax.ShapeDtypeStruct((n_pad, h_pad), s_pad.dtype), jax.ShapeDtypeStruct((3, n_pad, h_pad), s_pad.dtype)]
-    kernel = functools.partial(_forward_kernel, cfg=cfg, capacity=capacity)
+    in_specs = [sp["slots"], sp["slots"], sp["slot_vectors"], _whole((n_pad, h_pad)), _whole((3, n_pad, h_pad))]
+    in_specs += _weights_specs(packed, h_pad) + [_whole((1, k_pad)), _whole((1, k_pad))]
+    out_specs = [sp["split_rows"], sp["split_vector_rows"]]
+    splits = cfg.slot_splits
+    out_shape = [jax.ShapeDtypeStruct((splits, n_pad, h_pad), s_pad.dtype), jax.ShapeDtypeStruct((splits, 3, n_pad, h_pad), s_pad.dtype)]
+    kernel = functools.partial(_forward_kernel, cfg=cfg, capacity=sp["capacity"])
     p = packed
-    return _launch(kernel, "painn_message_fwd", out_shape, in_specs, out_specs, n_pad, cfg,
-                   p.neighbors, p.distances, p.directions, s_pad, v_pad, p.w1, p.b1, p.w2, p.b2, p.centers, p.widths)  # fmt: skip
+    ds, dv = _launch(kernel, "painn_message_fwd", out_shape, in_specs, out_specs, n_pad, cfg,
+                     p.neighbors, p.distances, p.directions, s_pad, v_pad, p.w1, p.b1, p.w2, p.b2, p.centers, p.widths)  # fmt: skip
+    return sum_splits(ds), sum_splits(dv)
 
 
 def backward(packed: Packed, s_pad, v_pad, gs_pad, gv_pad, cfg: KernelConfig):
-    """Cotangents (g_s [Np, Hp], g_v [3, Np, Hp], g_d [C, Np], g_dir [3, C, Np]) in kernel layout."""
-    capacity, n_pad = packed.neighbors.shape
-    h_pad = s_pad.shape[1]
+    """Cotangents (g_s [Np, Hp], g_v [3, Np, Hp], g_d [C_pad, Np], g_dir [3, C_pad, Np]) in kernel layout."""
+    n_pad, h_pad = s_pad.shape
+    c_pad = packed.neighbors.shape[0]
+    sp = _specs(packed, h_pad, cfg)
     k_pad = packed.w1.shape[0]
-    b = cfg.block_atoms
-    slots = pl.BlockSpec((capacity, b), lambda i: (0, i))
-    slot_vectors = pl.BlockSpec((3, capacity, b), lambda i: (0, 0, i))
-    rows = pl.BlockSpec((b, h_pad), lambda i: (i, 0))
-    vector_rows = pl.BlockSpec((3, b, h_pad), lambda i: (0, i, 0))
-    in_specs = [
-        slots,
-        slots,
-        slot_vectors,
-        _whole((n_pad, h_pad)),
-        _whole((3, n_pad, h_pad)),
-        _whole((n_pad, h_pad)),
-        _whole((3, n_pad, h_pad)),
-        rows,
-        vector_rows,
-        _whole((k_pad, h_pad)),
-        _whole((1, h_pad)),
-        _whole((3, h_pad, h_pad)),
-        _whole((3, 1, h_pad)),
-        _whole((h_pad, k_pad)),
-        _whole((3, h_pad, h_pad)),
-        _whole((1, k_pad)),
-        _whole((1, k_pad)),
-    ]
-    out_specs = [rows, vector_rows, slots, slot_vectors]
+    in_specs = [sp["slots"], sp["slots"], sp["slot_vectors"], _whole((n_pad, h_pad)), _whole((3, n_pad, h_pad)),
+                _whole((n_pad, h_pad)), _whole((3, n_pad, h_pad)), sp["rows"], sp["vector_rows"]]  # fmt: skip
+    in_specs += _weights_specs(packed, h_pad) + [_whole((3, h_pad, h_pad)), _whole((1, k_pad)), _whole((1, k_pad))]
+    out_specs = [sp["split_rows"], sp["split_vector_rows"], sp["slots"], sp["slot_vectors"]]
     dtype = s_pad.dtype
+    splits = cfg.slot_splits
     out_shape = [
-        jax.ShapeDtypeStruct((n_pad, h_pad), dtype),
-        jax.ShapeDtypeStruct((3, n_pad, h_pad), dtype),
-        jax.ShapeDtypeStruct((capacity, n_pad), dtype),
-        jax.ShapeDtypeStruct((3, capacity, n_pad), dtype),
+        jax.ShapeDtypeStruct((splits, n_pad, h_pad), dtype),
+        jax.ShapeDtypeStruct((splits, 3, n_pad, h_pad), dtype),
+        jax.ShapeDtypeStruct((c_pad, n_pad), dtype),
+        jax.ShapeDtypeStruct((3, c_pad, n_pad), dtype),
     ]
-    kernel = functools.partial(_backward_kernel, cfg=cfg, capacity=capacity)
+    kernel = functools.partial(_backward_kernel, cfg=cfg, capacity=sp["capacity"])
     p = packed
-    w1t = p.w1.T
     w2t = jnp.transpose(p.w2, (0, 2, 1))
-    return _launch(kernel, "painn_message_bwd", out_shape, in_specs, out_specs, n_pad, cfg,
-                   p.neighbors, p.distances, p.directions, s_pad, v_pad, gs_pad, gv_pad, gs_pad, gv_pad,
-                   p.w1, p.b1, p.w2, p.b2, w1t, w2t, p.centers, p.widths)  # fmt: skip
+    g_s, g_v, g_d, g_u = _launch(kernel, "painn_message_bwd", out_shape, in_specs, out_specs, n_pad, cfg,
+                                 p.neighbors, p.distances, p.directions, s_pad, v_pad, gs_pad, gv_pad, gs_pad, gv_pad,
+                                 p.w1, p.b1, p.w2, p.b2, w2t, p.centers, p.widths)  # fmt: skip
+    return sum_splits(g_s), sum_splits(g_v), g_d, g_u

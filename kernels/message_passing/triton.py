@@ -17,7 +17,7 @@ import jax_triton as jt
 import triton
 import triton.language as tl
 
-from .pallas import KernelConfig, Packed
+from .pallas import KernelConfig, Packed, sum_splits
 
 
 @triton.jit
@@ -45,42 +45,60 @@ def _radial(d, mu, width, CUTOFF: tl.constexpr):
 
 
 @triton.jit
+def _filter(e, m, w1_ptr, b1_ptr, w2_ptr, b2_ptr, H: tl.constexpr, K: tl.constexpr, KC: tl.constexpr, PRECISION: tl.constexpr):
+    """(Ws, Wv1, Wv2) [B, H], masked by m: the hidden layer in chunks of KC units, so that no
+    matmul contracts over more than KC (see ``pallas.KernelConfig.k_chunk``)."""
+    hc = tl.arange(0, H)
+    kc = tl.arange(0, K)
+    cc = tl.arange(0, KC)
+    ws = tl.zeros((e.shape[0], H), e.dtype)
+    wv1 = tl.zeros((e.shape[0], H), e.dtype)
+    wv2 = tl.zeros((e.shape[0], H), e.dtype)
+    for c in tl.static_range(H // KC):
+        cols = c * KC + cc
+        pre = _mm(e, tl.load(w1_ptr + kc[:, None] * H + cols[None, :]), PRECISION) + tl.load(b1_ptr + cols)[None, :]
+        h = pre * tl.sigmoid(pre)
+        rows = cols[:, None] * H + hc[None, :]
+        ws += _mm(h, tl.load(w2_ptr + rows), PRECISION)
+        wv1 += _mm(h, tl.load(w2_ptr + H * H + rows), PRECISION)
+        wv2 += _mm(h, tl.load(w2_ptr + 2 * H * H + rows), PRECISION)
+    ws = tl.where(m, ws + tl.load(b2_ptr + hc)[None, :], 0.0)
+    wv1 = tl.where(m, wv1 + tl.load(b2_ptr + H + hc)[None, :], 0.0)
+    wv2 = tl.where(m, wv2 + tl.load(b2_ptr + 2 * H + hc)[None, :], 0.0)
+    return ws, wv1, wv2
+
+
+@triton.jit
 def _forward_kernel(
     nbr_ptr, d_ptr, u_ptr, s_ptr, v_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr, mu_ptr, width_ptr,
     ds_ptr, dv_ptr,
-    N_PAD: tl.constexpr, CAPACITY: tl.constexpr, NUM_ATOMS: tl.constexpr, CUTOFF: tl.constexpr,
-    BLOCK: tl.constexpr, H: tl.constexpr, K: tl.constexpr, PRECISION: tl.constexpr,
+    N_PAD: tl.constexpr, CAPACITY: tl.constexpr, SLOTS: tl.constexpr, NUM_ATOMS: tl.constexpr, CUTOFF: tl.constexpr,
+    BLOCK: tl.constexpr, H: tl.constexpr, K: tl.constexpr, KC: tl.constexpr, PRECISION: tl.constexpr,
 ):  # fmt: skip
     rows = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    split = tl.program_id(1)  # this program reads slots [split * SLOTS, (split + 1) * SLOTS)
+    ds_ptr += split * N_PAD * H
+    dv_ptr += split * 3 * N_PAD * H
     hc = tl.arange(0, H)
     kc = tl.arange(0, K)
     mu = tl.load(mu_ptr + kc)[None, :]
     width = tl.load(width_ptr + kc)[None, :]
-    b1 = tl.load(b1_ptr + hc)[None, :]
-    b2s = tl.load(b2_ptr + hc)[None, :]
-    b2v1 = tl.load(b2_ptr + H + hc)[None, :]
-    b2v2 = tl.load(b2_ptr + 2 * H + hc)[None, :]
-    square = hc[:, None] * H + hc[None, :]
     dtype = s_ptr.dtype.element_ty
     ds = tl.zeros((BLOCK, H), dtype)
     dv0 = tl.zeros((BLOCK, H), dtype)
     dv1 = tl.zeros((BLOCK, H), dtype)
     dv2 = tl.zeros((BLOCK, H), dtype)
-    for j in range(CAPACITY):
+    for jj in range(SLOTS):
+        j = split * SLOTS + jj
         nbr = tl.load(nbr_ptr + j * N_PAD + rows)
         d = tl.load(d_ptr + j * N_PAD + rows)
         valid = (nbr >= 0) & (nbr < NUM_ATOMS)
         within = valid & (d <= CUTOFF)
         if tl.max(within.to(tl.int32), axis=0) > 0:
-            m = within[:, None]
             gather = tl.where(valid, nbr, 0)[:, None] * H + hc[None, :]
             e, _ = _radial(d[:, None], mu, width, CUTOFF)
-            pre = _mm(e, tl.load(w1_ptr + kc[:, None] * H + hc[None, :]), PRECISION) + b1
-            h = pre * tl.sigmoid(pre)
-            ws = tl.where(m, _mm(h, tl.load(w2_ptr + square), PRECISION) + b2s, 0.0)
+            ws, wv1, wv2 = _filter(e, within[:, None], w1_ptr, b1_ptr, w2_ptr, b2_ptr, H, K, KC, PRECISION)
             ds += tl.load(s_ptr + gather) * ws
-            wv1 = tl.where(m, _mm(h, tl.load(w2_ptr + H * H + square), PRECISION) + b2v1, 0.0)
-            wv2 = tl.where(m, _mm(h, tl.load(w2_ptr + 2 * H * H + square), PRECISION) + b2v2, 0.0)
             u0 = tl.load(u_ptr + j * N_PAD + rows)[:, None]
             u1 = tl.load(u_ptr + (CAPACITY + j) * N_PAD + rows)[:, None]
             u2 = tl.load(u_ptr + (2 * CAPACITY + j) * N_PAD + rows)[:, None]
@@ -96,33 +114,30 @@ def _forward_kernel(
 
 @triton.jit
 def _backward_kernel(
-    nbr_ptr, d_ptr, u_ptr, s_ptr, v_ptr, gs_ptr, gv_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr, w1t_ptr, w2t_ptr,
+    nbr_ptr, d_ptr, u_ptr, s_ptr, v_ptr, gs_ptr, gv_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr, w2t_ptr,
     mu_ptr, width_ptr,
     gs_out_ptr, gv_out_ptr, gd_ptr, gu_ptr,
-    N_PAD: tl.constexpr, CAPACITY: tl.constexpr, NUM_ATOMS: tl.constexpr, CUTOFF: tl.constexpr,
-    BLOCK: tl.constexpr, H: tl.constexpr, K: tl.constexpr, PRECISION: tl.constexpr,
+    N_PAD: tl.constexpr, CAPACITY: tl.constexpr, SLOTS: tl.constexpr, NUM_ATOMS: tl.constexpr, CUTOFF: tl.constexpr,
+    BLOCK: tl.constexpr, H: tl.constexpr, K: tl.constexpr, KC: tl.constexpr, PRECISION: tl.constexpr,
 ):  # fmt: skip
     rows = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    split = tl.program_id(1)  # this program reads slots [split * SLOTS, (split + 1) * SLOTS)
+    gs_out_ptr += split * N_PAD * H
+    gv_out_ptr += split * 3 * N_PAD * H
     hc = tl.arange(0, H)
     kc = tl.arange(0, K)
+    cc = tl.arange(0, KC)
     mu = tl.load(mu_ptr + kc)[None, :]
     width = tl.load(width_ptr + kc)[None, :]
     b1 = tl.load(b1_ptr + hc)[None, :]
-    b2s = tl.load(b2_ptr + hc)[None, :]
-    b2v1 = tl.load(b2_ptr + H + hc)[None, :]
-    b2v2 = tl.load(b2_ptr + 2 * H + hc)[None, :]
-    square = hc[:, None] * H + hc[None, :]
     own = rows[:, None] * H + hc[None, :]
-    gs_own = tl.load(gs_ptr + own)
-    gv0_own = tl.load(gv_ptr + own)
-    gv1_own = tl.load(gv_ptr + N_PAD * H + own)
-    gv2_own = tl.load(gv_ptr + 2 * N_PAD * H + own)
     dtype = s_ptr.dtype.element_ty
     acc_s = tl.zeros((BLOCK, H), dtype)
     acc_v0 = tl.zeros((BLOCK, H), dtype)
     acc_v1 = tl.zeros((BLOCK, H), dtype)
     acc_v2 = tl.zeros((BLOCK, H), dtype)
-    for j in range(CAPACITY):
+    for jj in range(SLOTS):
+        j = split * SLOTS + jj
         nbr = tl.load(nbr_ptr + j * N_PAD + rows)
         d = tl.load(d_ptr + j * N_PAD + rows)
         valid = (nbr >= 0) & (nbr < NUM_ATOMS)
@@ -133,36 +148,44 @@ def _backward_kernel(
         g_u2 = tl.zeros((BLOCK,), dtype)
         if tl.max(within.to(tl.int32), axis=0) > 0:
             m = within[:, None]
-            gather = tl.where(valid, nbr, 0)[:, None] * H + hc[None, :]
+            idx = tl.where(valid, nbr, 0)
+            gather = idx[:, None] * H + hc[None, :]
             e, de = _radial(d[:, None], mu, width, CUTOFF)
-            pre = _mm(e, tl.load(w1_ptr + kc[:, None] * H + hc[None, :]), PRECISION) + b1
-            sig = tl.sigmoid(pre)
-            h = pre * sig
-            ws = tl.where(m, _mm(h, tl.load(w2_ptr + square), PRECISION) + b2s, 0.0)
-            wv1 = tl.where(m, _mm(h, tl.load(w2_ptr + H * H + square), PRECISION) + b2v1, 0.0)
-            wv2 = tl.where(m, _mm(h, tl.load(w2_ptr + 2 * H * H + square), PRECISION) + b2v2, 0.0)
+            ws, wv1, wv2 = _filter(e, m, w1_ptr, b1_ptr, w2_ptr, b2_ptr, H, K, KC, PRECISION)
             # (ii) the reverse edge: sender cotangents gathered from the neighbours' rows
             acc_s += tl.load(gs_ptr + gather) * ws
             acc_v0 += tl.load(gv_ptr + gather) * wv1
             acc_v1 += tl.load(gv_ptr + N_PAD * H + gather) * wv1
             acc_v2 += tl.load(gv_ptr + 2 * N_PAD * H + gather) * wv1
-            # (i) this slot's edge: cotangent of W, then of the distance and the direction
+            # (i) this slot's edge: cotangent of the direction ...
+            g_u0 = tl.sum(tl.load(gv_ptr + own) * wv2, axis=1)
+            g_u1 = tl.sum(tl.load(gv_ptr + N_PAD * H + own) * wv2, axis=1)
+            g_u2 = tl.sum(tl.load(gv_ptr + 2 * N_PAD * H + own) * wv2, axis=1)
             u0 = tl.load(u_ptr + j * N_PAD + rows)[:, None]
             u1 = tl.load(u_ptr + (CAPACITY + j) * N_PAD + rows)[:, None]
             u2 = tl.load(u_ptr + (2 * CAPACITY + j) * N_PAD + rows)[:, None]
-            g_ws = tl.where(m, gs_own * tl.load(s_ptr + gather), 0.0)
-            g_wv1 = gv0_own * tl.load(v_ptr + gather) + gv1_own * tl.load(v_ptr + N_PAD * H + gather)
-            g_wv1 = tl.where(m, g_wv1 + gv2_own * tl.load(v_ptr + 2 * N_PAD * H + gather), 0.0)
-            g_wv2 = tl.where(m, gv0_own * u0 + gv1_own * u1 + gv2_own * u2, 0.0)
-            g_u0 = tl.sum(gv0_own * wv2, axis=1)
-            g_u1 = tl.sum(gv1_own * wv2, axis=1)
-            g_u2 = tl.sum(gv2_own * wv2, axis=1)
-            g_h = _mm(g_ws, tl.load(w2t_ptr + square), PRECISION)
-            g_h += _mm(g_wv1, tl.load(w2t_ptr + H * H + square), PRECISION)
-            g_h += _mm(g_wv2, tl.load(w2t_ptr + 2 * H * H + square), PRECISION)
-            g_pre = g_h * (sig * (1.0 + pre * (1.0 - sig)))
-            g_e = _mm(g_pre, tl.load(w1t_ptr + hc[:, None] * K + kc[None, :]), PRECISION)
-            g_d = tl.sum(g_e * de, axis=1)
+            # ... and of the hidden layer, g_h = g_W @ W2^T contracted in chunks of KC (built from memory)
+            g_h = tl.zeros((BLOCK, H), dtype)
+            for c in tl.static_range(H // KC):
+                cols = c * KC + cc
+                own_c = rows[:, None] * H + cols[None, :]
+                gather_c = idx[:, None] * H + cols[None, :]
+                gv0 = tl.load(gv_ptr + own_c)
+                gv1 = tl.load(gv_ptr + N_PAD * H + own_c)
+                gv2 = tl.load(gv_ptr + 2 * N_PAD * H + own_c)
+                g_ws = tl.where(m, tl.load(gs_ptr + own_c) * tl.load(s_ptr + gather_c), 0.0)
+                g_wv1 = gv0 * tl.load(v_ptr + gather_c) + gv1 * tl.load(v_ptr + N_PAD * H + gather_c)
+                g_wv1 = tl.where(m, g_wv1 + gv2 * tl.load(v_ptr + 2 * N_PAD * H + gather_c), 0.0)
+                g_wv2 = tl.where(m, gv0 * u0 + gv1 * u1 + gv2 * u2, 0.0)
+                rows_c = cols[:, None] * H + hc[None, :]
+                g_h += _mm(g_ws, tl.load(w2t_ptr + rows_c), PRECISION)
+                g_h += _mm(g_wv1, tl.load(w2t_ptr + H * H + rows_c), PRECISION)
+                g_h += _mm(g_wv2, tl.load(w2t_ptr + 2 * H * H + rows_c), PRECISION)
+            # d(hidden)/dd = SiLU'(pre) * (e'(d) @ W1)
+            w1 = tl.load(w1_ptr + kc[:, None] * H + hc[None, :])
+            pre = _mm(e, w1, PRECISION) + b1
+            sig = tl.sigmoid(pre)
+            g_d = tl.sum(g_h * (sig * (1.0 + pre * (1.0 - sig))) * _mm(de, w1, PRECISION), axis=1)
         tl.store(gd_ptr + j * N_PAD + rows, g_d)
         tl.store(gu_ptr + j * N_PAD + rows, g_u0)
         tl.store(gu_ptr + (CAPACITY + j) * N_PAD + rows, g_u1)
@@ -180,8 +203,8 @@ def _constants(packed: Packed, s_pad, cfg: KernelConfig):
     else:
         precision = {"highest": "ieee", "tf32x3": "tf32x3", "tf32": "tf32", "bf16": "bf16"}[cfg.precision]
     return dict(
-        N_PAD=n_pad, CAPACITY=capacity, NUM_ATOMS=cfg.num_atoms, CUTOFF=float(cfg.cutoff), BLOCK=cfg.block_atoms,
-        H=s_pad.shape[1], K=packed.w1.shape[0], PRECISION=precision,
+        N_PAD=n_pad, CAPACITY=capacity, SLOTS=capacity // cfg.slot_splits, NUM_ATOMS=cfg.num_atoms, CUTOFF=float(cfg.cutoff), BLOCK=cfg.block_atoms,
+        H=s_pad.shape[1], K=packed.w1.shape[0], KC=cfg.k_chunk, PRECISION=precision,
     )  # fmt: skip
 
 
@@ -191,7 +214,7 @@ def _launch(kernel, name, args, out_shape, packed, s_pad, cfg):
         *args,
         kernel=kernel,
         out_shape=out_shape,
-        grid=(n_pad // cfg.block_atoms,),
+        grid=(n_pad // cfg.block_atoms, cfg.slot_splits),
         name=name,
         num_warps=cfg.num_warps,
         num_stages=cfg.num_stages,
@@ -202,23 +225,26 @@ def _launch(kernel, name, args, out_shape, packed, s_pad, cfg):
 def forward(packed: Packed, s_pad, v_pad, cfg: KernelConfig):
     """(ds [Np, Hp], dv [3, Np, Hp]) from kernel-layout inputs (as ``pallas.forward``)."""
     p = packed
-    out_shape = [jax.ShapeDtypeStruct(s_pad.shape, s_pad.dtype), jax.ShapeDtypeStruct(v_pad.shape, s_pad.dtype)]
+    splits = cfg.slot_splits
+    out_shape = [jax.ShapeDtypeStruct((splits, *s_pad.shape), s_pad.dtype), jax.ShapeDtypeStruct((splits, *v_pad.shape), s_pad.dtype)]
     args = (p.neighbors, p.distances, p.directions, s_pad, v_pad, p.w1, p.b1, p.w2, p.b2, p.centers, p.widths)
-    return _launch(_forward_kernel, "painn_message_fwd_triton", args, out_shape, p, s_pad, cfg)
+    ds, dv = _launch(_forward_kernel, "painn_message_fwd_triton", args, out_shape, p, s_pad, cfg)
+    return sum_splits(ds), sum_splits(dv)
 
 
 def backward(packed: Packed, s_pad, v_pad, gs_pad, gv_pad, cfg: KernelConfig):
     """(g_s [Np, Hp], g_v [3, Np, Hp], g_d [C, Np], g_dir [3, C, Np]) (as ``pallas.backward``)."""
     p = packed
     dtype = s_pad.dtype
+    splits = cfg.slot_splits
     out_shape = [
-        jax.ShapeDtypeStruct(s_pad.shape, dtype),
-        jax.ShapeDtypeStruct(v_pad.shape, dtype),
+        jax.ShapeDtypeStruct((splits, *s_pad.shape), dtype),
+        jax.ShapeDtypeStruct((splits, *v_pad.shape), dtype),
         jax.ShapeDtypeStruct(p.distances.shape, dtype),
         jax.ShapeDtypeStruct(p.directions.shape, dtype),
     ]
-    w1t = jnp.asarray(p.w1.T)
     w2t = jnp.transpose(p.w2, (0, 2, 1))
-    args = (p.neighbors, p.distances, p.directions, s_pad, v_pad, gs_pad, gv_pad, p.w1, p.b1, p.w2, p.b2, w1t, w2t, p.centers, p.widths)
-    return _launch(_backward_kernel, "painn_message_bwd_triton", args, out_shape, p, s_pad, cfg)
+    args = (p.neighbors, p.distances, p.directions, s_pad, v_pad, gs_pad, gv_pad, p.w1, p.b1, p.w2, p.b2, w2t, p.centers, p.widths)
+    g_s, g_v, g_d, g_u = _launch(_backward_kernel, "painn_message_bwd_triton", args, out_shape, p, s_pad, cfg)
+    return sum_splits(g_s), sum_splits(g_v), g_d, g_u
 
