@@ -31,11 +31,20 @@ from mlff_jax.neighbors.edges import neighbor_list_edges
 LIST_MARGIN = 1e-3
 
 
-def structure_energies(params, config, precision, positions, atomic_numbers, nbrs, cells, atom_mask, num_structures, method="analytic"):
+def structure_energies(params, config, precision, positions, atomic_numbers, nbrs, cells, atom_mask, num_structures, method="analytic",
+                       implementation="xla", interpret=False):  # fmt: skip
     """Per-structure energies [B] eV with edges from ``nbrs`` (cells [B, 3, 3] may be strained).
 
     method: "analytic" (gradients by the hand-derived sweep) or "autodiff" (plain reverse mode).
+    implementation: "xla", or "pallas" | "triton" (fused message kernels on the list's slots; their
+    backward gives the gradients, ``method`` is then unused; see :mod:`mlff_jax.implementation`).
     """
+    if implementation != "xla":
+        from mlff_jax.implementation import neighbor_list_structure_energies  # noqa: PLC0415
+
+        names = {v: k for k, v in _precision_names().items()}
+        return neighbor_list_structure_energies(params, config, positions, atomic_numbers, nbrs, cells, atom_mask, num_structures, implementation,
+                                                interpret, names[precision])  # fmt: skip
     edges = neighbor_list_edges(nbrs, cells, positions.dtype)
     if method == "analytic":  # the list is symmetric: one filter evaluation per pair (mlff_jax.analytic_graph)
         graph = fold_symmetric_edges(edges)
@@ -45,7 +54,7 @@ def structure_energies(params, config, precision, positions, atomic_numbers, nbr
 
 
 def energy_forces_stress(params, config, precision, positions, atomic_numbers, nbrs, cells, atom_mask, num_structures, compute_stress=True,
-                         method="analytic"):
+                         method="analytic", implementation="xla", interpret=False):
     """Energies [B] eV, forces [N, 3] eV/Å and the strain derivative dE/d(epsilon) [B, 3, 3] eV.
 
     The strain acts on positions and cells; the neighbour list (integer shifts) is held fixed.
@@ -57,7 +66,7 @@ def energy_forces_stress(params, config, precision, positions, atomic_numbers, n
         deform = eye + strain  # [B, 3, 3]
         pos = jnp.einsum("ni,nij->nj", pos, deform[nbrs.batch])
         energies = structure_energies(params, config, precision, pos, atomic_numbers, nbrs, jnp.einsum("bij,bjk->bik", cells, deform),
-                                      atom_mask, num_structures, method)
+                                      atom_mask, num_structures, method, implementation, interpret)
         return jnp.sum(energies), energies
 
     strain = jnp.zeros((num_structures, 3, 3), dtype)
@@ -68,11 +77,12 @@ def energy_forces_stress(params, config, precision, positions, atomic_numbers, n
     return energies, -grads, None
 
 
-@functools.partial(jax.jit, static_argnames=("config", "precision", "spec", "compute_stress", "method"))
-def _evaluate(params, positions, atomic_numbers, atom_mask, batch, cells, *, config, precision, spec, compute_stress, method):
+@functools.partial(jax.jit, static_argnames=("config", "precision", "spec", "compute_stress", "method", "implementation", "interpret"))
+def _evaluate(params, positions, atomic_numbers, atom_mask, batch, cells, *, config, precision, spec, compute_stress, method, implementation="xla",
+              interpret=False):  # fmt: skip
     nbrs = nl.build(positions, cells, batch, atom_mask, spec)
     energies, forces, dE_dstrain = energy_forces_stress(params, config, precision, positions, atomic_numbers, nbrs, cells, atom_mask,
-                                                        spec.num_structures, compute_stress, method)
+                                                        spec.num_structures, compute_stress, method, implementation, interpret)
     return energies, forces, dE_dstrain, nbrs.did_buffer_overflow
 
 
@@ -97,7 +107,7 @@ class SpecCache:
 
 
 def evaluate(model, precision, positions, atomic_numbers, atom_mask, batch, num_structures, cell, pbc, compute_stress, cache: SpecCache,
-             method="analytic"):
+             method="analytic", implementation="xla"):
     """Host driver: validated, padded inputs -> (energies [B], forces [N, 3], stress [B, 3, 3] or None).
 
     Args:
@@ -106,6 +116,7 @@ def evaluate(model, precision, positions, atomic_numbers, atom_mask, batch, num_
         (padding atoms masked); num_structures: the padded B.
       cell: None, [3, 3] or [B_real, 3, 3]; pbc: anything :func:`cell_lib.normalize_pbc` accepts.
       cache: the model's :class:`SpecCache` (neighbour capacities are bucketed and remembered).
+      implementation: "xla" | "pallas" | "triton" (resolved, not "auto"); interpret mode from the model.
     """
     pbc = cell_lib.normalize_pbc(pbc, cell)
     real = int(batch[atom_mask].max()) + 1 if atom_mask.any() else 1
@@ -129,7 +140,8 @@ def evaluate(model, precision, positions, atomic_numbers, atom_mask, batch, num_
         if spec is None:
             spec = cache.put(key, fns.measure(positions, cell=cells, batch=batch, atom_mask=atom_mask, num_structures=num_structures))
         energies, forces, dE_dstrain, overflow = _evaluate(model.params, *args, config=model.config, precision=precision,
-                                                           spec=spec, compute_stress=compute_stress, method=method)
+                                                           spec=spec, compute_stress=compute_stress, method=method,
+                                                           implementation=implementation, interpret=getattr(model, "interpret", False))
         if not bool(overflow):
             stress = None
             if compute_stress:
@@ -138,3 +150,9 @@ def evaluate(model, precision, positions, atomic_numbers, atom_mask, batch, num_
             return energies, forces, stress
         spec = None  # re-measure the capacities (they grow: see SpecCache.put)
     raise RuntimeError("neighbour list overflow persisted after re-allocation")  # pragma: no cover
+
+
+def _precision_names():
+    from mlff_jax.model import _PRECISIONS  # noqa: PLC0415 (model imports this module)
+
+    return _PRECISIONS
