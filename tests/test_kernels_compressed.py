@@ -119,6 +119,7 @@ def test_table_kernel_gradients_vanish_on_padding_empty_slots_and_beyond_cutoff(
     assert np.all(np.asarray(ds)[-NUM_PADDING:] == 0.0) and np.all(np.asarray(dv)[-NUM_PADDING:] == 0.0)
 
 
+@pytest.mark.slow
 def test_table_kernel_slot_splits_change_nothing_but_roundoff(table32):
     nbr, args = table32
     (value, grads), (value_split, grads_split) = loss_and_grads("pallas", nbr, args, slot_splits=1), loss_and_grads("pallas", nbr, args, slot_splits=4)
@@ -155,6 +156,7 @@ def test_table_kernels_lower_to_triton_for_cuda(table64, dtype):
     assert "painn_message_table_fwd" in text and "painn_message_table_bwd" in text
 
 
+@pytest.mark.slow
 def test_compressed_kernel_model_equals_compressed_edge_list_model(load_model):
     """The whole compressed model through the Pallas kernels (tables inside) equals the XLA compressed
     model on the same molecule, float64."""
@@ -170,7 +172,8 @@ def test_compressed_kernel_model_equals_compressed_edge_list_model(load_model):
     edges = layout.dense_to_edges(jnp.asarray(nbr), jnp.asarray(shifts))
     energy, grad = jax.value_and_grad(lambda p: painn.structure_energies(model.params, model.config, p, jnp.asarray(z), edges, mask, batch, 1)[0])(
         jnp.asarray(pos))  # fmt: skip
-    energies, forces = energy_and_forces_kernel(model.params, model.config, jnp.asarray(pos), jnp.asarray(z), jnp.asarray(nbr), jnp.asarray(shifts),
-                                                mask, batch, 1, implementation="pallas", interpret=INTERPRET)  # fmt: skip
+    kernel = jax.jit(lambda params, p: energy_and_forces_kernel(params, model.config, p, jnp.asarray(z), jnp.asarray(nbr), jnp.asarray(shifts),
+                                                                mask, batch, 1, implementation="pallas", interpret=INTERPRET))  # fmt: skip
+    energies, forces = kernel(model.params, jnp.asarray(pos))
     np.testing.assert_allclose(float(energies[0]), float(energy), rtol=0, atol=tol.ROUNDOFF_F64)
     np.testing.assert_allclose(np.asarray(forces), -np.asarray(grad), rtol=0, atol=tol.ROUNDOFF_F64)
