@@ -316,7 +316,7 @@ def _judge(row, failures, default):
 COMPILE_LAUNCHES = (dict(), dict(block_atoms=32), dict(block_atoms=64), dict(k_chunk=128))  # default first
 
 
-def compile_only(rows, failures, compile_ptx):
+def compile_only(rows, failures, compile_ptx, exact=True):
     """Lowers every kernel to Triton IR for sm_90 without a GPU and, with ``compile_ptx``, to PTX;
     reports shared memory, and registers and spills when a ptxas is at hand."""
     import io
@@ -343,7 +343,7 @@ def compile_only(rows, failures, compile_ptx):
         return result
 
     registration.lowering.lower_jaxpr_to_triton_module = capture
-    for hidden, num_rbf in ((64, 12), (128, 20)):
+    for hidden, num_rbf in ((64, 12), (128, 20)) if exact else ():
         nbr, args64, ct64 = block_inputs("water-1k", hidden, num_rbf)
         n = nbr.shape[0]
         for dtype in ("float32", "float64"):
@@ -372,10 +372,40 @@ def compile_only(rows, failures, compile_ptx):
                     rows.append(row)
                     print(f"{row['status']:5s} | pallas H={hidden} {dtype} {precision} {row['launch']}{' (default)' if not launch else ''} | "
                           f"fwd, bwd: {row.get('kernels')}", flush=True)  # fmt: skip
-    compile_only_triton(rows, failures)
+    compile_only_compressed(rows, failures, compile_ptx, captured)
+    compile_only_triton(rows, failures, exact)
 
 
-def compile_only_triton(rows, failures):
+def compile_only_compressed(rows, failures, compile_ptx, captured, implementations=("pallas",)):
+    """The table kernels of compressed blocks (H = 128, default launch), lowered and compiled like
+    :func:`compile_only` (``captured`` collects the Triton modules of the patched lowering)."""
+    from mlff_jax.kernels.message_passing import pallas as kp
+
+    nbr, args64, ct64 = block_inputs("water-1k", 128, 20, compressed=True)
+    n = nbr.shape[0]
+    for dtype in ("float32", "float64"):
+        args, ct = cast(args64, dtype), cast(ct64, dtype)
+        block = kp.default_block_atoms(n, dtype, "highest")
+        cfg = kp.KernelConfig(num_atoms=n, cutoff=5.0, block_atoms=block, num_warps=kp.default_num_warps(block),
+                              table_intervals=args["block"]["filter_table"]["values"].shape[0] - 1)  # fmt: skip
+        row = dict(check="compile", system="water-1k", H=128, implementation="pallas", compressed=True, dtype=dtype, precision="highest",
+                   launch=dict(block_atoms=block, num_warps=cfg.num_warps), default=True)  # fmt: skip
+        captured.clear()
+        try:
+            value_and_vjp("pallas", nbr, args, ct).trace(args, ct).lower(lowering_platforms=("cuda",))
+            row["triton_ir_modules"] = len(captured)
+            row["status"] = "PASS"
+            if compile_ptx is not None:
+                row["kernels"] = [dict(smem_bytes=r.smem_bytes, **ptxas_report(r.asm)) for r in (compile_ptx(m, cfg) for m in captured)]
+                _judge(row, failures, True)
+        except Exception as err:  # noqa: BLE001
+            row["status"] = "ERROR"
+            failures.append((row, "".join(traceback.format_exception(err))[-4000:]))
+        rows.append(row)
+        print(f"{row['status']:5s} | pallas compressed H=128 {dtype} {row['launch']} | fwd, bwd: {row.get('kernels')}", flush=True)
+
+
+def compile_only_triton(rows, failures, exact=True):
     """The jax-triton kernels compiled to PTX by Triton itself, if it imports."""
     try:
         import jax_triton.triton_lib as triton_lib
@@ -394,12 +424,19 @@ def compile_only_triton(rows, failures):
         return result
 
     triton_lib.compile_ttir_inplace = capture
-    nbr, args64, ct64 = block_inputs("water-1k", 128, 20)
+    for compressed in (False, True) if exact else (True,):
+        _compile_triton_cases(rows, failures, kernels, compressed)
+
+
+def _compile_triton_cases(rows, failures, kernels, compressed):
+    from mlff_jax.kernels.message_passing import pallas as kp
+
+    nbr, args64, ct64 = block_inputs("water-1k", 128, 20, compressed=compressed)
     for dtype in ("float32", "float64"):
-        for precision in ("highest", "tf32x3", "tf32", "bf16") if dtype == "float32" else ("highest",):
+        for precision in ("highest", "tf32x3", "tf32", "bf16") if dtype == "float32" and not compressed else ("highest",):
             args, ct = cast(args64, dtype), cast(ct64, dtype)
             block = kp.default_block_atoms(nbr.shape[0], dtype, precision)
-            row = dict(check="compile", system="water-1k", H=128, implementation="triton", dtype=dtype, precision=precision,
+            row = dict(check="compile", system="water-1k", H=128, implementation="triton", compressed=compressed, dtype=dtype, precision=precision,
                        launch=dict(block_atoms=block, num_warps=kp.default_num_warps(block), k_chunk=kp.default_k_chunk(dtype, precision, 128)), default=True)  # fmt: skip
             kernels.clear()
             try:
@@ -505,6 +542,7 @@ def triton_interpret(rows, failures):
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--compile-only", action="store_true", help="no GPU: lower (and compile to PTX if possible) only")
+    parser.add_argument("--compressed-only", action="store_true", help="--compile-only: the table kernels of compressed blocks only")
     parser.add_argument("--triton-interpret", action="store_true", help="no GPU: run the jax-triton kernels in Triton's CPU interpreter")
     parser.add_argument("--quick", action="store_true", help="default launch settings only")
     parser.add_argument("--interpret", action="store_true", help="smoke-test this script on CPU (Pallas interpret mode, small systems)")
@@ -522,7 +560,7 @@ def main():
     out = ks.RESULTS / f"gpu_check_kernels_{tag}_{time.strftime('%Y%m%d-%H%M%S')}.json"
     _SAVE.update(path=out, env=env, rows=rows, failures=failures)
     if args.compile_only:
-        compile_only(rows, failures, compile_ptx)
+        compile_only(rows, failures, compile_ptx, exact=not args.compressed_only)
     elif args.triton_interpret:
         triton_interpret(rows, failures)
     else:
