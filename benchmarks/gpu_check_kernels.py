@@ -448,7 +448,7 @@ def _compile_triton_cases(rows, failures, kernels, compressed):
                 row["status"] = "ERROR"
                 failures.append((row, "".join(traceback.format_exception(err))[-4000:]))
             rows.append(row)
-            print(f"{row['status']:5s} | triton H=128 {dtype} {precision} {row['launch']} | fwd, bwd: {row.get('kernels')}", flush=True)
+            print(f"{row['status']:5s} | triton{' compressed' if compressed else ''} H=128 {dtype} {precision} {row['launch']} | fwd, bwd: {row.get('kernels')}", flush=True)
 
 
 # ----------------------------------------------------------------------------- Triton interpreter mode
