@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mlff_jax import analytic, painn, periodic
-from mlff_jax.analytic_graph import DEFAULT_ACCUMULATION, all_pairs_graph
+from mlff_jax.analytic_graph import all_pairs_graph, default_accumulation
 from mlff_jax.config import PaiNNConfig
 from mlff_jax.graph import all_pairs_edges
 
@@ -107,7 +107,7 @@ class PaiNNStudent:
 
     def _batched_energy_and_forces(self, params, positions, atomic_numbers, atom_mask, batch, num_structures, method="analytic"):
         if method == "analytic":
-            graph = all_pairs_graph(atom_mask, batch, positions.dtype, DEFAULT_ACCUMULATION)
+            graph = all_pairs_graph(atom_mask, batch, positions.dtype, default_accumulation())
             return analytic.structure_energies_and_forces(
                 params, self.config, positions, atomic_numbers, graph, atom_mask, batch, num_structures, _PRECISIONS[self.precision]
             )
@@ -138,7 +138,7 @@ class PaiNNStudent:
             return jnp.sum(energies)
         mask = jnp.ones(n, bool)
         batch = jnp.zeros(n, jnp.int32)
-        graph = all_pairs_graph(mask, batch, positions.dtype, DEFAULT_ACCUMULATION)
+        graph = all_pairs_graph(mask, batch, positions.dtype, default_accumulation())
         return analytic.structure_energies(
             self.params, self.config, positions, jnp.asarray(atomic_numbers), graph, mask, batch, 1, _PRECISIONS[self.precision]
         )[0]

@@ -31,16 +31,38 @@ from mlff_jax.neighbors.edges import neighbor_list_edges
 LIST_MARGIN = 1e-3
 
 
+# Layout of the analytic sweep on neighbour lists, per platform, by measurement (water, student-427k):
+# - CPU: folding into pairs halves the filter work and wins (docs/analytic-forces.md);
+# - GPU (H100, benchmarks/results/throughput_h100*.json): 10k atoms 46.9 ms on the directed list vs
+#   99.5 ms folded (the compaction and the pairs' scatter-adds to both atoms cost more than the
+#   filter work saved).
+PLATFORM_LAYOUT = {"cpu": "folded", "gpu": "edges", "cuda": "edges", "rocm": "edges"}
+LAYOUTS = ("folded", "edges")
+# Benchmarks may set this to "folded"/"edges" to override the platform's choice for new traces.
+LAYOUT_OVERRIDE: str | None = None
+
+
+def periodic_layout() -> str:
+    """The analytic sweep's layout on neighbour lists for the default backend (see PLATFORM_LAYOUT)."""
+    if LAYOUT_OVERRIDE is not None:
+        if LAYOUT_OVERRIDE not in LAYOUTS:
+            raise ValueError(f"periodic layout must be one of {LAYOUTS}, got {LAYOUT_OVERRIDE!r}")
+        return LAYOUT_OVERRIDE
+    return PLATFORM_LAYOUT.get(jax.default_backend(), "folded")
+
+
 def structure_energies(params, config, precision, positions, atomic_numbers, nbrs, cells, atom_mask, num_structures, method="analytic"):
     """Per-structure energies [B] eV with edges from ``nbrs`` (cells [B, 3, 3] may be strained).
 
     method: "analytic" (gradients by the hand-derived sweep) or "autodiff" (plain reverse mode).
     """
     edges = neighbor_list_edges(nbrs, cells, positions.dtype)
-    if method == "analytic":  # the list is symmetric: one filter evaluation per pair (mlff_jax.analytic_graph)
-        graph = fold_symmetric_edges(edges)
+    if method == "analytic":
+        # "folded": the list is symmetric, one filter evaluation per pair (mlff_jax.analytic_graph);
+        # "edges": the directed list as it is (twice the filter work, no compaction).
+        graph = fold_symmetric_edges(edges) if periodic_layout() == "folded" else edges
         return analytic.structure_energies(params, config, positions, atomic_numbers, graph, atom_mask, nbrs.batch, num_structures, precision,
-                                           analytic.auto_chunk_size(graph.num_pairs))
+                                           analytic.auto_chunk_size(analytic.num_unique_edges(graph)))
     return painn.structure_energies(params, config, positions, atomic_numbers, edges, atom_mask, nbrs.batch, num_structures, precision)
 
 
