@@ -101,10 +101,9 @@ ACCUMULATIONS = ("gather", "scatter")
 # What PaiNNStudent uses for molecules, per platform, by measurement:
 # - CPU (XLA, student-427k, 300-atom water box, one thread): scatter-adds take 0.64x the time of the
 #   neighbour-table gathers (XLA's CPU loops over the [N, M, ...] gathers are slow);
-# - GPU (H100, benchmarks/results/throughput_h100*.json): 1,024 molecules of 10-30 atoms, 10.4
-#   µs/molecule with gathers vs 25.7 with scatter-adds (atomics on few atoms collide), and the
-#   201-atom cluster of bench_forces 1.50x faster than autodiff with gathers. Gathers are also
-#   deterministic (no atomics).
+# - GPU (H100): the same speed for 1,024 molecules of 10-30 atoms (9.87 µs/molecule with gathers,
+#   9.90 with scatter-adds; benchmarks/results/throughput_layouts_h100.json); gathers are
+#   deterministic (no atomics: the same bits every run), so they are the GPU default.
 PLATFORM_ACCUMULATION = {"cpu": "scatter", "gpu": "gather", "cuda": "gather", "rocm": "gather"}
 # Benchmarks may set this to "gather"/"scatter" to override the platform's choice for new traces.
 ACCUMULATION_OVERRIDE: str | None = None

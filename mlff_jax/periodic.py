@@ -31,24 +31,24 @@ from mlff_jax.neighbors.edges import neighbor_list_edges
 LIST_MARGIN = 1e-3
 
 
-# Layout of the analytic sweep on neighbour lists, per platform, by measurement (water, student-427k):
-# - CPU: folding into pairs halves the filter work and wins (docs/analytic-forces.md);
-# - GPU (H100, benchmarks/results/throughput_h100*.json): 10k atoms 46.9 ms on the directed list vs
-#   99.5 ms folded (the compaction and the pairs' scatter-adds to both atoms cost more than the
-#   filter work saved).
-PLATFORM_LAYOUT = {"cpu": "folded", "gpu": "edges", "cuda": "edges", "rocm": "edges"}
+# Layout of the analytic sweep on neighbour lists. "folded" (one filter evaluation per unordered
+# pair) on every platform: faster on CPU (docs/analytic-forces.md), and on the H100 as fast as the
+# directed list (427K water, 10k atoms: 57.5 vs 56.7 ms; 100k: 565 vs 564 ms,
+# benchmarks/results/throughput_layouts_h100.json) with less than half its memory (10k atoms: peak
+# 2.6 vs 5.6 GB, benchmarks/results/forces_boxes_h100.json).
 LAYOUTS = ("folded", "edges")
-# Benchmarks may set this to "folded"/"edges" to override the platform's choice for new traces.
+DEFAULT_LAYOUT = "folded"
+# Benchmarks may set this to "folded"/"edges" to override the default for new traces.
 LAYOUT_OVERRIDE: str | None = None
 
 
 def periodic_layout() -> str:
-    """The analytic sweep's layout on neighbour lists for the default backend (see PLATFORM_LAYOUT)."""
+    """The analytic sweep's layout on neighbour lists (DEFAULT_LAYOUT unless overridden)."""
     if LAYOUT_OVERRIDE is not None:
         if LAYOUT_OVERRIDE not in LAYOUTS:
             raise ValueError(f"periodic layout must be one of {LAYOUTS}, got {LAYOUT_OVERRIDE!r}")
         return LAYOUT_OVERRIDE
-    return PLATFORM_LAYOUT.get(jax.default_backend(), "folded")
+    return DEFAULT_LAYOUT
 
 
 def structure_energies(params, config, precision, positions, atomic_numbers, nbrs, cells, atom_mask, num_structures, method="analytic"):
