@@ -17,7 +17,7 @@ import numpy as np
 
 from mlff_jax import analytic, painn, periodic
 from mlff_jax import implementation as implementation_lib
-from mlff_jax.analytic_graph import DEFAULT_ACCUMULATION, all_pairs_graph
+from mlff_jax.analytic_graph import all_pairs_graph, default_accumulation
 from mlff_jax.config import PaiNNConfig
 from mlff_jax.graph import all_pairs_edges
 
@@ -130,7 +130,7 @@ class PaiNNStudent:
             return implementation_lib.all_pairs_energies_and_forces(params, self.config, positions, atomic_numbers, atom_mask, batch, num_structures,
                                                                     kernel, self.interpret, self.precision)  # fmt: skip
         if method == "analytic":
-            graph = all_pairs_graph(atom_mask, batch, positions.dtype, DEFAULT_ACCUMULATION)
+            graph = all_pairs_graph(atom_mask, batch, positions.dtype, default_accumulation())
             return analytic.structure_energies_and_forces(
                 params, self.config, positions, atomic_numbers, graph, atom_mask, batch, num_structures, _PRECISIONS[self.precision]
             )
@@ -166,7 +166,7 @@ class PaiNNStudent:
         if kernel != "xla":
             return implementation_lib.all_pairs_structure_energies(self.params, self.config, positions, jnp.asarray(atomic_numbers), mask, batch, 1,
                                                                    kernel, self.interpret, self.precision)[0]  # fmt: skip
-        graph = all_pairs_graph(mask, batch, positions.dtype, DEFAULT_ACCUMULATION)
+        graph = all_pairs_graph(mask, batch, positions.dtype, default_accumulation())
         return analytic.structure_energies(
             self.params, self.config, positions, jnp.asarray(atomic_numbers), graph, mask, batch, 1, _PRECISIONS[self.precision]
         )[0]
