@@ -18,7 +18,8 @@ water boxes of ~1k, 10k and 100k atoms (neighbour list built on the host with as
 periodic water boxes of 1k/10k/100k atoms, for XLA exact, XLA compressed, kernel exact and kernel
 compressed (pallas, and triton when jax-triton imports). Per case: compile time, median after
 warm-up, compiled memory (``memory_analysis``), the device's peak-memory high-water mark, and the
-largest force difference to XLA of the same (exact / compressed) model. ``--budget-s`` (default 270)
+largest force difference to XLA of the same (exact / compressed) model; ``--api-molecules C6H6,C60``
+adds molecules (all-pairs path, size class "small"). ``--budget-s`` (default 270)
 skips what is left once the budget is spent; every case is guarded (an error or OOM is a row).
 ``benchmarks/make_kernels_choice.py`` turns these rows into ``mlff_jax/kernels_choice.json``.
 
@@ -111,6 +112,8 @@ def api_benchmark(args, env, model_name):
 
     start_all = time.perf_counter()
     sizes = [int(x) for x in args.sizes.split(",") if x]
+    # Molecules (opt-in): energy_fn without a list, the all-pairs path of energy_and_forces (<= 128 atoms).
+    sizes += [name for name in args.api_molecules.split(",") if name]
     implementations = (args.implementations or "xla,pallas" + (",triton" if triton_available() else "")).split(",")
     interpret = args.quick
     config, params, source = ks.load_params(model_name, "float32")
@@ -133,6 +136,9 @@ def api_benchmark(args, env, model_name):
     passes = [[i for i in implementations if i != "triton"], [i for i in implementations if i == "triton"]]
     cases = [(size, impl, compressed) for group in passes for size in sizes for impl in group for compressed in (False, True)]
     for size, impl, compressed in cases:
+        if size not in boxes and isinstance(size, str):
+            pos, z = ks.molecule(size)
+            boxes[size] = (pos, z, "all pairs")
         if size not in boxes:
             pos, z, cell = ks.water_box_of(size)
             try:
@@ -145,7 +151,11 @@ def api_benchmark(args, env, model_name):
         if nbrs is None:
             continue
         positions, numbers = jnp.asarray(pos, jnp.float32), jnp.asarray(z, jnp.int32)
-        row = dict(workload=API_WORKLOAD, system=f"water-box-{len(pos)}", atoms=len(pos), capacity=int(nbrs.capacity), model=model_name,
+        all_pairs = isinstance(nbrs, str)
+        if all_pairs:
+            nbrs = jnp.zeros(())  # unused argument of the jitted function
+        row = dict(workload=API_WORKLOAD, system=size if all_pairs else f"water-box-{len(pos)}", atoms=len(pos),
+                   capacity=len(pos) if all_pairs else int(nbrs.capacity), model=model_name,
                    weights=source, dtype="float32", precision="highest", implementation=impl, compressed=compressed,
                    key=workload_key("float32", "highest", compressed, config.hidden_dim, len(pos)))  # fmt: skip
         if time.perf_counter() - start_all > args.budget_s:
@@ -155,7 +165,10 @@ def api_benchmark(args, env, model_name):
             continue
         try:
             model = models[compressed].with_implementation(impl, interpret=interpret and impl == "pallas")
-            fn = jax.jit(jax.value_and_grad(lambda r, nbrs, m=model: m.energy_fn(r, numbers, neighbors=nbrs)))
+            if all_pairs:
+                fn = jax.jit(jax.value_and_grad(lambda r, unused, m=model: m.energy_fn(r, numbers)))
+            else:
+                fn = jax.jit(jax.value_and_grad(lambda r, nbrs, m=model: m.energy_fn(r, numbers, neighbors=nbrs)))
             t0 = time.perf_counter()
             compiled = fn.lower(positions, nbrs).compile()
             row["compile_s"] = round(time.perf_counter() - t0, 2)
@@ -207,6 +220,7 @@ def main():
     parser.add_argument("--skip-model", action="store_true")
     parser.add_argument("--api", action="store_true", help="the public API's implementations, exact and compressed (module docstring)")
     parser.add_argument("--budget-s", type=float, default=270.0, help="--api: skip the remaining cases after this many seconds")
+    parser.add_argument("--api-molecules", default="", help="--api: also these molecules (ase names or C60, e.g. C6H6,C60), all-pairs path")
     parser.add_argument("--out", default=None, help="--api: JSON path (default benchmarks/results/bench_api_<device>_<time>.json)")
     args = parser.parse_args()
     if args.api:
