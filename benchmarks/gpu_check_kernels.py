@@ -548,6 +548,7 @@ def main():
     parser.add_argument("--interpret", action="store_true", help="smoke-test this script on CPU (Pallas interpret mode, small systems)")
     parser.add_argument("--skip-models", action="store_true", help="kernel blocks only")
     parser.add_argument("--implementations", default=None, help="kernel implementations to check (default: pallas, and triton if jax-triton imports)")
+    parser.add_argument("--out", default=None, help="JSON path (default: benchmarks/results/gpu_check_kernels_<tag>_<time>.json)")
     args = parser.parse_args()
     if args.triton_interpret:
         os.environ["TRITON_INTERPRET"] = "1"  # before triton decorates our kernels
@@ -557,7 +558,8 @@ def main():
     rows, failures = [], []
     ks.RESULTS.mkdir(parents=True, exist_ok=True)
     tag = "compile" if args.compile_only else "triton_interpret" if args.triton_interpret else env["device"].replace(" ", "_")
-    out = ks.RESULTS / f"gpu_check_kernels_{tag}_{time.strftime('%Y%m%d-%H%M%S')}.json"
+    out = pathlib.Path(args.out) if args.out else ks.RESULTS / f"gpu_check_kernels_{tag}_{time.strftime('%Y%m%d-%H%M%S')}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
     _SAVE.update(path=out, env=env, rows=rows, failures=failures)
     if args.compile_only:
         compile_only(rows, failures, compile_ptx, exact=not args.compressed_only)
