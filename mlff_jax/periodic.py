@@ -31,23 +31,27 @@ from mlff_jax.neighbors.edges import neighbor_list_edges
 LIST_MARGIN = 1e-3
 
 
-# Layout of the analytic sweep on neighbour lists. "folded" (one filter evaluation per unordered
-# pair, scatter-adds) on every platform: faster on CPU (docs/analytic-forces.md); on the H100 as fast
-# as the directed list (427K water, 10k atoms: 23.1 vs 23.5 ms) with less than half its memory (peak
-# 2.6 vs 5.6 GB; benchmarks/results/forces_boxes_h100.json).
+# Layout of the analytic sweep on neighbour lists (XLA path), per platform, by measurement:
+# - CPU: "folded" (one filter evaluation per unordered pair, scatter-adds) is faster
+#   (docs/analytic-forces.md);
+# - GPU: "edges" (the directed list as it is). On the H100 with pairs given, both cost the same
+#   (10k water atoms, 427K: 23.1 vs 23.5 ms, forces_boxes_h100.json), but inside the model, where
+#   the folding compacts the list on the device in every call, the folded path measured 99.5 ms at
+#   10k atoms and 1,428 ms at 100k (throughput_h100_run1.json, throughput_folded_100k.json) against
+#   56.7 and 564 ms for the directed list (throughput_layouts_h100.json), all on H100s.
+PLATFORM_LAYOUT = {"cpu": "folded", "gpu": "edges", "cuda": "edges", "rocm": "edges"}
 LAYOUTS = ("folded", "edges")
-DEFAULT_LAYOUT = "folded"
-# Benchmarks may set this to "folded"/"edges" to override the default for new traces.
+# Benchmarks may set this to "folded"/"edges" to override the platform's choice for new traces.
 LAYOUT_OVERRIDE: str | None = None
 
 
 def periodic_layout() -> str:
-    """The analytic sweep's layout on neighbour lists (DEFAULT_LAYOUT unless overridden)."""
+    """The analytic sweep's layout on neighbour lists for the default backend (PLATFORM_LAYOUT unless overridden)."""
     if LAYOUT_OVERRIDE is not None:
         if LAYOUT_OVERRIDE not in LAYOUTS:
             raise ValueError(f"periodic layout must be one of {LAYOUTS}, got {LAYOUT_OVERRIDE!r}")
         return LAYOUT_OVERRIDE
-    return DEFAULT_LAYOUT
+    return PLATFORM_LAYOUT.get(jax.default_backend(), "folded")
 
 
 def structure_energies(params, config, precision, positions, atomic_numbers, nbrs, cells, atom_mask, num_structures, method="analytic",
