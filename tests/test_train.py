@@ -74,6 +74,17 @@ def test_dataset_round_trips_and_selects_whole_frames(subset, tmp_path):
     assert picked.frame(0)[2] == e and len(picked.frame(1)[0]) == subset.num_atoms[0]
 
 
+def test_float32_copy_halves_the_labels_and_loads_as_float64(subset, tmp_path):
+    subset.save(tmp_path / "f64.npz")
+    subset.save(tmp_path / "f32.npz", float32=True)
+    again = Dataset.load(tmp_path / "f32.npz")
+    assert again.positions.dtype == np.float64 and again.metadata["stored_float32"]
+    np.testing.assert_array_equal(again.positions, subset.positions.astype(np.float32))
+    np.testing.assert_array_equal(again.forces, subset.forces.astype(np.float32))
+    np.testing.assert_array_equal(again.energy, subset.energy)  # energies stay float64
+    assert (tmp_path / "f32.npz").stat().st_size < 0.7 * (tmp_path / "f64.npz").stat().st_size
+
+
 def test_split_is_by_system_so_no_test_molecule_is_in_training(subset):
     ds = few_systems(subset, 4, 2)
     train_names = set(ds.system_name[np.unique(ds.split("train").system)])

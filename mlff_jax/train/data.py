@@ -453,7 +453,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=1, help="teacher processes (each single-threaded)")
     parser.add_argument("--subset-out", default=None, help="also write a small test-split subset here")
     parser.add_argument("--subset-frames", type=int, default=4, help="frames per test system in the subset")
-    parser.add_argument("--from-dataset", default=None, help="skip generation: cut --subset-out from this existing dataset")
+    parser.add_argument("--float32-out", default=None, help="also write a copy with float32 positions and forces here "
+                        "(half the size; for carrying to a GPU machine)")
+    parser.add_argument("--from-dataset", default=None, help="skip generation: cut --subset-out / --float32-out from this existing dataset")
     parser.add_argument("--reuse", default=None, help="copy the systems of this earlier dataset (same settings) instead of recomputing them")
     parser.add_argument("--partial-every", type=int, default=200,
                         help="write the systems done so far to OUT.partial.npz every N systems (resume with --reuse)")
@@ -474,6 +476,11 @@ def main(argv: list[str] | None = None) -> int:
         pathlib.Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         dataset.save(args.out)
         print(f"[data] wrote {args.out}: {json.dumps(dataset.summary())}")
+    if args.float32_out:
+        pathlib.Path(args.float32_out).parent.mkdir(parents=True, exist_ok=True)
+        dataset.save(args.float32_out, float32=True)
+        print(f"[data] wrote {args.float32_out} (float32 positions and forces, "
+              f"{pathlib.Path(args.float32_out).stat().st_size / 2**20:.1f} MiB)")
     if args.subset_out:
         subset = small_subset(dataset, "test", args.subset_frames, seed=args.seed)
         subset = Dataset(**{**dataclasses.asdict(subset), "metadata": {**dataset.metadata, "subset": f"{args.subset_frames} frames per test system"}})
