@@ -445,7 +445,7 @@ def _version(package: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     """``mlff-jax data`` / ``python3 -m mlff_jax.train.data``: generate, save, print a summary."""
     parser = argparse.ArgumentParser(prog="mlff-jax data", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", required=True, help="output .npz file")
+    parser.add_argument("--out", default=None, help="output .npz file (required unless --from-dataset)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--smiles", default=str(DEFAULT_SMILES_FILE), help="SMILES file (default: the bundled list)")
     parser.add_argument("--max-molecules", type=int, default=None, help="use the first N molecules only")
@@ -462,8 +462,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     os.environ.setdefault("OMP_NUM_THREADS", "1")  # before tblite loads: one core per teacher process
 
+    if not args.out and not args.from_dataset:
+        parser.error("--out is required (or --from-dataset to cut a subset or a float32 copy from an existing file)")
     if args.from_dataset:
         dataset = Dataset.load(args.from_dataset)
+        print(f"[data] {args.from_dataset}: {json.dumps(dataset.summary())}")
     else:
         cfg = GenerationConfig(seed=args.seed, smiles_file=args.smiles, max_molecules=args.max_molecules)
         if args.no_clusters:
