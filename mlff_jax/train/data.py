@@ -368,6 +368,9 @@ def generate(cfg: GenerationConfig, workers: int = 1, log=print, reuse: Dataset 
         results = {name: old[name] for name, _, _ in systems if name in old}
         log(f"[data] reusing {len(results)} systems of the previous dataset", flush=True)
     tasks = [(cfg, name, kind, recipe) for name, kind, recipe in systems if name not in results]
+    # Clusters first: they are few and cheap, so an interrupted run's partial file already has them all.
+    # (The order of work does not change any frame: each system is seeded by its name.)
+    tasks.sort(key=lambda task: task[2] == "molecule")
     t0 = time.perf_counter()
 
     def finished(i, name, frames):
