@@ -377,7 +377,9 @@ def generate(cfg: GenerationConfig, workers: int = 1, log=print, reuse: Dataset 
         results[name] = frames
         _progress(log, i + 1, len(tasks), t0)
         if partial_path is not None and (i + 1) % partial_every == 0 and i + 1 < len(tasks):
-            _assemble(cfg, systems, results, workers, len(systems) - len(tasks), t0).save(partial_path)
+            tmp = pathlib.Path(partial_path).with_suffix(".tmp.npz")
+            _assemble(cfg, systems, results, workers, len(systems) - len(tasks), t0).save(tmp)
+            os.replace(tmp, partial_path)  # atomic: a reader never sees a half-written partial file
 
     if workers > 1:
         import multiprocessing
