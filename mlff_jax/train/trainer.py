@@ -267,16 +267,24 @@ def train(cfg: TrainConfig, log=print) -> dict:
     eval_every = max(cfg.steps_per_call, cfg.eval_every // cfg.steps_per_call * cfg.steps_per_call)
     eval_seconds, train_seconds = 1.0, 0.0
     progress_bar = ProgressReporter(cfg.max_steps, cfg.log_every, log)
-    reserve = 30.0  # seconds kept for the final evaluations; set from the first validation's time (compile included)
+    reserve = 30.0  # seconds kept for the final evaluations; set from the first two validations' times
+    # The final evaluations (test, and all validation frames when validating on a sample) each compile
+    # once and then run in proportion to their frames.
+    final_frames = [n for n in (test_set.num_frames, full_val_set.num_frames if full_val_set is not val_set else 0) if n]
+    first_eval_seconds = 0.0
 
     def evaluate_now():
-        nonlocal eval_seconds, evals_since_best, reserve
+        nonlocal eval_seconds, evals_since_best, reserve, first_eval_seconds
         t = time.perf_counter()
         metrics = error_metrics(val_res, *val_predictor(ema, "highest"))
         eval_seconds = time.perf_counter() - t
-        if not history:  # the final test compiles and runs an evaluation like this first one
-            extra = test_set.num_frames + (full_val_set.num_frames if full_val_set is not val_set else 0)
-            reserve = 10.0 + 1.5 * eval_seconds * max(1.0, extra / max(val_set.num_frames, 1))
+        ratio = [n / max(val_set.num_frames, 1) for n in final_frames]
+        if not history:  # compile included: assume every final evaluation costs this much per validation's frames
+            first_eval_seconds = eval_seconds
+            reserve = 10.0 + 1.5 * sum(eval_seconds * max(1.0, r) for r in ratio)
+        elif len(history) == 1:  # compiled: split the first time into compile and run
+            compile_seconds_estimate = max(first_eval_seconds - eval_seconds, 0.0)
+            reserve = 10.0 + 1.5 * sum(compile_seconds_estimate + eval_seconds * r for r in ratio)
         score = cfg.energy_weight * metrics["energy_mse_per_atom"] + cfg.force_weight * metrics["force_mse"]
         entry = {"step": step, "seconds": round(time.perf_counter() - t_start, 1), "validation": metrics, "score": score}
         history.append(entry)
