@@ -256,7 +256,10 @@ def sample_stretched(atoms, sizes: list[int], rng, cfg: GenerationConfig):
 
 
 def system_list(cfg: GenerationConfig) -> list[tuple[str, str, Any]]:
-    """(name, kind, recipe) of every system: molecules, then water clusters, dimers, mixed clusters."""
+    """(name, kind, recipe) of every system: molecules, then water clusters, dimers, mixed clusters,
+    stretched clusters. Raises ValueError for a stretched water "cluster" of fewer than 2 molecules."""
+    if any(n < 2 for n in cfg.stretch_water_sizes):
+        raise ValueError(f"stretch_water_sizes must be >= 2 (a cluster is pulled apart), got {cfg.stretch_water_sizes}")
     smiles = read_smiles(cfg.smiles_file)
     if cfg.max_molecules is not None:
         smiles = smiles[: cfg.max_molecules]
