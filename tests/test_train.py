@@ -74,6 +74,17 @@ def test_dataset_round_trips_and_selects_whole_frames(subset, tmp_path):
     assert picked.frame(0)[2] == e and len(picked.frame(1)[0]) == subset.num_atoms[0]
 
 
+def test_float32_copy_halves_the_labels_and_loads_as_float64(subset, tmp_path):
+    subset.save(tmp_path / "f64.npz")
+    subset.save(tmp_path / "f32.npz", float32=True)
+    again = Dataset.load(tmp_path / "f32.npz")
+    assert again.positions.dtype == np.float64 and again.metadata["stored_float32"]
+    np.testing.assert_array_equal(again.positions, subset.positions.astype(np.float32))
+    np.testing.assert_array_equal(again.forces, subset.forces.astype(np.float32))
+    np.testing.assert_array_equal(again.energy, subset.energy)  # energies stay float64
+    assert (tmp_path / "f32.npz").stat().st_size < 0.7 * (tmp_path / "f64.npz").stat().st_size
+
+
 def test_split_is_by_system_so_no_test_molecule_is_in_training(subset):
     ds = few_systems(subset, 4, 2)
     train_names = set(ds.system_name[np.unique(ds.split("train").system)])
@@ -211,6 +222,37 @@ def test_fine_tuning_starts_from_the_given_checkpoint(tiny_training, subset, tmp
     assert tuned["validation"]["force_mae"] == pytest.approx(log["validation"]["force_mae"], rel=1e-4)
 
 
+def test_validation_on_a_subset_still_reports_the_best_weights_on_all_validation_frames(subset, tmp_path):
+    ds = few_systems(subset, 3, 2)
+    log = tiny_run(tmp_path, ds, validation_frames=3, max_steps=20, eval_every=10)
+    assert all(h["validation"]["frames"] == 3 for h in log["history"])
+    assert log["validation_subset"]["frames"] == 3
+    assert log["validation"]["frames"] == ds.split("validation").num_frames > 3
+
+
+@pytest.mark.slow
+def test_time_budget_covers_the_whole_run_including_the_final_evaluations(subset, tmp_path):
+    ds = few_systems(subset, 5, 3)
+    log = tiny_run(tmp_path, ds, max_minutes=0.4, max_steps=10**6, eval_every=20, validation_frames=4)
+    assert log["stop_reason"] == "time budget" and log["steps"] > 20
+    assert log["wall_seconds"] <= 0.4 * 60
+
+
+def test_weight_decay_shrinks_weight_matrices_and_not_biases():
+    from mlff_jax.train.trainer import adam_or_adamw
+
+    cfg = TrainConfig(learning_rate=0.01, weight_decay=0.1)
+    params = {"w": jnp.ones((2, 3)), "b": jnp.ones(3)}
+    optimizer = adam_or_adamw(cfg)
+    zero = jax.tree_util.tree_map(jnp.zeros_like, params)
+    updates, _ = optimizer.update(zero, optimizer.init(params), params)
+    np.testing.assert_allclose(updates["w"], -0.01 * 0.1 * np.ones((2, 3)), rtol=1e-6)
+    np.testing.assert_array_equal(updates["b"], np.zeros(3))
+    plain = adam_or_adamw(TrainConfig(learning_rate=0.01))
+    updates, _ = plain.update(zero, plain.init(params), params)
+    np.testing.assert_array_equal(updates["w"], np.zeros((2, 3)))
+
+
 def test_predictor_matches_dataset_order(subset):
     ds = subset.select(np.arange(7))
     params = float64_params(TINY)
@@ -298,6 +340,7 @@ def test_data_generation_is_seeded_and_labels_with_the_teacher():
     from mlff_jax.train.data import GenerationConfig, generate
 
     cfg = GenerationConfig(max_molecules=2, water_cluster_sizes=(2,), water_clusters_per_size=1, dimers=0, mixed_clusters=0,
+                           more_dimers=0, more_mixed_clusters=0, stretch_water_sizes=(), stretch_dimers=0,
                            equilibration_steps=4, frames_per_segment=2, steps_between_frames=2, displaced_frames=1, cluster_frames=2)
     quiet = lambda *a, **k: None  # noqa: E731
     first, second = generate(cfg, log=quiet), generate(cfg, log=quiet)
@@ -315,3 +358,73 @@ def test_data_generation_is_seeded_and_labels_with_the_teacher():
     atoms.calc = teacher_calculator()
     assert abs(atoms.get_potential_energy() - e) < tol.TEACHER_RELABEL_ENERGY
     np.testing.assert_allclose(atoms.get_forces(), f, rtol=0, atol=tol.TEACHER_RELABEL_FORCES)
+
+
+def test_molecule_list_has_thousands_of_distinct_valid_molecules():
+    from rdkit import Chem
+
+    from mlff_jax.train.data import DEFAULT_SMILES_FILE, read_smiles
+    from mlff_jax.train.enumerate_molecules import MARKER, acceptable, split_file
+
+    smiles = read_smiles(DEFAULT_SMILES_FILE)  # raises on a repeated line
+    canonical = {Chem.MolToSmiles(Chem.MolFromSmiles(s)) for s in smiles}
+    assert len(canonical) == len(smiles) >= 2000
+    kept, generated = split_file(DEFAULT_SMILES_FILE)
+    assert MARKER in DEFAULT_SMILES_FILE.read_text() and len(generated) >= 2000
+    assert all(acceptable(Chem.MolFromSmiles(s), 25) for s in generated)
+    # the committed test subset's molecules are still listed (their split and frames are unchanged)
+    listed = set(smiles)
+    assert all(n in listed for n in Dataset.load(SUBSET).system_name if not n.startswith(("cluster:", "stretch:")))
+
+
+@pytest.mark.slow
+def test_molecule_list_is_what_the_enumeration_writes():
+    from mlff_jax.train.enumerate_molecules import main
+
+    assert main(["--check"]) == 0
+
+
+def test_enumeration_rejects_peroxides_hydrazines_and_charged_molecules():
+    from rdkit import Chem
+
+    from mlff_jax.train.enumerate_molecules import acceptable
+
+    for bad in ("COOC", "CNNC", "CC(=O)[O-]", "C[N+](C)(C)C", "CSOC", "CCCCCCCCCC"):
+        assert not acceptable(Chem.MolFromSmiles(bad), 25), bad
+    for good in ("CC[N+](=O)[O-]", "CS(=O)(=O)NC", "c1ccncc1", "COC(=O)C", "CCCCCCCC"):
+        assert acceptable(Chem.MolFromSmiles(good), 26), good
+
+
+@needs_teacher
+def test_stretched_water_dimer_is_pulled_apart_and_frames_do_not_depend_on_workers():
+    from mlff_jax.train.data import GenerationConfig, generate
+
+    cfg = GenerationConfig(max_molecules=1, water_cluster_sizes=(), dimers=0, mixed_clusters=0, more_dimers=0,
+                           more_mixed_clusters=0, stretch_water_sizes=(2,), stretch_water_per_size=1, stretch_dimers=1,
+                           stretch_relax_steps=5, stretch_frames=6, stretch_pull_A=(2.0, 3.0), stretch_scale=(1.5, 1.6),
+                           equilibration_steps=2, frames_per_segment=1, steps_between_frames=1, displaced_frames=1)
+    quiet = lambda *a, **k: None  # noqa: E731
+    one = generate(cfg, log=quiet)
+    assert list(one.system_name) == ["O", "stretch:O.O#0", "stretch:" + one.system_name[2].split(":")[1]]
+    water = one.select(one.system == 1)
+    assert water.num_frames == 6
+    oxygen_distance = [np.linalg.norm(water.frame(i)[1][0] - water.frame(i)[1][3]) for i in range(6)]
+    assert min(oxygen_distance) > 4.0  # relaxed O-O ~2.9 Å, pulled by >= 2 Å or scaled by >= 1.5
+    two = generate(cfg, workers=2, log=quiet)
+    np.testing.assert_array_equal(one.system_name, two.system_name)
+    np.testing.assert_allclose(one.positions, two.positions, rtol=0, atol=1e-9)
+    np.testing.assert_allclose(one.energy, two.energy, rtol=0, atol=1e-9)
+
+
+@needs_teacher
+def test_a_dataset_made_before_the_stretch_settings_is_reused_only_with_equal_sampling_settings():
+    from mlff_jax.train.data import GenerationConfig, reusable_frames
+
+    old_cfg = dataclasses.asdict(GenerationConfig())
+    for key in ("stretch_relax_steps", "stretch_frames", "stretch_pull_A", "stretch_scale", "stretch_noise_A"):
+        old_cfg.pop(key)
+    old = Dataset.load(SUBSET)
+    old = dataclasses.replace(old, metadata={"config": old_cfg})
+    assert len(reusable_frames(GenerationConfig(), old)) == len(old.system_name)
+    with pytest.raises(ValueError, match="other sampling settings"):
+        reusable_frames(GenerationConfig(frames_per_segment=3), old)

@@ -1,14 +1,17 @@
 """Seeded generation of a distillation set: GFN2-xTB (tblite) energies and forces of small organic
 molecules, dimers and clusters.
 
-    python3 -m mlff_jax.train.data --out .device/data/gfn2_xtb.npz          # full set (~15 min, 1 core)
+    python3 -m mlff_jax.train.data --out .device/data/gfn2_xtb_v2.npz [--workers N]   # full set (~1 core-hour)
     python3 -m mlff_jax.train.data --out small.npz --max-molecules 10 --no-clusters
 
 Sampling, per molecule (``molecules.smi``, RDKit ETKDG embedding + MMFF pre-optimisation):
 two Langevin MD segments with the teacher, one at a low (300-500 K) and one at a high (600-1000 K)
 temperature, recording a frame every few steps, plus randomly displaced copies of recorded frames.
-Clusters: water clusters (2-8 molecules), random dimers and mixed trimers/tetramers of small polar
-molecules, relaxed briefly with the teacher and sampled by MD at 200-400 K.
+Clusters: water clusters (2-12 molecules), random dimers and mixed trimers/tetramers of small polar
+molecules, relaxed briefly with the teacher and sampled by MD at 200-400 K. Stretched clusters
+("stretch:" systems: water clusters of 2-12 molecules and dimers) are relaxed, then pulled apart:
+one molecule moved away from the rest, or all molecular centres moved out from the cluster's centre,
+up to beyond the 5 Å cutoff, so that the student sees weak binding and dissociation.
 
 Every random choice of a system is seeded by (seed, hash of the system's name), so a system's
 frames do not depend on which other systems are generated or on the number of worker processes;
@@ -57,12 +60,23 @@ class GenerationConfig:
     steps_between_frames: int = 8
     displaced_frames: int = 6
     displacement_sigma_A: tuple[float, float] = (0.01, 0.05)
-    water_cluster_sizes: tuple[int, ...] = (2, 3, 4, 5, 6, 7, 8)
-    water_clusters_per_size: int = 4
+    water_cluster_sizes: tuple[int, ...] = (2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12)
+    water_clusters_per_size: int = 10
     dimers: int = 60
     mixed_clusters: int = 20
+    more_dimers: int = 100  # drawn after the first dimers and mixed clusters (their names stay as they were)
+    more_mixed_clusters: int = 40
     cluster_temperature_K: tuple[float, float] = (200.0, 400.0)
     cluster_frames: int = 16
+    # stretched clusters: relaxed, then molecules pulled apart (near-dissociation and beyond the cutoff)
+    stretch_water_sizes: tuple[int, ...] = (2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12)
+    stretch_water_per_size: int = 6
+    stretch_dimers: int = 60
+    stretch_relax_steps: int = 40
+    stretch_frames: int = 16
+    stretch_pull_A: tuple[float, float] = (0.0, 5.0)  # one molecule moved out by this much
+    stretch_scale: tuple[float, float] = (1.0, 1.6)  # or every molecular centre scaled about the cluster centre
+    stretch_noise_A: float = 0.02  # Gaussian displacement of every atom (breaks the rigid-body geometry)
     validation_fraction: float = 0.1
     test_fraction: float = 0.1
     max_force_eV_per_A: float = 40.0  # frames beyond this (a broken molecule) are dropped
@@ -207,8 +221,45 @@ def sample_cluster(atoms, rng, cfg: GenerationConfig):
     return _md_frames(atoms, rng, temperature, cfg, cfg.cluster_frames, equilibrate=True, hot_start=True)
 
 
+def sample_stretched(atoms, sizes: list[int], rng, cfg: GenerationConfig):
+    """Frames of a cluster pulled apart: a teacher relaxation (no frames), then ``stretch_frames``
+    geometries, alternately one random molecule moved out along the line from the centre of the rest
+    (by ``stretch_pull_A``) and all molecular centres scaled about the cluster centre (by
+    ``stretch_scale``), each with a small random displacement of every atom."""
+    from ase.optimize import FIRE
+
+    atoms = atoms.copy()
+    atoms.calc = teacher_calculator()
+    FIRE(atoms, logfile=None).run(fmax=0.1, steps=cfg.stretch_relax_steps)
+    relaxed = atoms.get_positions().copy()
+    bounds = np.concatenate([[0], np.cumsum(sizes)])
+    molecules = [slice(bounds[i], bounds[i + 1]) for i in range(len(sizes))]
+    centres = np.array([relaxed[m].mean(0) for m in molecules])
+    frames = []
+    for j in range(cfg.stretch_frames):
+        positions = relaxed.copy()
+        if j % 2 == 0:  # one molecule leaves
+            i = int(rng.integers(len(molecules)))
+            rest = np.delete(centres, i, axis=0).mean(0)
+            direction = centres[i] - rest
+            norm = np.linalg.norm(direction)
+            direction = direction / norm if norm > 1e-6 else rng.normal(size=3) / np.sqrt(3)
+            positions[molecules[i]] += rng.uniform(*cfg.stretch_pull_A) * direction
+        else:  # the whole cluster expands
+            scale = rng.uniform(*cfg.stretch_scale)
+            centre = centres.mean(0)
+            for m, c in zip(molecules, centres):
+                positions[m] += (scale - 1.0) * (c - centre)
+        atoms.set_positions(positions + rng.normal(0.0, cfg.stretch_noise_A, positions.shape))
+        frames.append(_label(atoms))
+    return frames
+
+
 def system_list(cfg: GenerationConfig) -> list[tuple[str, str, Any]]:
-    """(name, kind, recipe) of every system: molecules, then water clusters, dimers, mixed clusters."""
+    """(name, kind, recipe) of every system: molecules, then water clusters, dimers, mixed clusters,
+    stretched clusters. Raises ValueError for a stretched water "cluster" of fewer than 2 molecules."""
+    if any(n < 2 for n in cfg.stretch_water_sizes):
+        raise ValueError(f"stretch_water_sizes must be >= 2 (a cluster is pulled apart), got {cfg.stretch_water_sizes}")
     smiles = read_smiles(cfg.smiles_file)
     if cfg.max_molecules is not None:
         smiles = smiles[: cfg.max_molecules]
@@ -217,12 +268,28 @@ def system_list(cfg: GenerationConfig) -> list[tuple[str, str, Any]]:
         for k in range(cfg.water_clusters_per_size):
             systems.append((f"cluster:{'.'.join(['O'] * n)}#{k}", "cluster", ("O",) * n))
     rng = np.random.default_rng([cfg.seed, 2])
+    draw_pair = lambda: tuple(sorted(rng.choice(CLUSTER_MONOMERS, 2).tolist()))  # noqa: E731
+    draw_group = lambda: tuple(sorted(rng.choice(CLUSTER_MONOMERS, int(rng.integers(3, 5))).tolist()))  # noqa: E731
+    # The first dimers and mixed clusters come first from the stream, so adding more keeps their names.
     for k in range(cfg.dimers):
-        pair = tuple(sorted(rng.choice(CLUSTER_MONOMERS, 2).tolist()))
+        pair = draw_pair()
         systems.append((f"cluster:{'.'.join(pair)}#{k}", "cluster", pair))
     for k in range(cfg.mixed_clusters):
-        group = tuple(sorted(rng.choice(CLUSTER_MONOMERS, int(rng.integers(3, 5))).tolist()))
+        group = draw_group()
         systems.append((f"cluster:{'.'.join(group)}#{k}", "cluster", group))
+    for k in range(cfg.dimers, cfg.dimers + cfg.more_dimers):
+        pair = draw_pair()
+        systems.append((f"cluster:{'.'.join(pair)}#{k}", "cluster", pair))
+    for k in range(cfg.mixed_clusters, cfg.mixed_clusters + cfg.more_mixed_clusters):
+        group = draw_group()
+        systems.append((f"cluster:{'.'.join(group)}#{k}", "cluster", group))
+    for n in cfg.stretch_water_sizes:
+        for k in range(cfg.stretch_water_per_size):
+            systems.append((f"stretch:{'.'.join(['O'] * n)}#{k}", "stretch", ("O",) * n))
+    stretch_rng = np.random.default_rng([cfg.seed, 3])
+    for k in range(cfg.stretch_dimers):
+        pair = tuple(sorted(stretch_rng.choice(CLUSTER_MONOMERS, 2).tolist()))
+        systems.append((f"stretch:{'.'.join(pair)}#{k}", "stretch", pair))
     return systems
 
 
@@ -237,7 +304,10 @@ def generate_system(cfg: GenerationConfig, name: str, kind: str, recipe) -> list
         else:
             monomers = [embed_smiles(s, embed_seed + i) for i, s in enumerate(recipe)]
             atoms = build_cluster(monomers, rng)
-            frames = sample_cluster(atoms, rng, cfg)
+            if kind == "stretch":
+                frames = sample_stretched(atoms, [len(m) for m in monomers], rng, cfg)
+            else:
+                frames = sample_cluster(atoms, rng, cfg)
     except Exception as exc:  # SCF failures, embedding failures: skip the system, say so
         print(f"  skipped {name}: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
         return []
@@ -253,16 +323,24 @@ def _worker(args):
 
 # Settings that do not change the frames of a given system (they only choose which systems exist).
 _LIST_ONLY_SETTINGS = ("smiles_file", "max_molecules", "water_cluster_sizes", "water_clusters_per_size", "dimers",
-                       "mixed_clusters", "validation_fraction", "test_fraction")
+                       "mixed_clusters", "more_dimers", "more_mixed_clusters", "stretch_water_sizes",
+                       "stretch_water_per_size", "stretch_dimers", "validation_fraction", "test_fraction")
+# Settings that only change the frames of "stretch:" systems (added after the first dataset was made).
+_STRETCH_SETTINGS = ("stretch_relax_steps", "stretch_frames", "stretch_pull_A", "stretch_scale", "stretch_noise_A")
 
 
 def reusable_frames(cfg: GenerationConfig, previous: Dataset) -> dict[str, list]:
     """Frames of ``previous`` (a file made by this generator) by system name, if it was made with the
     same sampling settings: a system's frames depend only on (seed, name, settings), so reusing them
     gives exactly the file a full regeneration would. Raises ValueError if the settings differ."""
-    normal = lambda d: json.loads(json.dumps({k: v for k, v in d.items() if k not in _LIST_ONLY_SETTINGS}))  # noqa: E731
     old = previous.metadata.get("config", {})
-    if normal(old) != normal(dataclasses.asdict(cfg)):
+    new = dataclasses.asdict(cfg)
+    has_stretch = any(str(n).startswith("stretch:") for n in previous.system_name)
+    # A file made before the stretch settings existed has no stretch systems: its other frames compare
+    # on the settings it has.
+    compared = [k for k in new if k not in _LIST_ONLY_SETTINGS and (k in old or k not in _STRETCH_SETTINGS or has_stretch)]
+    normal = lambda d: json.loads(json.dumps({k: d.get(k) for k in compared}))  # noqa: E731
+    if normal(old) != normal(new):
         raise ValueError("the previous dataset was made with other sampling settings; it cannot be reused")
     first = {}
     for index, name in enumerate(previous.system_name):
@@ -275,10 +353,13 @@ def reusable_frames(cfg: GenerationConfig, previous: Dataset) -> dict[str, list]
     return frames
 
 
-def generate(cfg: GenerationConfig, workers: int = 1, log=print, reuse: Dataset | None = None) -> Dataset:
+def generate(cfg: GenerationConfig, workers: int = 1, log=print, reuse: Dataset | None = None,
+             partial_path=None, partial_every: int = 200) -> Dataset:
     """Generates every system of :func:`system_list` and returns the labelled, split dataset.
 
     reuse: a dataset made earlier with the same settings; its systems are copied, not recomputed.
+    partial_path: every ``partial_every`` finished systems, the systems done so far are written there
+    (a valid dataset: pass it as ``reuse`` to resume an interrupted run).
     """
     for package in ("tblite", "rdkit"):  # fail here, not once per system inside the per-system error handling
         if importlib.util.find_spec(package) is None:
@@ -290,22 +371,37 @@ def generate(cfg: GenerationConfig, workers: int = 1, log=print, reuse: Dataset 
         results = {name: old[name] for name, _, _ in systems if name in old}
         log(f"[data] reusing {len(results)} systems of the previous dataset", flush=True)
     tasks = [(cfg, name, kind, recipe) for name, kind, recipe in systems if name not in results]
+    # Clusters first: they are few and cheap, so an interrupted run's partial file already has them all.
+    # (The order of work does not change any frame: each system is seeded by its name.)
+    tasks.sort(key=lambda task: task[2] == "molecule")
     t0 = time.perf_counter()
+
+    def finished(i, name, frames):
+        results[name] = frames
+        _progress(log, i + 1, len(tasks), t0)
+        if partial_path is not None and (i + 1) % partial_every == 0 and i + 1 < len(tasks):
+            tmp = pathlib.Path(partial_path).with_suffix(".tmp.npz")
+            _assemble(cfg, systems, results, workers, len(systems) - len(tasks), t0).save(tmp)
+            os.replace(tmp, partial_path)  # atomic: a reader never sees a half-written partial file
+
     if workers > 1:
         import multiprocessing
 
         with multiprocessing.get_context("spawn").Pool(workers) as pool:
             for i, (name, frames, _) in enumerate(pool.imap_unordered(_worker, tasks)):
-                results[name] = frames
-                _progress(log, i + 1, len(tasks), t0)
+                finished(i, name, frames)
     else:
         for i, task in enumerate(tasks):
             name, frames, _ = _worker(task)
-            results[name] = frames
-            _progress(log, i + 1, len(tasks), t0)
+            finished(i, name, frames)
+    return _assemble(cfg, systems, results, workers, len(systems) - len(tasks), t0)
+
+
+def _assemble(cfg: GenerationConfig, systems, results: dict, workers: int, reused: int, t0: float) -> Dataset:
+    """The dataset of the systems in ``results`` (in the order of ``systems``; missing ones left out)."""
     numbers, positions, forces, energy, num_atoms, system, names, splits = [], [], [], [], [], [], [], []
     for name, _, _ in systems:  # fixed order, whatever order the workers finished in
-        frames = results[name]
+        frames = results.get(name)
         if not frames:
             continue
         index = len(names)
@@ -326,7 +422,7 @@ def generate(cfg: GenerationConfig, workers: int = 1, log=print, reuse: Dataset 
         "versions": {p: _version(p) for p in ("tblite", "rdkit", "ase", "numpy")},
         "generation_seconds": round(time.perf_counter() - t0, 1),
         "workers": workers,
-        "reused_systems": len(systems) - len(tasks),
+        "reused_systems": reused,
     }
     return Dataset(
         numbers=np.concatenate(numbers).astype(np.int32),
@@ -357,7 +453,7 @@ def _version(package: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     """``mlff-jax data`` / ``python3 -m mlff_jax.train.data``: generate, save, print a summary."""
     parser = argparse.ArgumentParser(prog="mlff-jax data", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", required=True, help="output .npz file")
+    parser.add_argument("--out", default=None, help="output .npz file (required unless --from-dataset)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--smiles", default=str(DEFAULT_SMILES_FILE), help="SMILES file (default: the bundled list)")
     parser.add_argument("--max-molecules", type=int, default=None, help="use the first N molecules only")
@@ -365,21 +461,37 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=1, help="teacher processes (each single-threaded)")
     parser.add_argument("--subset-out", default=None, help="also write a small test-split subset here")
     parser.add_argument("--subset-frames", type=int, default=4, help="frames per test system in the subset")
-    parser.add_argument("--from-dataset", default=None, help="skip generation: cut --subset-out from this existing dataset")
+    parser.add_argument("--float32-out", default=None, help="also write a copy with float32 positions and forces here "
+                        "(half the size; for carrying to a GPU machine)")
+    parser.add_argument("--from-dataset", default=None, help="skip generation: cut --subset-out / --float32-out from this existing dataset")
     parser.add_argument("--reuse", default=None, help="copy the systems of this earlier dataset (same settings) instead of recomputing them")
+    parser.add_argument("--partial-every", type=int, default=200,
+                        help="write the systems done so far to OUT.partial.npz every N systems (resume with --reuse)")
     args = parser.parse_args(argv)
     os.environ.setdefault("OMP_NUM_THREADS", "1")  # before tblite loads: one core per teacher process
 
+    if not args.out and not args.from_dataset:
+        parser.error("--out is required (or --from-dataset to cut a subset or a float32 copy from an existing file)")
     if args.from_dataset:
         dataset = Dataset.load(args.from_dataset)
+        print(f"[data] {args.from_dataset}: {json.dumps(dataset.summary())}")
     else:
         cfg = GenerationConfig(seed=args.seed, smiles_file=args.smiles, max_molecules=args.max_molecules)
         if args.no_clusters:
-            cfg = dataclasses.replace(cfg, water_cluster_sizes=(), dimers=0, mixed_clusters=0)
-        dataset = generate(cfg, workers=args.workers, reuse=Dataset.load(args.reuse) if args.reuse else None)
+            cfg = dataclasses.replace(cfg, water_cluster_sizes=(), dimers=0, mixed_clusters=0, more_dimers=0,
+                                      more_mixed_clusters=0, stretch_water_sizes=(), stretch_dimers=0)
+        partial = pathlib.Path(args.out).with_suffix(".partial.npz")
+        partial.parent.mkdir(parents=True, exist_ok=True)
+        dataset = generate(cfg, workers=args.workers, reuse=Dataset.load(args.reuse) if args.reuse else None,
+                           partial_path=partial, partial_every=args.partial_every)
         pathlib.Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         dataset.save(args.out)
         print(f"[data] wrote {args.out}: {json.dumps(dataset.summary())}")
+    if args.float32_out:
+        pathlib.Path(args.float32_out).parent.mkdir(parents=True, exist_ok=True)
+        dataset.save(args.float32_out, float32=True)
+        print(f"[data] wrote {args.float32_out} (float32 positions and forces, "
+              f"{pathlib.Path(args.float32_out).stat().st_size / 2**20:.1f} MiB)")
     if args.subset_out:
         subset = small_subset(dataset, "test", args.subset_frames, seed=args.seed)
         subset = Dataset(**{**dataclasses.asdict(subset), "metadata": {**dataset.metadata, "subset": f"{args.subset_frames} frames per test system"}})

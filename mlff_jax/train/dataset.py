@@ -140,19 +140,23 @@ class Dataset:
         return out
 
     # ------------------------------------------------------------------ files
-    def save(self, path) -> None:
-        """Writes a compressed ``.npz`` (positions and forces in float64: labels stay exact)."""
+    def save(self, path, float32: bool = False) -> None:
+        """Writes a compressed ``.npz``: positions and forces in float64 (labels stay exact), or with
+        ``float32`` in float32 (half the size, for carrying a training copy: training runs in float32;
+        energies stay float64). :meth:`load` reads both as float64."""
+        label = np.float32 if float32 else np.float64
+        metadata = {**self.metadata, "stored_float32": True} if float32 else self.metadata
         np.savez_compressed(
             path,
             numbers=self.numbers.astype(np.uint8),
-            positions=self.positions.astype(np.float64),
-            forces=self.forces.astype(np.float64),
+            positions=self.positions.astype(label),
+            forces=self.forces.astype(label),
             energy=self.energy.astype(np.float64),
             num_atoms=self.num_atoms.astype(np.int32),
             system=self.system.astype(np.int32),
             system_name=np.asarray(self.system_name, dtype=str),
             system_split=self.system_split.astype(np.int8),
-            metadata=np.asarray(json.dumps(self.metadata)),
+            metadata=np.asarray(json.dumps(metadata)),
         )
 
     @classmethod

@@ -67,8 +67,10 @@ class TrainConfig:
     energy_weight: float = 20.0  # on (dE / N)^2, eV^2/atom^2
     force_weight: float = 1.0  # on dF^2 per component, eV^2/Å^2
     gradient_clip: float = 10.0
+    weight_decay: float = 0.0  # decoupled (AdamW) decay of the weight matrices, per unit learning rate (0: Adam)
     ema_decay: float = 0.999
     eval_every: int = 500
+    validation_frames: int = 0  # validate during training on a seeded subset of this many frames (0: all)
     patience: int = 0  # evaluations without improvement before stopping (0: never stop early)
     steps_per_call: int = 25
     precision: str = "highest"  # matmul precision in training; evaluation is always "highest"
@@ -84,6 +86,8 @@ class TrainConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.forces not in FORCE_METHODS:
             raise ValueError(f"forces must be one of {FORCE_METHODS}, got {self.forces!r}")
+        if self.weight_decay < 0 or self.validation_frames < 0:
+            raise ValueError("weight_decay and validation_frames must be >= 0")
         if not 0 <= self.ema_decay < 1:
             raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
 
@@ -194,6 +198,19 @@ def make_train_chunk(config: PaiNNConfig, cfg: TrainConfig, optimizer):
     return chunk
 
 
+def adam_or_adamw(cfg: TrainConfig):
+    """Adam with an injectable learning rate; with ``weight_decay`` > 0, AdamW decaying the weight
+    matrices only (biases, and the per-element reference energies, which are not trained, are not decayed)."""
+    import optax
+
+    if cfg.weight_decay == 0:
+        return optax.inject_hyperparams(optax.adam)(learning_rate=cfg.learning_rate)
+    matrices = lambda params: jax.tree_util.tree_map(lambda x: jnp.ndim(x) >= 2, params)  # noqa: E731
+    # mask is static: inject_hyperparams would otherwise call it as a schedule of the step count
+    return optax.inject_hyperparams(optax.adamw, static_args=("mask",))(learning_rate=cfg.learning_rate,
+                                                                       weight_decay=cfg.weight_decay, mask=matrices)
+
+
 def learning_rate(cfg: TrainConfig, step: int, progress: float) -> float:
     """Linear warm-up over ``warmup_steps``, then cosine from the peak to ``final_fraction`` x peak as
     ``progress`` (the larger of step / max_steps and elapsed / budget) goes from 0 to 1."""
@@ -217,9 +234,13 @@ def train(cfg: TrainConfig, log=print) -> dict:
         train_set = train_set.select(np.arange(min(cfg.max_frames, train_set.num_frames)))
     if val_set.num_frames == 0:  # tiny datasets: validate on the training frames (said in the log)
         val_set = train_set
+    full_val_set = val_set
+    if 0 < cfg.validation_frames < val_set.num_frames:  # periodic checks on a fixed sample; the best weights on all
+        picked = np.random.default_rng([cfg.seed, 7]).choice(val_set.num_frames, cfg.validation_frames, replace=False)
+        val_set = val_set.select(np.sort(picked))
     model_config, params = initial_params(cfg)
     log(f"[train] {jax.devices()[0].device_kind}: {train_set.num_frames} train / {val_set.num_frames} validation / "
-        f"{test_set.num_frames} test frames; model {model_config.to_dict()} ({model_config.num_parameters} parameters)"
+        f"{test_set.num_frames} test frames (validating on {val_set.num_frames} of {full_val_set.num_frames}); model {model_config.to_dict()} ({model_config.num_parameters} parameters)"
         + (f", fine-tuning {cfg.init}" if cfg.init else ""))
 
     # Reference energies: least squares on what the initial network leaves unexplained.
@@ -234,8 +255,7 @@ def train(cfg: TrainConfig, log=print) -> dict:
     packer = Packer(train_res, model_config.cutoff)
     shape = packer.auto_shape(cfg.batch_structures)
     val_predictor = Predictor(val_res, model_config, cfg.batch_structures)
-    optimizer = optax.chain(optax.clip_by_global_norm(cfg.gradient_clip),
-                            optax.inject_hyperparams(optax.adam)(learning_rate=cfg.learning_rate))
+    optimizer = optax.chain(optax.clip_by_global_norm(cfg.gradient_clip), adam_or_adamw(cfg))
     params = jax.tree_util.tree_map(lambda x: jnp.asarray(x, jnp.float32), params)
     opt_state = optimizer.init(params)
     ema = params
@@ -247,15 +267,24 @@ def train(cfg: TrainConfig, log=print) -> dict:
     eval_every = max(cfg.steps_per_call, cfg.eval_every // cfg.steps_per_call * cfg.steps_per_call)
     eval_seconds, train_seconds = 1.0, 0.0
     progress_bar = ProgressReporter(cfg.max_steps, cfg.log_every, log)
-    reserve = 30.0  # seconds kept for the final evaluations; set from the first validation's time (compile included)
+    reserve = 30.0  # seconds kept for the final evaluations; set from the first two validations' times
+    # The final evaluations (test, and all validation frames when validating on a sample) each compile
+    # once and then run in proportion to their frames.
+    final_frames = [n for n in (test_set.num_frames, full_val_set.num_frames if full_val_set is not val_set else 0) if n]
+    first_eval_seconds = 0.0
 
     def evaluate_now():
-        nonlocal eval_seconds, evals_since_best, reserve
+        nonlocal eval_seconds, evals_since_best, reserve, first_eval_seconds
         t = time.perf_counter()
         metrics = error_metrics(val_res, *val_predictor(ema, "highest"))
         eval_seconds = time.perf_counter() - t
-        if not history:  # the final test compiles and runs an evaluation like this first one
-            reserve = 10.0 + 1.5 * eval_seconds * max(1.0, test_set.num_frames / max(val_set.num_frames, 1))
+        ratio = [n / max(val_set.num_frames, 1) for n in final_frames]
+        if not history:  # compile included: assume every final evaluation costs this much per validation's frames
+            first_eval_seconds = eval_seconds
+            reserve = 10.0 + 1.5 * sum(eval_seconds * max(1.0, r) for r in ratio)
+        elif len(history) == 1:  # compiled: split the first time into compile and run
+            compile_seconds_estimate = max(first_eval_seconds - eval_seconds, 0.0)
+            reserve = 10.0 + 1.5 * sum(compile_seconds_estimate + eval_seconds * r for r in ratio)
         score = cfg.energy_weight * metrics["energy_mse_per_atom"] + cfg.force_weight * metrics["force_mse"]
         entry = {"step": step, "seconds": round(time.perf_counter() - t_start, 1), "validation": metrics, "score": score}
         history.append(entry)
@@ -312,6 +341,9 @@ def train(cfg: TrainConfig, log=print) -> dict:
     progress_bar.close()
 
     best_params = with_reference(best["params"], refs)
+    validation_metrics = best["metrics"]
+    if full_val_set is not val_set:
+        validation_metrics = error_metrics(full_val_set, *Predictor(full_val_set, model_config, cfg.batch_structures)(best_params, "highest"))
     test_metrics = None
     if test_set.num_frames:
         test_metrics = error_metrics(test_set, *Predictor(test_set, model_config, cfg.batch_structures)(best_params, "highest"))
@@ -329,7 +361,8 @@ def train(cfg: TrainConfig, log=print) -> dict:
         "train_step_ms": round(1000 * train_seconds / max(step - cfg.steps_per_call, 1), 3),
         "wall_seconds": round(time.perf_counter() - t_start, 1),
         "best_step": best["step"],
-        "validation": best["metrics"],
+        "validation": validation_metrics,
+        "validation_subset": best["metrics"] if full_val_set is not val_set else None,
         "test": test_metrics,
         "reference_energies_eV": {int(z): float(refs[z]) for z in train_set.elements()},
         "checkpoint": str(out_dir / "best.safetensors"),
