@@ -9,7 +9,7 @@ Built on ``jax.sharding`` (a 1-D mesh of the devices) and ``shard_map``; multi-h
 ``jax.distributed.initialize()`` first and run the same code (see docs/multi-gpu.md).
 """
 
-from mlff_jax.parallel.batch import balance_by_atoms, plan_shards, sharded_energy_and_forces
+from mlff_jax.parallel.batch import PreparedBatch, balance_by_atoms, plan_shards, prepare_batch, sharded_energy_and_forces
 from mlff_jax.parallel.domain import DomainLayout, DomainSpec
 from mlff_jax.parallel.domain_md import DomainNVE, DomainState, assemble, decomposed_energy_and_forces, domain_nve
 from mlff_jax.parallel.mesh import AXIS, device_mesh, resolve_devices, shard_map
@@ -27,6 +27,8 @@ __all__ = [
     "dispatch",
     "domain_nve",
     "plan_shards",
+    "prepare_batch",
+    "PreparedBatch",
     "resolve_devices",
     "shard_map",
     "sharded_energy_and_forces",

@@ -124,6 +124,36 @@ def _sharded_program(mesh, config, precision, method, b_pad, spec):
     return jax.jit(shard_map(one_device, mesh, (PartitionSpec(), block, block, block, block, block), (block, block, block)))
 
 
+@dataclasses.dataclass(frozen=True)
+class PreparedBatch:
+    """A batch laid out on the devices: ``run()`` evaluates (device arrays, asynchronous) and
+    ``finish(outputs)`` returns (energies [B], forces [N, 3]) as NumPy in the caller's order.
+    Split so that benchmarks can time the device work alone."""
+
+    program: object
+    params: object
+    device_args: tuple
+    plan: ShardPlan
+    num_structures: int
+    num_atoms: int
+    first_outputs: object = None  # outputs of the run that settled the capacities, if one was needed
+
+    def run(self):
+        return self.program(self.params, *self.device_args)
+
+    def finish(self, outputs):
+        energies, forces, overflow = to_host(outputs)
+        if overflow.any():  # pragma: no cover - prepare() settled the capacities on these very inputs
+            raise RuntimeError("neighbour list overflow in a prepared batch")
+        real = self.plan.atom_index >= 0
+        out_e = np.zeros(self.num_structures, energies.dtype)
+        out_f = np.zeros((self.num_atoms, 3), forces.dtype)
+        for d, group in enumerate(self.plan.groups):
+            out_e[group] = energies[d, : len(group)]
+            out_f[self.plan.atom_index[d, real[d]]] = forces[d, real[d]]
+        return out_e, out_f
+
+
 def sharded_energy_and_forces(model, positions, atomic_numbers, batch, num_structures, cell=None, pbc=None, method="analytic", devices=None):
     """Energies [B] eV and forces [N, 3] eV/Å of a batch, structures spread over ``devices``.
 
@@ -132,6 +162,12 @@ def sharded_energy_and_forces(model, positions, atomic_numbers, batch, num_struc
     (one cell for all, or [B, 3, 3]). The results equal the single-device call's up to the
     summation order of per-structure energies (float64: ~1e-15 relative).
     """
+    prepared = prepare_batch(model, positions, atomic_numbers, batch, num_structures, cell, pbc, method, devices)
+    return prepared.finish(prepared.run() if prepared.first_outputs is None else prepared.first_outputs)
+
+
+def prepare_batch(model, positions, atomic_numbers, batch, num_structures, cell=None, pbc=None, method="analytic", devices=None) -> PreparedBatch:
+    """Plans, pads and places a batch on the devices, and compiles its program (see :class:`PreparedBatch`)."""
     from mlff_jax.model import _DTYPES, _PRECISIONS, ALL_PAIRS_MAX_ATOMS
 
     devs = resolve_devices(devices)
@@ -158,21 +194,17 @@ def sharded_energy_and_forces(model, positions, atomic_numbers, batch, num_struc
     args = (pos.astype(dtype), z, real, plan.local_batch.astype(np.int32), local_cells.astype(dtype))
     dense = cell is None and not any(pbc) and plan.n_pad <= ALL_PAIRS_MAX_ATOMS  # as the single-device path decides
     precision = _PRECISIONS[model.precision]
+    device_args = put_sharded(mesh, *args)
+    first = None
     if dense:
         program = _sharded_program(mesh, model.config, precision, method, plan.b_pad, None)
-        energies, forces, _ = to_host(program(model.params, *put_sharded(mesh, *args)))
     else:
-        energies, forces = _neighbor_shards(model, mesh, precision, method, plan, pbc, args)
-    out_e = np.zeros(num_structures, energies.dtype)
-    out_f = np.zeros((positions.shape[0], 3), forces.dtype)
-    for d, group in enumerate(plan.groups):
-        out_e[group] = energies[d, : len(group)]
-        out_f[plan.atom_index[d, real[d]]] = forces[d, real[d]]
-    return out_e, out_f
+        program, first = _neighbor_program(model, mesh, precision, method, plan, pbc, args, device_args)
+    return PreparedBatch(program, model.params, device_args, plan, num_structures, positions.shape[0], first)
 
 
-def _neighbor_shards(model, mesh, precision, method, plan: ShardPlan, pbc, args):
-    """The neighbour-list path: one search plan for all devices (planned on the whole batch), grown on overflow."""
+def _neighbor_program(model, mesh, precision, method, plan: ShardPlan, pbc, args, device_args):
+    """The neighbour-list program: one search plan for all devices (planned on the whole batch), grown until nothing overflows."""
     pos, z, real, local_batch, local_cells = args
     num_devices = pos.shape[0]
     cache = _SPEC_CACHES.setdefault(model, periodic.SpecCache())
@@ -186,14 +218,13 @@ def _neighbor_shards(model, mesh, precision, method, plan: ShardPlan, pbc, args)
     grid, stencil, _ = nl.plan_lib.plan_grid(flat_pos[flat_mask], flat_cells, flat_batch[flat_mask], total, pbc, fns.cutoff + fns.skin)
     key = ("sharded", mesh, pos.shape, plan.b_pad, pbc, grid, stencil, str(pos.dtype))
     spec = cache.get(key)
-    device_args = put_sharded(mesh, *args)
     for _ in range(4):
         if spec is None:
             measured = fns.measure(flat_pos, cell=flat_cells, batch=flat_batch, atom_mask=flat_mask, num_structures=total)
             spec = cache.put(key, dataclasses.replace(measured, num_structures=plan.b_pad))
         program = _sharded_program(mesh, model.config, precision, method, plan.b_pad, spec)
-        energies, forces, overflow = to_host(program(model.params, *device_args))
-        if not overflow.any():
-            return energies, forces
+        outputs = program(model.params, *device_args)
+        if not to_host(outputs[2]).any():
+            return program, outputs
         spec = None
     raise RuntimeError("neighbour list overflow persisted after re-allocation")  # pragma: no cover
