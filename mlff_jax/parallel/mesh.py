@@ -64,7 +64,8 @@ def replicated(mesh: Mesh) -> NamedSharding:
 def put_sharded(mesh: Mesh, *arrays):
     """Host arrays [D, ...] -> device arrays with block d on device d."""
     sharding = sharded(mesh)
-    out = tuple(jax.device_put(np.asarray(a), sharding) for a in arrays)
+    # Built from a callback: each process materialises only its own devices' blocks (multi-host safe).
+    out = tuple(jax.make_array_from_callback(a.shape, sharding, lambda index, a=a: a[index]) for a in map(np.asarray, arrays))
     return out if len(out) != 1 else out[0]
 
 
