@@ -17,8 +17,12 @@ Measurements (float32, ``highest`` matmuls, analytic forces; every time is a med
   n = 1: the single-device periodic path; n >= 2: slab decomposition (migration, halo, local
   neighbour list, forces, reduce-scatter). Strong: a cubic box of ``--box-atoms``; weak:
   ``--box-atoms-per-device`` per device, the box elongated along the slab axis.
-- ``md``: microseconds per NVE step of the strong-scaling box (``--md-steps`` steps per compiled
-  call, skin 0.5 Å): ``mlff_jax.md`` on one device, ``parallel.domain_nve`` on n >= 2.
+- ``md``: microseconds per NVE step of a water box of ``--md-atoms`` (``--md-steps`` steps per
+  compiled call, skin 0.5 Å, 300 K): ``mlff_jax.md`` on one device, ``parallel.domain_nve`` on n >= 2.
+
+Strong-scaling box rows for n >= 2 also record the largest force difference from the one-device
+result (float32) and ``local_over_owned``, the atoms each device evaluates (owned + halo) per owned
+atom: the halo recomputation bounds the efficiency by about 1 / local_over_owned.
 
 Efficiency: strong t(1) / (n t(n)); weak t(1) / t(n). The JSON (rewritten after every measurement,
 so a run cut short keeps what it measured) records devices, versions, git commit (or
@@ -105,7 +109,8 @@ def measure_batch(model, devices, system, repeats, warmup):
             "atoms_per_device": loads, "padded_atoms_per_device": int(prepared.plan.n_pad)}
 
 
-def measure_box(model, devices, system, repeats, warmup):
+def measure_box(model, devices, system, repeats, warmup, reference=None):
+    """reference: a dict; n = 1 stores its forces there, n >= 2 compares with them (float32 agreement)."""
     import jax
     import jax.numpy as jnp
 
@@ -135,6 +140,8 @@ def measure_box(model, devices, system, repeats, warmup):
         if bool(out[3]):
             raise RuntimeError("neighbour list overflow in the single-device baseline")
         info["energy"] = float(out[0][0])
+        if reference is not None:
+            reference["forces"], reference["energy"] = np.asarray(out[1]), info["energy"]
     else:
         sim = domain_nve(model, cell, timestep=0.0, skin=0.0, devices=devices)
         call, state = sim.prepare(positions, numbers)
@@ -145,6 +152,10 @@ def measure_box(model, devices, system, repeats, warmup):
         info.update(energy=float(np.asarray(state.potential_energy)[0]), owned_atoms=owned.tolist(), halo_atoms=halo.tolist(),
                     owned_capacity=spec.owned_capacity, halo_capacity=spec.halo_capacity, slab_axis=spec.axis, halo_angstrom=spec.halo,
                     local_over_owned=float((owned + halo).sum() / owned.sum()))
+        if reference is not None and "forces" in reference:
+            forces = sim.gather(state)["forces"]
+            info["max_abs_force_diff_vs_1_device"] = float(np.max(np.abs(forces - reference["forces"])))
+            info["energy_diff_vs_1_device"] = info["energy"] - reference["energy"]
     info["compile_s"] = time.perf_counter() - t0
     timing = time_fn(call, jax_sync, repeats=repeats, warmup=warmup)
     info.update(device_s=timing["median_us"] * 1e-6, device_timing=timing)
@@ -207,7 +218,7 @@ def main():
     parser.add_argument("--box-atoms", type=int, default=1_000_000, help="strong scaling: atoms of the water box")
     parser.add_argument("--box-atoms-per-device", type=int, default=500_000, help="weak scaling: atoms per device")
     parser.add_argument("--md-steps", type=int, default=10, help="NVE steps per timed call on the strong box (0: no MD)")
-    parser.add_argument("--md-atoms", type=int, default=None, help="atoms of the MD box (default: --box-atoms)")
+    parser.add_argument("--md-atoms", type=int, default=300_000, help="atoms of the MD water box")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--budget-s", type=float, default=400.0, help="start no measurement after this many seconds")
@@ -216,7 +227,7 @@ def main():
     args = parser.parse_args()
     if args.quick:
         args.batch_molecules, args.molecules_per_device, args.box_atoms, args.box_atoms_per_device = 64, 32, 12000, 3000
-        args.repeats, args.warmup, args.md_steps = 3, 1, 2
+        args.repeats, args.warmup, args.md_steps, args.md_atoms = 3, 1, 2, 12000
 
     import jax
 
@@ -263,13 +274,14 @@ def main():
             record("batch", "weak", n, lambda: measure_batch(model, visible[:n], weak, args.repeats, args.warmup))
     if "box" not in skip:
         strong_box = water_box(args.box_atoms // 3, seed=0)
+        reference = {}
         for n in counts:
-            record("box", "strong", n, lambda: measure_box(model, visible[:n], strong_box, args.repeats, args.warmup))
+            record("box", "strong", n, lambda: measure_box(model, visible[:n], strong_box, args.repeats, args.warmup, reference))
         for n in counts:
             weak_box = elongated_box(args.box_atoms_per_device, n, seed=10)
             record("box", "weak", n, lambda: measure_box(model, visible[:n], weak_box, args.repeats, args.warmup))
     if "md" not in skip and args.md_steps > 0:
-        md_box = strong_box if "box" not in skip and args.md_atoms is None else water_box((args.md_atoms or args.box_atoms) // 3, seed=0)
+        md_box = water_box(args.md_atoms // 3, seed=0)
         for n in counts:
             record("md", "strong", n, lambda: measure_md(model, visible[:n], md_box, args.md_steps, max(3, args.repeats // 2)))
     result["total_wall_s"] = time.perf_counter() - start

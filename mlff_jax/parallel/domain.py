@@ -48,7 +48,7 @@ from mlff_jax.analytic_graph import fold_symmetric_edges
 from mlff_jax.neighbors import cell as cell_lib
 from mlff_jax.neighbors import neighbor_list as nl
 from mlff_jax.neighbors.edges import neighbor_list_edges
-from mlff_jax.neighbors.plan import SearchSpec, bucket_capacity
+from mlff_jax.neighbors.plan import SearchSpec
 from mlff_jax.parallel.mesh import AXIS
 
 # Added to the halo width (Å): positions are wrapped and compared in floating point.
@@ -174,7 +174,10 @@ def plan(model, positions, cell, pbc, num_domains: int, skin: float = 0.0, capac
             f"use at most {int(height // halo)} devices or a larger cell"
         )
     owner, halos = host_assignment(positions, cell, num_domains, axis, halo)
-    grow = lambda count: bucket_capacity(math.ceil(max(count, 1) * capacity_multiplier))  # noqa: E731
+    # Atom slots: a fifth of the neighbour margin (1.05 for 1.25) plus 16, in multiples of 32. Counts
+    # per slab fluctuate by ~sqrt(N); every padding slot costs as much as an atom (its neighbour row).
+    margin = 1.0 + (capacity_multiplier - 1.0) / 5.0
+    grow = lambda count: 32 * math.ceil((math.ceil(count * margin) + 16) / 32)  # noqa: E731
     owned_capacity = grow(np.bincount(owner, minlength=num_domains).max())
     halo_capacity = grow(max(len(a) for a, _ in halos))
     # The local neighbour search, measured on all devices' local systems at once (as a batch of D).
