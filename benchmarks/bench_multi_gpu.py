@@ -227,7 +227,7 @@ def main():
     args = parser.parse_args()
     if args.quick:
         args.batch_molecules, args.molecules_per_device, args.box_atoms, args.box_atoms_per_device = 64, 32, 12000, 3000
-        args.repeats, args.warmup, args.md_steps, args.md_atoms = 3, 1, 2, 12000
+        args.repeats, args.warmup, args.md_steps, args.md_atoms = 3, 1, 2, 3000
 
     import jax
 
