@@ -234,7 +234,8 @@ def _fraction(positions, column):
 
 def migrate(spec: DomainSpec, cell, atoms: dict):
     """Moves every owned atom to the device of its slab. ``atoms``: dict of [C, ...] arrays with
-    "positions" and "ids" (-1: empty). Returns (atoms, overflow); empty slots are zero, ids -1."""
+    "positions" and "ids" (-1: empty). Returns (atoms, overflow); empty slots are zero, ids -1.
+    overflow: a device got more than C atoms, or the atom count changed (non-finite positions)."""
     d = jax.lax.axis_index(AXIS)
     c = spec.owned_capacity
     column = cell_lib.inverse3(cell, jnp)[:, spec.axis]
@@ -252,7 +253,10 @@ def migrate(spec: DomainSpec, cell, atoms: dict):
 
     moved = {k: pick(v) for k, v in atoms.items()}
     moved["ids"] = jnp.where(valid, moved["ids"], -1)
-    return moved, count > c
+    # Conservation: every atom claimed once (an atom with NaN coordinates has no slab: flagged too).
+    before = jax.lax.psum(jnp.sum(atoms["ids"] >= 0), AXIS)
+    after = jax.lax.psum(jnp.minimum(count, c), AXIS)
+    return moved, (count > c) | (before != after)
 
 
 def build_layout(spec: DomainSpec, cell, positions, atomic_numbers, ids, overflow) -> DomainLayout:
