@@ -176,8 +176,9 @@ def plan(model, positions, cell, pbc, num_domains: int, skin: float = 0.0, capac
     owner, halos = host_assignment(positions, cell, num_domains, axis, halo)
     # Atom slots: plus 16, in multiples of 32, and for MD (skin > 0) a fifth of the neighbour margin
     # (1.05 for 1.25): counts per slab fluctuate by ~sqrt(N). Every padding slot costs as much as an
-    # atom (its neighbour row), so a single evaluation (skin 0: no motion) gets no margin.
-    margin = 1.0 + (capacity_multiplier - 1.0) / 5.0 if skin > 0 else 1.0
+    # atom (its neighbour row), so a single evaluation (skin 0: no motion) gets none at the default
+    # multiplier (re-plans after an overflow raise the multiplier, and with it the margin).
+    margin = 1.0 + (capacity_multiplier - 1.0) / 5.0 if skin > 0 else 1.0 + max(capacity_multiplier - 1.25, 0.0) / 5.0
     grow = lambda count: 32 * math.ceil((math.ceil(count * margin) + 16) / 32)  # noqa: E731
     owned_capacity = grow(np.bincount(owner, minlength=num_domains).max())
     halo_capacity = grow(max(len(a) for a, _ in halos))
