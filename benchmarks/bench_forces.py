@@ -37,6 +37,11 @@ import time
 
 import numpy as np
 
+if "--isolate" in sys.argv or "--worker" in sys.argv:
+    # Parent and worker processes share the GPU: no process may grab 75% of it up front, or the
+    # workers run out of memory before measuring anything (seen on the H100).
+    os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from common import environment, jax_sync, peak_memory_bytes, time_fn, write_json  # noqa: E402

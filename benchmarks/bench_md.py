@@ -48,6 +48,7 @@ def main(argv=None):
     p.add_argument("--systems", default="all", help="comma-separated subset of: benzene_12, water_cluster_60, water_cluster_192")
     p.add_argument("--boxes", default="", help="comma-separated atom counts of periodic water boxes run with mlff_jax.neighbors (e.g. 1000,10000,100000); off by default")
     p.add_argument("--box-steps", type=int, default=100, help="steps per compiled call for the water boxes")
+    p.add_argument("--compress", action="store_true", help="tabulated radial filters (model.compress(), default spacing)")
     p.add_argument("--methods", default="auto", help="comma-separated force methods (e.g. autodiff,analytic) if the model has them; 'auto': the model's default")
     args = p.parse_args(argv)
 
@@ -59,6 +60,8 @@ def main(argv=None):
     from mlff_jax import md
 
     model = mlff_jax.load(args.checkpoint, dtype=args.dtype)
+    if args.compress:
+        model = model.compress()
     has_method = "method" in inspect.signature(model.energy_and_forces).parameters
     methods = [None] if args.methods == "auto" or not has_method else args.methods.split(",")
     results = {"environment": environment(), "checkpoint": os.path.basename(args.checkpoint), "dtype": args.dtype, "steps_per_call": args.steps, "rows": []}

@@ -11,6 +11,17 @@ water boxes of ~1k, 10k and 100k atoms (neighbour list built on the host with as
     python benchmarks/bench_message_passing.py --quick         # CPU smoke test (interpret mode)
     python benchmarks/bench_message_passing.py --precisions highest,tf32x3,tf32,bf16 --sizes 10000
     python benchmarks/bench_message_passing.py --sweep --sizes 10000   # launch settings of the kernels
+    python benchmarks/bench_message_passing.py --api --out $OUT/api.json   # the user-facing model (below)
+
+``--api``: what ``implementation=`` chooses between, through the public API: energy + forces of the
+427K model (``jax.value_and_grad(model.energy_fn)`` with a prebuilt ``mlff_jax.neighbors`` list) on
+periodic water boxes of 1k/10k/100k atoms, for XLA exact, XLA compressed, kernel exact and kernel
+compressed (pallas, and triton when jax-triton imports). Per case: compile time, median after
+warm-up, compiled memory (``memory_analysis``), the device's peak-memory high-water mark, and the
+largest force difference to XLA of the same (exact / compressed) model; ``--api-molecules C6H6,C60``
+adds molecules (all-pairs path, size class "small"). ``--budget-s`` (default 270)
+skips what is left once the budget is spent; every case is guarded (an error or OOM is a row).
+``benchmarks/make_kernels_choice.py`` turns these rows into ``mlff_jax/kernels_choice.json``.
 
 Medians after warm-up (``block_until_ready``), with min/max/IQR; results (with device, versions
 and commit) go to benchmarks/results/bench_message_passing_<device>_<time>.json. A case that fails
@@ -90,6 +101,108 @@ def model_case(params, config, pos, z, nbr, shifts, implementation, precision, i
     return lambda: fn(**args)
 
 
+API_WORKLOAD = "model api energy+forces"
+
+
+def api_benchmark(args, env, model_name):
+    """The ``--api`` rows (see the module docstring); returns them, written to ``args.out`` after each case."""
+    from mlff_jax import neighbors as nb
+    from mlff_jax.implementation import triton_available, workload_key
+    from mlff_jax.model import PaiNNStudent
+
+    start_all = time.perf_counter()
+    sizes = [int(x) for x in args.sizes.split(",") if x]
+    # Molecules (opt-in): energy_fn without a list, the all-pairs path of energy_and_forces (<= 128 atoms).
+    sizes += [name for name in args.api_molecules.split(",") if name]
+    implementations = (args.implementations or "xla,pallas" + (",triton" if triton_available() else "")).split(",")
+    interpret = args.quick
+    config, params, source = ks.load_params(model_name, "float32")
+    exact = PaiNNStudent(config, params, dtype="float32", implementation="xla")
+    models = {False: exact, True: exact.compress()}  # compress(): default spacing 0.004 Å
+    out = pathlib.Path(args.out) if args.out else ks.RESULTS / f"bench_api_{env['device'].replace(' ', '_')}_{time.strftime('%Y%m%d-%H%M%S')}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    rows = []
+
+    def save():
+        out.write_text(json.dumps({"environment": env, "model": model_name, "weights": source, "workload": API_WORKLOAD, "rows": rows}, indent=1))
+
+    def peak():
+        stats = jax.devices()[0].memory_stats() or {}
+        return stats.get("peak_bytes_in_use")
+
+    print(f"# --api: model {model_name} ({source}); implementations {implementations}; sizes {sizes}; budget {args.budget_s} s", flush=True)
+    boxes, reference_forces = {}, {}  # per size: (positions, Z, neighbour list); XLA forces per (size, compressed)
+    # Pass 1: XLA and Pallas at every size; pass 2: jax-triton (the same algorithm), first to go if time runs short.
+    passes = [[i for i in implementations if i != "triton"], [i for i in implementations if i == "triton"]]
+    cases = [(size, impl, compressed) for group in passes for size in sizes for impl in group for compressed in (False, True)]
+    for size, impl, compressed in cases:
+        if size not in boxes and isinstance(size, str):
+            pos, z = ks.molecule(size)
+            boxes[size] = (pos, z, "all pairs")
+        if size not in boxes:
+            pos, z, cell = ks.water_box_of(size)
+            try:
+                boxes[size] = (pos, z, nb.neighbor_list_fn(config.cutoff, skin=0.0, cell=cell).allocate(pos))
+            except Exception as err:  # noqa: BLE001
+                boxes[size] = (pos, z, None)
+                rows.append(dict(workload=API_WORKLOAD, system=f"water-box-{len(pos)}", atoms=len(pos), error=f"neighbour list: {err!r}"[:2000]))
+                save()
+        pos, z, nbrs = boxes[size]
+        if nbrs is None:
+            continue
+        positions, numbers = jnp.asarray(pos, jnp.float32), jnp.asarray(z, jnp.int32)
+        all_pairs = isinstance(nbrs, str)
+        if all_pairs:
+            nbrs = jnp.zeros(())  # unused argument of the jitted function
+        row = dict(workload=API_WORKLOAD, system=size if all_pairs else f"water-box-{len(pos)}", atoms=len(pos),
+                   capacity=len(pos) if all_pairs else int(nbrs.capacity), model=model_name,
+                   weights=source, dtype="float32", precision="highest", implementation=impl, compressed=compressed,
+                   key=workload_key("float32", "highest", compressed, config.hidden_dim, len(pos)))  # fmt: skip
+        if time.perf_counter() - start_all > args.budget_s:
+            row["error"] = f"skipped: time budget of {args.budget_s} s spent"
+            rows.append(row)
+            save()
+            continue
+        try:
+            model = models[compressed].with_implementation(impl, interpret=interpret and impl == "pallas")
+            if all_pairs:
+                fn = jax.jit(jax.value_and_grad(lambda r, unused, m=model: m.energy_fn(r, numbers)))
+            else:
+                fn = jax.jit(jax.value_and_grad(lambda r, nbrs, m=model: m.energy_fn(r, numbers, neighbors=nbrs)))
+            t0 = time.perf_counter()
+            compiled = fn.lower(positions, nbrs).compile()
+            row["compile_s"] = round(time.perf_counter() - t0, 2)
+            try:
+                mem = compiled.memory_analysis()
+                row["memory"] = {"temp_bytes": int(mem.temp_size_in_bytes), "argument_bytes": int(mem.argument_size_in_bytes),
+                                 "output_bytes": int(mem.output_size_in_bytes)}  # fmt: skip
+            except Exception as err:  # noqa: BLE001 - not every backend reports it
+                row["memory"] = {"error": repr(err)[:200]}
+            peak_before = peak()
+            energy, grad = jax.block_until_ready(compiled(positions, nbrs))
+            row.update(ks.timed(compiled, positions, nbrs, repeats=args.repeats, warmup=1))
+            row["peak_bytes_in_use_before"], row["peak_bytes_in_use_after"] = peak_before, peak()
+            row["atom_steps_per_s"] = row["atoms"] / row["median_s"]
+            row["energy_eV"] = float(energy)
+            forces = -np.asarray(grad, np.float64)
+            row["finite"] = bool(np.all(np.isfinite(forces)))
+            if impl == "xla":
+                reference_forces[size, compressed] = forces
+            elif (size, compressed) in reference_forces:
+                row["max_force_diff_vs_xla_eV_A"] = float(np.abs(forces - reference_forces[size, compressed]).max())
+            print(f"api {row['system']:18s} {impl:7s} {'compressed' if compressed else 'exact':10s} {1e3 * row['median_s']:10.3f} ms  "
+                  f"compile {row['compile_s']:6.1f} s  temp {row['memory'].get('temp_bytes', 0) / 2**20:9.1f} MiB"
+                  f"{'  dF=%.1e' % row['max_force_diff_vs_xla_eV_A'] if 'max_force_diff_vs_xla_eV_A' in row else ''}", flush=True)  # fmt: skip
+        except Exception as err:  # noqa: BLE001 - record (OOM, compile failure, missing backend) and go on
+            row["error"] = "".join(traceback.format_exception_only(err))[-2000:]
+            print(f"api {row['system']:18s} {impl:7s} {'compressed' if compressed else 'exact':10s} FAILED: {row['error'][:300]}", flush=True)
+        rows.append(row)
+        save()
+    save()
+    print(f"# wrote {out} ({time.perf_counter() - start_all:.0f} s)")
+    return rows
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="CPU smoke test: tiny systems, Pallas in interpret mode")
@@ -105,7 +218,18 @@ def main():
     parser.add_argument("--skip-molecules", action="store_true", help="water boxes only")
     parser.add_argument("--skip-block", action="store_true")
     parser.add_argument("--skip-model", action="store_true")
+    parser.add_argument("--api", action="store_true", help="the public API's implementations, exact and compressed (module docstring)")
+    parser.add_argument("--budget-s", type=float, default=270.0, help="--api: skip the remaining cases after this many seconds")
+    parser.add_argument("--api-molecules", default="", help="--api: also these molecules (ase names or C60, e.g. C6H6,C60), all-pairs path")
+    parser.add_argument("--out", default=None, help="--api: JSON path (default benchmarks/results/bench_api_<device>_<time>.json)")
     args = parser.parse_args()
+    if args.api:
+        env = ks.environment()
+        print(json.dumps(env), flush=True)
+        if args.quick and args.sizes == "1000,10000,100000":
+            args.sizes, args.repeats = "81", 2
+        api_benchmark(args, env, "ultra-tiny-21k" if args.quick and args.model == "student-427k" else args.model)
+        return
 
     interpret = args.quick
     if args.quick:

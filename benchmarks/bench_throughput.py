@@ -46,35 +46,52 @@ def main(argv=None):
     p.add_argument("--checkpoint-large", required=True)
     p.add_argument("--out", required=True)
     p.add_argument("--quick", action="store_true", help="CPU smoke run: small sizes, few repeats")
+    p.add_argument("--accumulations", default="platform",
+                   help="comma-separated molecule layouts to compare (gather,scatter); 'platform': the library's default")
+    p.add_argument("--layouts", default="platform",
+                   help="comma-separated neighbour-list layouts to compare (edges,folded); 'platform': the library's default")
+    p.add_argument("--sizes", default=None, help="water box sizes in molecules (default 333,3333,33333)")
+    p.add_argument("--skip-batched", action="store_true")
     args = p.parse_args(argv)
     import mlff_jax
+    from mlff_jax import analytic_graph, periodic
 
     repeats = 3 if args.quick else 20
     results = {"environment": environment(), "batched": [], "water": []}
 
     count = 32 if args.quick else 1024
     pos, z, batch, distinct = molecules(count)
-    small = mlff_jax.load(args.checkpoint_small)
-    for method in ("analytic", "autodiff"):
-        t = time_fn(lambda: small.energy_and_forces(pos, z, batch=batch, method=method), sync=lambda r: r, repeats=repeats)
-        row = {"molecules": count, "distinct": distinct, "atoms": int(len(z)), "method": method, **t, "us_per_molecule": t["median_us"] / count}
-        results["batched"].append(row)
-        print(row)
+    # A fresh model per layout: the override is read when a function is traced.
+    for accumulation in [] if args.skip_batched else args.accumulations.split(","):
+        analytic_graph.ACCUMULATION_OVERRIDE = None if accumulation == "platform" else accumulation
+        small = mlff_jax.load(args.checkpoint_small)
+        for method in ("analytic", "autodiff") if accumulation in ("platform", analytic_graph.default_accumulation()) else ("analytic",):
+            t = time_fn(lambda: small.energy_and_forces(pos, z, batch=batch, method=method), sync=lambda r: r, repeats=repeats)
+            row = {"molecules": count, "distinct": distinct, "atoms": int(len(z)), "method": method, "accumulation": analytic_graph.default_accumulation(),
+                   **t, "us_per_molecule": t["median_us"] / count}
+            results["batched"].append(row)
+            print(row, flush=True)
+    analytic_graph.ACCUMULATION_OVERRIDE = None
 
-    large = mlff_jax.load(args.checkpoint_large)
-    variants = {"exact": large, "compressed": large.compress()}
     sizes = [64, 333] if args.quick else [333, 3333, 33333]
-    for molecules_count in sizes:
-        wpos, wz, cell = water_box(molecules_count)
-        for name, model in variants.items():
-            try:
-                t = time_fn(lambda: model.energy_and_forces(wpos, wz, cell=cell), sync=lambda r: r, repeats=repeats if len(wz) < 50000 else 5)
-                row = {"atoms": int(len(wz)), "model": "427K-" + name, **t, "atom_evaluations_per_s": len(wz) / (t["median_us"] * 1e-6),
-                       "peak_bytes": peak_memory_bytes()}
-            except Exception as exc:  # record (e.g. out of memory) and go on
-                row = {"atoms": int(len(wz)), "model": "427K-" + name, "error": f"{type(exc).__name__}: {exc}"[:300]}
-            results["water"].append(row)
-            print(row)
+    if args.sizes:
+        sizes = [int(x) for x in args.sizes.split(",")]
+    for layout in args.layouts.split(","):
+        periodic.LAYOUT_OVERRIDE = None if layout == "platform" else layout
+        large = mlff_jax.load(args.checkpoint_large)
+        variants = {"exact": large, "compressed": large.compress()}
+        for molecules_count in sizes:
+            wpos, wz, cell = water_box(molecules_count)
+            for name, model in variants.items():
+                base = {"atoms": int(len(wz)), "model": "427K-" + name, "layout": periodic.periodic_layout()}
+                try:
+                    t = time_fn(lambda: model.energy_and_forces(wpos, wz, cell=cell), sync=lambda r: r, repeats=repeats if len(wz) < 50000 else 5)
+                    row = {**base, **t, "atom_evaluations_per_s": len(wz) / (t["median_us"] * 1e-6), "peak_bytes": peak_memory_bytes()}
+                except Exception as exc:  # record (e.g. out of memory) and go on
+                    row = {**base, "error": f"{type(exc).__name__}: {exc}"[:300]}
+                results["water"].append(row)
+                print(row, flush=True)
+                write_json(args.out, results)
     write_json(args.out, results)
 
 

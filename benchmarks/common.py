@@ -36,10 +36,13 @@ def environment() -> dict[str, Any]:
         info["jaxlib"] = jaxlib.__version__
     except Exception:
         pass
-    try:
-        info["git_commit"] = subprocess.check_output(["git", "rev-parse", "HEAD"], text=True, stderr=subprocess.DEVNULL).strip()
-    except Exception:
-        info["git_commit"] = os.environ.get("MLFF_JAX_COMMIT", "unknown")
+    # MLFF_JAX_COMMIT wins: the GPU machine gets a copy of the working tree whose .git may be stale.
+    info["git_commit"] = os.environ.get("MLFF_JAX_COMMIT")
+    if not info["git_commit"]:
+        try:
+            info["git_commit"] = subprocess.check_output(["git", "rev-parse", "HEAD"], text=True, stderr=subprocess.DEVNULL).strip()
+        except Exception:
+            info["git_commit"] = "unknown"
     try:
         out = subprocess.check_output(["nvidia-smi", "--query-gpu=name,driver_version", "--format=csv,noheader"], text=True)
         info["gpu"] = out.strip()

@@ -52,8 +52,9 @@ PARITY_F32_FORCES = 1e-4  # eV/Å, tests/tolerances.py
 PARITY_F32_ENERGY_PER_ATOM = 1e-5
 
 
-def block_inputs(kind: str, hidden: int, num_rbf: int, seed: int = 0):
-    """Geometry of a real system in the dense layout plus random features and filter weights (float64)."""
+def block_inputs(kind: str, hidden: int, num_rbf: int, seed: int = 0, compressed: bool = False):
+    """Geometry of a real system in the dense layout plus random features and filter weights (float64);
+    ``compressed``: the block also carries the filter's Hermite table (spacing 0.01 Å, float64)."""
     rng = np.random.default_rng(seed)
     if kind == "benzene":
         pos, _ = ks.molecule("C6H6", seed)
@@ -82,6 +83,11 @@ def block_inputs(kind: str, hidden: int, num_rbf: int, seed: int = 0):
         centers=np.linspace(0.0, 5.0, num_rbf),
         widths=np.full(num_rbf, 5.0 / num_rbf),
     )
+    if compressed:
+        from mlff_jax.compress import build_filter_table
+
+        table = build_filter_table(cast(block, jnp.float64), cast({"centers": args["centers"], "widths": args["widths"]}, jnp.float64), 5.0, 0.01)
+        args["block"] = dict(block, filter_table=jax.tree.map(np.asarray, table))
     cotangents = (rng.normal(size=(n, hidden)), rng.normal(size=(n, 3, hidden)))
     return jnp.asarray(nbr), args, cotangents
 
@@ -121,8 +127,8 @@ INTERPRET = False  # --interpret: smoke-test this script on CPU (Pallas interpre
 def check_blocks(implementations, rows, failures, quick=False):
     sizes = [("benzene", 64, 12), ("odd", 32, 10)] + ([] if INTERPRET else [("water-1k", 128, 20)])
     launches = [dict()] + ([] if quick else [dict(block_atoms=16, num_warps=4), dict(block_atoms=32), dict(block_atoms=64), dict(k_chunk=32), dict(slot_splits=1)])
-    for kind, hidden, num_rbf in sizes:
-        nbr, args64, ct64 = block_inputs(kind, hidden, num_rbf)
+    for (kind, hidden, num_rbf), compressed in [(size, False) for size in sizes] + [(size, True) for size in sizes]:
+        nbr, args64, ct64 = block_inputs(kind, hidden, num_rbf, compressed=compressed)
         ref_out, ref_grads = value_and_vjp("xla", nbr, args64, ct64)(args64, ct64)
         args32, ct32 = cast(args64, jnp.float32), cast(ct64, jnp.float32)
         xla32 = value_and_vjp("xla", nbr, args32, ct32)(args32, ct32)
@@ -130,10 +136,12 @@ def check_blocks(implementations, rows, failures, quick=False):
         for impl in implementations:
             cases = [("float64", "highest", {})]
             cases += [("float32", p, launch) for p in ("highest", "tf32x3", "tf32", "bf16") for launch in (launches if kind == "water-1k" and p == "highest" else [{}])]
+            if compressed:  # the table kernels have no matmul: precision modes and k_chunk do not apply
+                cases = [("float64", "highest", {}), ("float32", "highest", {}), ("float32", "highest", dict(slot_splits=1))]
             for dtype, precision, launch in cases:
                 args, ct = (args64, ct64) if dtype == "float64" else (args32, ct32)
                 row = dict(check="block", system=kind, N=int(nbr.shape[0]), C=int(nbr.shape[1]), H=hidden, implementation=impl,
-                           dtype=dtype, precision=precision, launch=launch or "default")  # fmt: skip
+                           compressed=compressed, dtype=dtype, precision=precision, launch=launch or "default")  # fmt: skip
                 try:
                     run = value_and_vjp(impl, nbr, args, ct, precision, **launch, **({"interpret": True} if INTERPRET and impl == "pallas" else {}))
                     start = time.perf_counter()
@@ -203,7 +211,7 @@ def check_models(implementations, rows, failures):
                 print_row(row)
 
 
-COLUMNS = ("status", "check", "system", "implementation", "dtype", "precision", "launch", "value_error", "grad_error",
+COLUMNS = ("status", "check", "system", "implementation", "compressed", "dtype", "precision", "launch", "value_error", "grad_error",
            "xla_f32_value_error", "force_error_eV_A", "energy_error_eV_per_atom", "run_ms")  # fmt: skip
 
 
@@ -308,7 +316,7 @@ def _judge(row, failures, default):
 COMPILE_LAUNCHES = (dict(), dict(block_atoms=32), dict(block_atoms=64), dict(k_chunk=128))  # default first
 
 
-def compile_only(rows, failures, compile_ptx):
+def compile_only(rows, failures, compile_ptx, exact=True):
     """Lowers every kernel to Triton IR for sm_90 without a GPU and, with ``compile_ptx``, to PTX;
     reports shared memory, and registers and spills when a ptxas is at hand."""
     import io
@@ -335,7 +343,7 @@ def compile_only(rows, failures, compile_ptx):
         return result
 
     registration.lowering.lower_jaxpr_to_triton_module = capture
-    for hidden, num_rbf in ((64, 12), (128, 20)):
+    for hidden, num_rbf in ((64, 12), (128, 20)) if exact else ():
         nbr, args64, ct64 = block_inputs("water-1k", hidden, num_rbf)
         n = nbr.shape[0]
         for dtype in ("float32", "float64"):
@@ -364,10 +372,40 @@ def compile_only(rows, failures, compile_ptx):
                     rows.append(row)
                     print(f"{row['status']:5s} | pallas H={hidden} {dtype} {precision} {row['launch']}{' (default)' if not launch else ''} | "
                           f"fwd, bwd: {row.get('kernels')}", flush=True)  # fmt: skip
-    compile_only_triton(rows, failures)
+    compile_only_compressed(rows, failures, compile_ptx, captured)
+    compile_only_triton(rows, failures, exact)
 
 
-def compile_only_triton(rows, failures):
+def compile_only_compressed(rows, failures, compile_ptx, captured, implementations=("pallas",)):
+    """The table kernels of compressed blocks (H = 128, default launch), lowered and compiled like
+    :func:`compile_only` (``captured`` collects the Triton modules of the patched lowering)."""
+    from mlff_jax.kernels.message_passing import pallas as kp
+
+    nbr, args64, ct64 = block_inputs("water-1k", 128, 20, compressed=True)
+    n = nbr.shape[0]
+    for dtype in ("float32", "float64"):
+        args, ct = cast(args64, dtype), cast(ct64, dtype)
+        block = kp.default_block_atoms(n, dtype, "highest")
+        cfg = kp.KernelConfig(num_atoms=n, cutoff=5.0, block_atoms=block, num_warps=kp.default_num_warps(block),
+                              table_intervals=args["block"]["filter_table"]["values"].shape[0] - 1)  # fmt: skip
+        row = dict(check="compile", system="water-1k", H=128, implementation="pallas", compressed=True, dtype=dtype, precision="highest",
+                   launch=dict(block_atoms=block, num_warps=cfg.num_warps), default=True)  # fmt: skip
+        captured.clear()
+        try:
+            value_and_vjp("pallas", nbr, args, ct).trace(args, ct).lower(lowering_platforms=("cuda",))
+            row["triton_ir_modules"] = len(captured)
+            row["status"] = "PASS"
+            if compile_ptx is not None:
+                row["kernels"] = [dict(smem_bytes=r.smem_bytes, **ptxas_report(r.asm)) for r in (compile_ptx(m, cfg) for m in captured)]
+                _judge(row, failures, True)
+        except Exception as err:  # noqa: BLE001
+            row["status"] = "ERROR"
+            failures.append((row, "".join(traceback.format_exception(err))[-4000:]))
+        rows.append(row)
+        print(f"{row['status']:5s} | pallas compressed H=128 {dtype} {row['launch']} | fwd, bwd: {row.get('kernels')}", flush=True)
+
+
+def compile_only_triton(rows, failures, exact=True):
     """The jax-triton kernels compiled to PTX by Triton itself, if it imports."""
     try:
         import jax_triton.triton_lib as triton_lib
@@ -386,12 +424,19 @@ def compile_only_triton(rows, failures):
         return result
 
     triton_lib.compile_ttir_inplace = capture
-    nbr, args64, ct64 = block_inputs("water-1k", 128, 20)
+    for compressed in (False, True) if exact else (True,):
+        _compile_triton_cases(rows, failures, kernels, compressed)
+
+
+def _compile_triton_cases(rows, failures, kernels, compressed):
+    from mlff_jax.kernels.message_passing import pallas as kp
+
+    nbr, args64, ct64 = block_inputs("water-1k", 128, 20, compressed=compressed)
     for dtype in ("float32", "float64"):
-        for precision in ("highest", "tf32x3", "tf32", "bf16") if dtype == "float32" else ("highest",):
+        for precision in ("highest", "tf32x3", "tf32", "bf16") if dtype == "float32" and not compressed else ("highest",):
             args, ct = cast(args64, dtype), cast(ct64, dtype)
             block = kp.default_block_atoms(nbr.shape[0], dtype, precision)
-            row = dict(check="compile", system="water-1k", H=128, implementation="triton", dtype=dtype, precision=precision,
+            row = dict(check="compile", system="water-1k", H=128, implementation="triton", compressed=compressed, dtype=dtype, precision=precision,
                        launch=dict(block_atoms=block, num_warps=kp.default_num_warps(block), k_chunk=kp.default_k_chunk(dtype, precision, 128)), default=True)  # fmt: skip
             kernels.clear()
             try:
@@ -403,7 +448,7 @@ def compile_only_triton(rows, failures):
                 row["status"] = "ERROR"
                 failures.append((row, "".join(traceback.format_exception(err))[-4000:]))
             rows.append(row)
-            print(f"{row['status']:5s} | triton H=128 {dtype} {precision} {row['launch']} | fwd, bwd: {row.get('kernels')}", flush=True)
+            print(f"{row['status']:5s} | triton{' compressed' if compressed else ''} H=128 {dtype} {precision} {row['launch']} | fwd, bwd: {row.get('kernels')}", flush=True)
 
 
 # ----------------------------------------------------------------------------- Triton interpreter mode
@@ -450,15 +495,17 @@ def triton_interpret(rows, failures):
     from mlff_jax.kernels.message_passing import pallas as kp
     from mlff_jax.kernels.message_passing import triton as kt
 
-    for kind, hidden, num_rbf in (("odd", 32, 10), ("benzene", 64, 12)):
-        nbr, args64, ct64 = block_inputs(kind, hidden, num_rbf)
+    for kind, hidden, num_rbf, compressed in (("odd", 32, 10, False), ("benzene", 64, 12, False), ("odd", 32, 10, True), ("benzene", 64, 12, True)):
+        nbr, args64, ct64 = block_inputs(kind, hidden, num_rbf, compressed=compressed)
         ref_out, ref_grads = value_and_vjp("xla", nbr, args64, ct64)(args64, ct64)
         for dtype, bound in (("float64", BOUNDS[("float64", "highest")]), ("float32", BOUNDS[("float32", "highest")])):
             a, ct = cast(args64, dtype), cast(ct64, dtype)
             n, c = nbr.shape
-            row = dict(check="triton-interpret", system=kind, N=int(n), C=int(c), H=hidden, implementation="triton", dtype=dtype, precision="highest")
+            row = dict(check="triton-interpret", system=kind, N=int(n), C=int(c), H=hidden, implementation="triton", dtype=dtype, precision="highest",
+                       compressed=compressed)  # fmt: skip
             try:
-                cfg = kp.KernelConfig(num_atoms=n, cutoff=5.0, block_atoms=16, k_chunk=16, slot_splits=3)
+                table = a["block"]["filter_table"]["values"].shape[0] - 1 if compressed else 0
+                cfg = kp.KernelConfig(num_atoms=n, cutoff=5.0, block_atoms=16, k_chunk=16, slot_splits=3, table_intervals=table)
                 p = kp.pack(nbr, a["distances"], a["directions"], a["block"], a["centers"], a["widths"], cfg)
                 n_pad, h_pad, _ = kp.padded_sizes(n, hidden, num_rbf, 16)
                 s_pad, v_pad = kp.pack_features(a["s"], a["v"], n_pad, h_pad)
@@ -467,12 +514,16 @@ def triton_interpret(rows, failures):
                 grid = (n_pad // 16, cfg.slot_splits)
                 zeros = lambda shape: _HostBuffer(np.zeros(shape, s_pad.dtype))
                 ds, dv = zeros((3, *s_pad.shape)), zeros((3, *v_pad.shape))
-                inputs = (p.neighbors, p.distances, p.directions, s_pad, v_pad, p.w1, p.b1, p.w2, p.b2, p.centers, p.widths)
-                kt._forward_kernel[grid](*map(_HostBuffer, inputs), ds, dv, **consts)
+                filter_args = (p.table_values, p.table_slopes) if compressed else (p.w1, p.b1, p.w2, p.b2, p.centers, p.widths)
+                inputs = (p.neighbors, p.distances, p.directions, s_pad, v_pad, *filter_args)
+                (kt._forward_table_kernel if compressed else kt._forward_kernel)[grid](*map(_HostBuffer, inputs), ds, dv, **consts)
                 outs = [zeros((3, *s_pad.shape)), zeros((3, *v_pad.shape)), zeros(p.distances.shape), zeros(p.directions.shape)]
-                inputs = (p.neighbors, p.distances, p.directions, s_pad, v_pad, gs_pad, gv_pad, p.w1, p.b1, p.w2, p.b2,
-                          jnp.transpose(p.w2, (0, 2, 1)), p.centers, p.widths)  # fmt: skip
-                kt._backward_kernel[grid](*map(_HostBuffer, inputs), *outs, **consts)
+                if compressed:
+                    inputs = (p.neighbors, p.distances, p.directions, s_pad, v_pad, gs_pad, gv_pad, p.table_values, p.table_slopes)
+                else:
+                    inputs = (p.neighbors, p.distances, p.directions, s_pad, v_pad, gs_pad, gv_pad, p.w1, p.b1, p.w2, p.b2,
+                              jnp.transpose(p.w2, (0, 2, 1)), p.centers, p.widths)  # fmt: skip
+                (kt._backward_table_kernel if compressed else kt._backward_kernel)[grid](*map(_HostBuffer, inputs), *outs, **consts)
                 g_s, g_v, g_d, g_u = (o.array for o in outs)
                 g_s, g_v, ds, dv = g_s.sum(0), g_v.sum(0), ds.array.sum(0), dv.array.sum(0)
                 out = (ds[:n, :hidden], dv[:, :n, :hidden].transpose(1, 0, 2))
@@ -488,15 +539,16 @@ def triton_interpret(rows, failures):
             rows.append(row)
             print_row(row)
 
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--compile-only", action="store_true", help="no GPU: lower (and compile to PTX if possible) only")
+    parser.add_argument("--compressed-only", action="store_true", help="--compile-only: the table kernels of compressed blocks only")
     parser.add_argument("--triton-interpret", action="store_true", help="no GPU: run the jax-triton kernels in Triton's CPU interpreter")
     parser.add_argument("--quick", action="store_true", help="default launch settings only")
     parser.add_argument("--interpret", action="store_true", help="smoke-test this script on CPU (Pallas interpret mode, small systems)")
     parser.add_argument("--skip-models", action="store_true", help="kernel blocks only")
     parser.add_argument("--implementations", default=None, help="kernel implementations to check (default: pallas, and triton if jax-triton imports)")
+    parser.add_argument("--out", default=None, help="JSON path (default: benchmarks/results/gpu_check_kernels_<tag>_<time>.json)")
     args = parser.parse_args()
     if args.triton_interpret:
         os.environ["TRITON_INTERPRET"] = "1"  # before triton decorates our kernels
@@ -506,10 +558,11 @@ def main():
     rows, failures = [], []
     ks.RESULTS.mkdir(parents=True, exist_ok=True)
     tag = "compile" if args.compile_only else "triton_interpret" if args.triton_interpret else env["device"].replace(" ", "_")
-    out = ks.RESULTS / f"gpu_check_kernels_{tag}_{time.strftime('%Y%m%d-%H%M%S')}.json"
+    out = pathlib.Path(args.out) if args.out else ks.RESULTS / f"gpu_check_kernels_{tag}_{time.strftime('%Y%m%d-%H%M%S')}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
     _SAVE.update(path=out, env=env, rows=rows, failures=failures)
     if args.compile_only:
-        compile_only(rows, failures, compile_ptx)
+        compile_only(rows, failures, compile_ptx, exact=not args.compressed_only)
     elif args.triton_interpret:
         triton_interpret(rows, failures)
     else:

@@ -98,11 +98,23 @@ def _neighbor_table(first: np.ndarray, second: np.ndarray, num_atoms: int, max_n
 
 
 ACCUMULATIONS = ("gather", "scatter")
-# What PaiNNStudent uses. Measured on CPU (XLA, student-427k, 300-atom water box, one thread): the
-# scatter-add layout takes 0.64x the time of the neighbour-table gathers (XLA's CPU loops over the
-# [N, M, ...] gathers are slow). On GPU the choice should follow benchmarks/bench_forces.py
-# (analytic_gather vs analytic_scatter); gathers are deterministic, scatter-adds use atomics there.
-DEFAULT_ACCUMULATION = "scatter"
+# What PaiNNStudent uses for molecules, per platform, by measurement:
+# - CPU (XLA, student-427k, 300-atom water box, one thread): scatter-adds take 0.64x the time of the
+#   neighbour-table gathers (XLA's CPU loops over the [N, M, ...] gathers are slow);
+# - GPU (H100): the same speed for 1,024 molecules of 10-30 atoms (9.87 µs/molecule with gathers,
+#   9.90 with scatter-adds; benchmarks/results/throughput_layouts_h100.json); gathers are
+#   deterministic (no atomics: the same bits every run), so they are the GPU default.
+PLATFORM_ACCUMULATION = {"cpu": "scatter", "gpu": "gather", "cuda": "gather", "rocm": "gather"}
+# Benchmarks may set this to "gather"/"scatter" to override the platform's choice for new traces.
+ACCUMULATION_OVERRIDE: str | None = None
+
+
+def default_accumulation() -> str:
+    """The accumulation layout PaiNNStudent uses on the default backend (see PLATFORM_ACCUMULATION)."""
+    if ACCUMULATION_OVERRIDE is not None:
+        _check_accumulate(ACCUMULATION_OVERRIDE)
+        return ACCUMULATION_OVERRIDE
+    return PLATFORM_ACCUMULATION.get(jax.default_backend(), "scatter")
 
 
 def _check_accumulate(accumulate: str) -> None:

@@ -10,7 +10,8 @@ from mlff_jax.io import read_checkpoint, write_checkpoint
 from mlff_jax.model import PaiNNStudent
 
 
-def load(path: str | os.PathLike, dtype: str = "float32", precision: str = "highest") -> PaiNNStudent:
+def load(path: str | os.PathLike, dtype: str = "float32", precision: str = "highest", implementation: str = "auto",
+         interpret: bool = False) -> PaiNNStudent:  # fmt: skip
     """Loads a PaiNN student from any checkpoint layout.
 
     Args:
@@ -19,6 +20,9 @@ def load(path: str | os.PathLike, dtype: str = "float32", precision: str = "high
         PyTorch is not needed; ``.pt`` pickles are read by a restricted unpickler that runs no code.
       dtype: ``"float32"`` or ``"float64"``.
       precision: matmul precision (``"highest"`` by default; see :class:`PaiNNStudent`).
+      implementation: message passing by ``"xla"``, the fused kernels ``"pallas"`` / ``"triton"``, or
+        ``"auto"`` (default: the fastest measured on this device, else XLA; :mod:`mlff_jax.implementation`).
+      interpret: run the Pallas kernels in interpret mode (CPU; slow, for tests).
       Or the name of a model bundled with the package: ``"default"`` (a 77K-parameter student
         distilled from GFN2-xTB for H, C, N, O, F, S, Cl; see ``weights/README.md``).
     Raises:
@@ -27,7 +31,7 @@ def load(path: str | os.PathLike, dtype: str = "float32", precision: str = "high
     if isinstance(path, str) and path in BUNDLED_MODELS:
         path = bundled_model_path(path)
     config, flat = read_checkpoint(path)
-    return PaiNNStudent(config, painn.unflatten(flat), dtype=dtype, precision=precision)
+    return PaiNNStudent(config, painn.unflatten(flat), dtype=dtype, precision=precision, implementation=implementation, interpret=interpret)
 
 
 def save(model: PaiNNStudent, path: str | os.PathLike) -> None:

@@ -16,7 +16,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from mlff_jax import analytic, painn, periodic
-from mlff_jax.analytic_graph import DEFAULT_ACCUMULATION, all_pairs_graph
+from mlff_jax import implementation as implementation_lib
+from mlff_jax.analytic_graph import all_pairs_graph, default_accumulation
 from mlff_jax.config import PaiNNConfig
 from mlff_jax.graph import all_pairs_edges
 
@@ -63,9 +64,13 @@ class PaiNNStudent:
       dtype: ``"float32"`` or ``"float64"`` (float64 needs ``jax_enable_x64``).
       precision: matmul precision, ``"highest"`` by default (float32 on GPU would otherwise use
         TF32, with force errors near 1e-3 eV/Å); ``"high"``/``"default"`` are faster opt-ins.
+      implementation: message passing by ``"xla"``, the fused kernels (``"pallas"``, ``"triton"``), or
+        ``"auto"`` (default: the fastest measured for this device and workload, else ``"xla"``;
+        see :mod:`mlff_jax.implementation`). ``interpret``: Pallas interpret mode (CPU tests).
     """
 
-    def __init__(self, config: PaiNNConfig, params: Any, dtype: str = "float32", precision: str = "highest"):
+    def __init__(self, config: PaiNNConfig, params: Any, dtype: str = "float32", precision: str = "highest",
+                 implementation: str = "auto", interpret: bool = False):  # fmt: skip
         if dtype not in _DTYPES:
             raise ValueError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
         if precision not in _PRECISIONS:
@@ -78,6 +83,8 @@ class PaiNNStudent:
         self.config = config
         self.dtype = dtype
         self.precision = precision
+        implementation_lib.check(implementation, interpret)
+        self.implementation, self.interpret = implementation, bool(interpret)
         self.params = painn.cast_params(params, _DTYPES[dtype])
         self._jitted = jax.jit(self._batched_energy_and_forces, static_argnames=("num_structures", "method"))
         self._neighbor_specs = periodic.SpecCache()
@@ -96,7 +103,19 @@ class PaiNNStudent:
 
         float64_params = painn.cast_params(self.params, jnp.float64 if jax.config.jax_enable_x64 else jnp.float32)
         tables = compress_params(float64_params, self.config, DEFAULT_SPACING if spacing is None else spacing)
-        return PaiNNStudent(self.config, tables, dtype=self.dtype, precision=self.precision)
+        return PaiNNStudent(self.config, tables, dtype=self.dtype, precision=self.precision, implementation=self.implementation, interpret=self.interpret)
+
+    # ----------------------------------------------------------------- message-passing implementation
+    def with_implementation(self, implementation: str, interpret: bool = False) -> "PaiNNStudent":
+        """The same model whose message passing runs on ``implementation`` ("auto" | "xla" | "pallas" |
+        "triton"; ``interpret``: Pallas interpret mode). See :mod:`mlff_jax.implementation`."""
+        return PaiNNStudent(self.config, self.params, dtype=self.dtype, precision=self.precision, implementation=implementation, interpret=interpret)
+
+    def message_implementation(self, num_atoms: int) -> str:
+        """What runs the message passing for a system of ``num_atoms`` (padded) atoms: "xla" | "pallas" | "triton"."""
+        from mlff_jax.compress import is_compressed
+
+        return implementation_lib.choose(self.implementation, num_atoms, self.dtype, self.precision, is_compressed(self.params), self.config.hidden_dim)
 
     # ----------------------------------------------------------------- pure functions
     def _structure_energies(self, params, positions, atomic_numbers, atom_mask, batch, num_structures):
@@ -106,8 +125,12 @@ class PaiNNStudent:
         )
 
     def _batched_energy_and_forces(self, params, positions, atomic_numbers, atom_mask, batch, num_structures, method="analytic"):
+        kernel = self.message_implementation(positions.shape[0])
+        if kernel != "xla":  # fused kernels: forces from their backward, whatever the method
+            return implementation_lib.all_pairs_energies_and_forces(params, self.config, positions, atomic_numbers, atom_mask, batch, num_structures,
+                                                                    kernel, self.interpret, self.precision)  # fmt: skip
         if method == "analytic":
-            graph = all_pairs_graph(atom_mask, batch, positions.dtype, DEFAULT_ACCUMULATION)
+            graph = all_pairs_graph(atom_mask, batch, positions.dtype, default_accumulation())
             return analytic.structure_energies_and_forces(
                 params, self.config, positions, atomic_numbers, graph, atom_mask, batch, num_structures, _PRECISIONS[self.precision]
             )
@@ -131,14 +154,19 @@ class PaiNNStudent:
         """
         positions = jnp.asarray(positions, _DTYPES[self.dtype])
         n = positions.shape[0]
+        kernel = self.message_implementation(n)
         if neighbors is not None:
             cells = neighbors.cells if cell is None else jnp.broadcast_to(jnp.asarray(cell), neighbors.cells.shape)
             energies = periodic.structure_energies(self.params, self.config, _PRECISIONS[self.precision], positions, jnp.asarray(atomic_numbers),
-                                                   neighbors, cells.astype(positions.dtype), neighbors.atom_mask, neighbors.spec.num_structures)
+                                                   neighbors, cells.astype(positions.dtype), neighbors.atom_mask, neighbors.spec.num_structures,
+                                                   implementation=kernel, interpret=self.interpret)  # fmt: skip
             return jnp.sum(energies)
         mask = jnp.ones(n, bool)
         batch = jnp.zeros(n, jnp.int32)
-        graph = all_pairs_graph(mask, batch, positions.dtype, DEFAULT_ACCUMULATION)
+        if kernel != "xla":
+            return implementation_lib.all_pairs_structure_energies(self.params, self.config, positions, jnp.asarray(atomic_numbers), mask, batch, 1,
+                                                                   kernel, self.interpret, self.precision)[0]  # fmt: skip
+        graph = all_pairs_graph(mask, batch, positions.dtype, default_accumulation())
         return analytic.structure_energies(
             self.params, self.config, positions, jnp.asarray(atomic_numbers), graph, mask, batch, 1, _PRECISIONS[self.precision]
         )[0]
@@ -234,7 +262,7 @@ class PaiNNStudent:
         b = np.zeros(n_pad, np.int64)
         b[:n] = batch
         energies, forces, stress = periodic.evaluate(self, _PRECISIONS[self.precision], pos, z, mask, b, b_pad, cell, pbc, compute_stress,
-                                                     self._neighbor_specs, method)
+                                                     self._neighbor_specs, method, implementation=self.message_implementation(n_pad))
         return energies[:num_structures], forces[:n], stress
 
     def _traced_energy_and_forces(self, positions, atomic_numbers, batch, method="analytic"):

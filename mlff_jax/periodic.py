@@ -31,21 +31,55 @@ from mlff_jax.neighbors.edges import neighbor_list_edges
 LIST_MARGIN = 1e-3
 
 
-def structure_energies(params, config, precision, positions, atomic_numbers, nbrs, cells, atom_mask, num_structures, method="analytic"):
+# Layout of the analytic sweep on neighbour lists (XLA path), per platform, by measurement:
+# - CPU: "folded" (one filter evaluation per unordered pair, scatter-adds) is faster
+#   (docs/analytic-forces.md);
+# - GPU: "edges" (the directed list as it is). On the H100 with pairs given, both cost the same
+#   (10k water atoms, 427K: 23.1 vs 23.5 ms, forces_boxes_h100.json), but inside the model, where
+#   the folding compacts the list on the device in every call, the folded path measured 99.5 ms at
+#   10k atoms and 1,428 ms at 100k (throughput_h100_run1.json, throughput_folded_100k.json) against
+#   56.7 and 564 ms for the directed list (throughput_layouts_h100.json), all on H100s.
+PLATFORM_LAYOUT = {"cpu": "folded", "gpu": "edges", "cuda": "edges", "rocm": "edges"}
+LAYOUTS = ("folded", "edges")
+# Benchmarks may set this to "folded"/"edges" to override the platform's choice for new traces.
+LAYOUT_OVERRIDE: str | None = None
+
+
+def periodic_layout() -> str:
+    """The analytic sweep's layout on neighbour lists for the default backend (PLATFORM_LAYOUT unless overridden)."""
+    if LAYOUT_OVERRIDE is not None:
+        if LAYOUT_OVERRIDE not in LAYOUTS:
+            raise ValueError(f"periodic layout must be one of {LAYOUTS}, got {LAYOUT_OVERRIDE!r}")
+        return LAYOUT_OVERRIDE
+    return PLATFORM_LAYOUT.get(jax.default_backend(), "folded")
+
+
+def structure_energies(params, config, precision, positions, atomic_numbers, nbrs, cells, atom_mask, num_structures, method="analytic",
+                       layout=None, implementation="xla", interpret=False):  # fmt: skip
     """Per-structure energies [B] eV with edges from ``nbrs`` (cells [B, 3, 3] may be strained).
 
     method: "analytic" (gradients by the hand-derived sweep) or "autodiff" (plain reverse mode).
+    implementation: "xla", or "pallas" | "triton" (fused message kernels on the list's slots; their
+    backward gives the gradients, ``method`` is then unused; see :mod:`mlff_jax.implementation`).
     """
+    if implementation != "xla":
+        from mlff_jax.implementation import neighbor_list_structure_energies  # noqa: PLC0415
+
+        names = {v: k for k, v in _precision_names().items()}
+        return neighbor_list_structure_energies(params, config, positions, atomic_numbers, nbrs, cells, atom_mask, num_structures, implementation,
+                                                interpret, names[precision])  # fmt: skip
     edges = neighbor_list_edges(nbrs, cells, positions.dtype)
-    if method == "analytic":  # the list is symmetric: one filter evaluation per pair (mlff_jax.analytic_graph)
-        graph = fold_symmetric_edges(edges)
+    if method == "analytic":
+        # "folded": the list is symmetric, one filter evaluation per pair (mlff_jax.analytic_graph);
+        # "edges": the directed list as it is (twice the filter work, no compaction).
+        graph = fold_symmetric_edges(edges) if (layout or periodic_layout()) == "folded" else edges
         return analytic.structure_energies(params, config, positions, atomic_numbers, graph, atom_mask, nbrs.batch, num_structures, precision,
-                                           analytic.auto_chunk_size(graph.num_pairs))
+                                           analytic.auto_chunk_size(analytic.num_unique_edges(graph)))
     return painn.structure_energies(params, config, positions, atomic_numbers, edges, atom_mask, nbrs.batch, num_structures, precision)
 
 
 def energy_forces_stress(params, config, precision, positions, atomic_numbers, nbrs, cells, atom_mask, num_structures, compute_stress=True,
-                         method="analytic"):
+                         method="analytic", layout=None, implementation="xla", interpret=False):
     """Energies [B] eV, forces [N, 3] eV/Å and the strain derivative dE/d(epsilon) [B, 3, 3] eV.
 
     The strain acts on positions and cells; the neighbour list (integer shifts) is held fixed.
@@ -57,7 +91,7 @@ def energy_forces_stress(params, config, precision, positions, atomic_numbers, n
         deform = eye + strain  # [B, 3, 3]
         pos = jnp.einsum("ni,nij->nj", pos, deform[nbrs.batch])
         energies = structure_energies(params, config, precision, pos, atomic_numbers, nbrs, jnp.einsum("bij,bjk->bik", cells, deform),
-                                      atom_mask, num_structures, method)
+                                      atom_mask, num_structures, method, layout, implementation, interpret)
         return jnp.sum(energies), energies
 
     strain = jnp.zeros((num_structures, 3, 3), dtype)
@@ -68,11 +102,13 @@ def energy_forces_stress(params, config, precision, positions, atomic_numbers, n
     return energies, -grads, None
 
 
-@functools.partial(jax.jit, static_argnames=("config", "precision", "spec", "compute_stress", "method"))
-def _evaluate(params, positions, atomic_numbers, atom_mask, batch, cells, *, config, precision, spec, compute_stress, method):
+# layout is static (a module-level jit shared by all models: the override must be part of the key).
+@functools.partial(jax.jit, static_argnames=("config", "precision", "spec", "compute_stress", "method", "layout", "implementation", "interpret"))
+def _evaluate(params, positions, atomic_numbers, atom_mask, batch, cells, *, config, precision, spec, compute_stress, method, layout,
+              implementation="xla", interpret=False):  # fmt: skip
     nbrs = nl.build(positions, cells, batch, atom_mask, spec)
     energies, forces, dE_dstrain = energy_forces_stress(params, config, precision, positions, atomic_numbers, nbrs, cells, atom_mask,
-                                                        spec.num_structures, compute_stress, method)
+                                                        spec.num_structures, compute_stress, method, layout, implementation, interpret)
     return energies, forces, dE_dstrain, nbrs.did_buffer_overflow
 
 
@@ -97,7 +133,7 @@ class SpecCache:
 
 
 def evaluate(model, precision, positions, atomic_numbers, atom_mask, batch, num_structures, cell, pbc, compute_stress, cache: SpecCache,
-             method="analytic"):
+             method="analytic", implementation="xla"):
     """Host driver: validated, padded inputs -> (energies [B], forces [N, 3], stress [B, 3, 3] or None).
 
     Args:
@@ -106,6 +142,7 @@ def evaluate(model, precision, positions, atomic_numbers, atom_mask, batch, num_
         (padding atoms masked); num_structures: the padded B.
       cell: None, [3, 3] or [B_real, 3, 3]; pbc: anything :func:`cell_lib.normalize_pbc` accepts.
       cache: the model's :class:`SpecCache` (neighbour capacities are bucketed and remembered).
+      implementation: "xla" | "pallas" | "triton" (resolved, not "auto"); interpret mode from the model.
     """
     pbc = cell_lib.normalize_pbc(pbc, cell)
     real = int(batch[atom_mask].max()) + 1 if atom_mask.any() else 1
@@ -129,7 +166,8 @@ def evaluate(model, precision, positions, atomic_numbers, atom_mask, batch, num_
         if spec is None:
             spec = cache.put(key, fns.measure(positions, cell=cells, batch=batch, atom_mask=atom_mask, num_structures=num_structures))
         energies, forces, dE_dstrain, overflow = _evaluate(model.params, *args, config=model.config, precision=precision,
-                                                           spec=spec, compute_stress=compute_stress, method=method)
+                                                           spec=spec, compute_stress=compute_stress, method=method, layout=periodic_layout(),
+                                                           implementation=implementation, interpret=getattr(model, "interpret", False))
         if not bool(overflow):
             stress = None
             if compute_stress:
@@ -138,3 +176,9 @@ def evaluate(model, precision, positions, atomic_numbers, atom_mask, batch, num_
             return energies, forces, stress
         spec = None  # re-measure the capacities (they grow: see SpecCache.put)
     raise RuntimeError("neighbour list overflow persisted after re-allocation")  # pragma: no cover
+
+
+def _precision_names():
+    from mlff_jax.model import _PRECISIONS  # noqa: PLC0415 (model imports this module)
+
+    return _PRECISIONS

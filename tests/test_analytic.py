@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 import tolerances as tol
 from conftest import MODEL_NAMES
 from mlff_jax import analytic, painn
-from mlff_jax.analytic_graph import DEFAULT_ACCUMULATION, all_pairs_graph, edges_from_pair_graph, fold_symmetric_edges, pair_graph_from_edges, pair_graph_from_pairs
+from mlff_jax.analytic_graph import all_pairs_graph, default_accumulation, edges_from_pair_graph, fold_symmetric_edges, pair_graph_from_edges, pair_graph_from_pairs
 from mlff_jax.graph import Edges, all_pairs_edges
 
 ELEMENTS = (1, 6, 7, 8, 9, 16, 17)  # H C N O F S Cl
@@ -26,12 +26,12 @@ PADDED_ATOMS = 64  # every random molecule (1..60 atoms) is padded to this: one 
 
 # ---------------------------------------------------------------------------------- helpers
 @functools.partial(jax.jit, static_argnames=("config", "num_structures", "layout", "store_filters"))
-def analytic_run(params, config, positions, numbers, mask, batch, num_structures=1, layout=DEFAULT_ACCUMULATION, store_filters=True):
+def analytic_run(params, config, positions, numbers, mask, batch, num_structures=1, layout=None, store_filters=True):
     """layout: "gather" / "scatter" (PairGraph) or "edges" (directed)."""
     if layout == "edges":
         graph = all_pairs_edges(mask, batch, positions.dtype)
     else:
-        graph = all_pairs_graph(mask, batch, positions.dtype, accumulate=layout)
+        graph = all_pairs_graph(mask, batch, positions.dtype, accumulate=layout or default_accumulation())
     return analytic.energy_forces_virial(params, config, positions, numbers, graph, mask, batch, num_structures, store_filters=store_filters)
 
 

@@ -391,15 +391,6 @@ def test_kernel_model_adds_per_element_reference_energies(load_model):
     assert abs(float(expected[0] - without[0])) > 1.0
 
 
-def test_kernel_model_rejects_compressed_filters(load_model):
-    model = load_model("ultra-tiny-21k", "float64")
-    params = dict(model.params, interactions_0=dict(model.params["interactions_0"], filter_table={}))
-    n = 3
-    with pytest.raises(ValueError, match="compressed"):
-        energy_and_forces_kernel(params, model.config, jnp.zeros((n, 3)), jnp.ones(n, int), jnp.full((n, 2), n), jnp.zeros((n, 2, 3)),
-                                 jnp.ones(n, bool), jnp.zeros(n, int), 1)  # fmt: skip
-
-
 # ----------------------------------------------------------------------------- real (non-interpret) kernels
 def _abstract_gpu():
     """jax >= 0.11 asks the device for its compute capability when lowering Pallas-Triton; lend it

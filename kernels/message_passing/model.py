@@ -2,7 +2,8 @@
 
 Same model as ``mlff_jax.painn`` (shared/design/painn-student.md); the message step of every block
 goes through :func:`..api.message_block` (the chosen implementation), update and readout are the
-XLA code of ``mlff_jax.painn``. Forces are ``-jax.grad`` of the energy; through the kernel paths
+XLA code of ``mlff_jax.painn``. Compressed blocks (``filter_table``) evaluate their table inside the
+kernels (:mod:`.pallas_table`). Forces are ``-jax.grad`` of the energy; through the kernel paths
 the message blocks differentiate with the fused backward kernel (custom VJP) and the per-slot
 geometry (distances, directions) differentiates back to positions in XLA.
 """
@@ -74,9 +75,6 @@ def atomic_energies_kernel(
     ``kernel_options`` (block_atoms, num_warps, num_stages) go to :func:`message_block`.
     """
     check_model_inputs(positions, atomic_numbers, neighbors, shifts, atom_mask, batch)
-    if any("filter_table" in params[f"interactions_{t}"] for t in range(config.num_interactions)):
-        raise ValueError("compressed models (tabulated radial filters, mlff_jax.compress) have no fused kernel path: "
-                         "use the model's own energy_and_forces")  # fmt: skip
     neighbors = mask_neighbors(neighbors, atom_mask, batch)
     distances, directions, _ = slot_geometry(positions, neighbors, shifts.astype(positions.dtype))
     centers, widths = params["rbf"]["centers"], params["rbf"]["widths"]

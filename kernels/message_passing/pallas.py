@@ -69,6 +69,9 @@ class KernelConfig:
         writing its own partial sums (added up afterwards in a fixed order: still deterministic).
         Gives small systems enough programs to fill the GPU (N / block_atoms alone would be 1 for
         benzene); 1 for large systems.
+      table_intervals: G > 0 for a compressed block: the filter W(d) (and dW/dd in the backward) is
+        read from its cubic Hermite table of G intervals over [0, cutoff] (:mod:`.pallas_table`)
+        instead of evaluating the network; 0 (default): the filter network.
     """
 
     num_atoms: int
@@ -80,6 +83,7 @@ class KernelConfig:
     interpret: bool = False
     k_chunk: int = 16
     slot_splits: int = 1
+    table_intervals: int = 0
 
     def dot(self, x, w):
         """x @ w in this launch's precision mode (TF32 modes need tensor cores: not in interpret mode)."""
@@ -112,7 +116,8 @@ def default_k_chunk(dtype, precision: str, h_pad: int) -> int:
 
 @dataclasses.dataclass(frozen=True)
 class Packed:
-    """Kernel-layout arrays (see module docstring); shapes: B = block rows, C slots."""
+    """Kernel-layout arrays (see module docstring); shapes: B = block rows, C slots. A compressed block
+    has the two table arrays instead of the filter network's (w1 .. widths are then None)."""
 
     neighbors: jax.Array  # [C_pad, Np] int32 (C_pad: C rounded up to a multiple of slot_splits)
     distances: jax.Array  # [C_pad, Np]
@@ -123,6 +128,8 @@ class Packed:
     b2: jax.Array  # [3, 1, Hp]
     centers: jax.Array  # [1, Kp]
     widths: jax.Array  # [1, Kp]
+    table_values: jax.Array | None = None  # [3, G + 1, Hp] (Ws, Wv1, Wv2 parts of W(d_i))
+    table_slopes: jax.Array | None = None  # [3, G + 1, Hp] spacing * dW/dd(d_i), as radial_table scales them
 
 
 def _pad_to(x, shape, value=0):
@@ -144,6 +151,11 @@ def pack(neighbors, distances, directions, block, centers, widths, cfg: KernelCo
     nbr = _pad_to(jnp.where(valid, neighbors, n).astype(jnp.int32), (n_pad, c_pad), n).T
     d = _pad_to(jnp.where(valid, distances, cfg.cutoff), (n_pad, c_pad), cfg.cutoff).T
     u = jnp.transpose(_pad_to(jnp.where(valid[..., None], directions, 0.0), (n_pad, c_pad, 3)), (2, 1, 0))
+    if cfg.table_intervals:
+        from .pallas_table import pack_table  # noqa: PLC0415 (pallas_table imports this module)
+
+        values, slopes = pack_table(block["filter_table"], cfg.cutoff, h_pad)
+        return Packed(nbr, d, u, None, None, None, None, None, None, table_values=values, table_slopes=slopes)
     w2 = block["filter_out"]["kernel"].reshape(h, 3, h).transpose(1, 0, 2)
     return Packed(
         neighbors=nbr,
@@ -349,6 +361,10 @@ def sum_splits(partial):
 
 def forward(packed: Packed, s_pad, v_pad, cfg: KernelConfig):
     """(ds [Np, Hp], dv [3, Np, Hp]) from kernel-layout inputs."""
+    if cfg.table_intervals:
+        from .pallas_table import forward_table  # noqa: PLC0415
+
+        return forward_table(packed, s_pad, v_pad, cfg)
     n_pad, h_pad = s_pad.shape
     sp = _specs(packed, h_pad, cfg)
     k_pad = packed.w1.shape[0]
@@ -366,6 +382,10 @@ def forward(packed: Packed, s_pad, v_pad, cfg: KernelConfig):
 
 def backward(packed: Packed, s_pad, v_pad, gs_pad, gv_pad, cfg: KernelConfig):
     """Cotangents (g_s [Np, Hp], g_v [3, Np, Hp], g_d [C_pad, Np], g_dir [3, C_pad, Np]) in kernel layout."""
+    if cfg.table_intervals:
+        from .pallas_table import backward_table  # noqa: PLC0415
+
+        return backward_table(packed, s_pad, v_pad, gs_pad, gv_pad, cfg)
     n_pad, h_pad = s_pad.shape
     c_pad = packed.neighbors.shape[0]
     sp = _specs(packed, h_pad, cfg)

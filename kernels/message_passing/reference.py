@@ -8,7 +8,8 @@ For each receiver b and slot j with sender a = neighbors[b, j] (layout in :mod:`
     dv_b  += v_a * Wv1 + dir[b, j] (x) Wv2                   [3, H]
 
 ``within`` is False on empty slots (neighbors == N) and beyond the cutoff (d > rc): those slots
-contribute exactly zero. This is ``mlff_jax.painn.filter_weights`` + ``message`` on the same graph
+contribute exactly zero. A compressed block (``filter_table``, :mod:`mlff_jax.compress`) replaces the
+filter network by its cubic Hermite table, exactly as ``mlff_jax.painn.atomic_energies`` does. This is ``mlff_jax.painn.filter_weights`` + ``message`` on the same graph
 (tested), written as gathers and a sum over slots instead of a segment sum.
 """
 
@@ -18,6 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from mlff_jax.painn import radial_features
+from mlff_jax.radial_table import tabulated_filter
 
 PRECISIONS = ("highest", "tf32x3", "tf32", "bf16")
 
@@ -81,7 +83,8 @@ def message_block_reference(
     Args:
       s: [N, H] scalar features; v: [N, 3, H] vector features.
       neighbors: [N, C] int, sentinel N; distances: [N, C] Å; directions: [N, C, 3].
-      block: this block's parameters (uses ``filter_in`` Dense K -> H, ``filter_out`` Dense H -> 3H).
+      block: this block's parameters (uses ``filter_in`` Dense K -> H, ``filter_out`` Dense H -> 3H,
+        or, when present, ``filter_table`` {values, slopes} [G + 1, 3H] instead).
       rbf_centers, rbf_widths: [K] Å; cutoff: rc in Å.
       precision, tensor_cores: float32 matmul mode (see :func:`matmul`).
     Returns:
@@ -91,8 +94,11 @@ def message_block_reference(
     valid, within = slot_masks(neighbors, distances, cutoff)
     safe_d = jnp.where(valid, distances, cutoff)  # any finite value: these slots are masked
     safe_dir = jnp.where(valid[..., None], directions, 0.0)
-    rbf = radial_features(safe_d.reshape(-1), rbf_centers, rbf_widths, cutoff)
-    w = filter_network(block, rbf, precision, tensor_cores).reshape(*neighbors.shape, 3 * hidden)
+    if "filter_table" in block:  # compressed model: the table, not the network (no matmul, no precision mode)
+        w = tabulated_filter(block["filter_table"], safe_d.reshape(-1), cutoff).reshape(*neighbors.shape, 3 * hidden)
+    else:
+        rbf = radial_features(safe_d.reshape(-1), rbf_centers, rbf_widths, cutoff)
+        w = filter_network(block, rbf, precision, tensor_cores).reshape(*neighbors.shape, 3 * hidden)
     w = jnp.where(within[..., None], w, 0.0)
     ws, wv1, wv2 = w[..., :hidden], w[..., hidden : 2 * hidden], w[..., 2 * hidden :]
     senders = jnp.where(valid, neighbors, 0)

@@ -3,6 +3,8 @@
 Same algorithm, layout and launch settings as :mod:`.pallas` (read its docstring): one program per
 block of receivers, a loop over the neighbour slots, filter network on tensor tiles, gathers of
 sender rows, no atomics; the backward gathers the sender cotangents over the same full list.
+Compressed blocks read the filter from its table (``_forward_table_kernel``, ``_backward_table_kernel``;
+the math of :mod:`.pallas_table`).
 
 Needs ``triton`` and ``jax-triton`` (``pip install 'mlff-jax[triton]'``; jax-triton 0.3.1 works with
 Triton 3.6). Neither installs on a CPU-only machine, so this module is imported only when
@@ -196,16 +198,165 @@ def _backward_kernel(
     tl.store(gv_out_ptr + 2 * N_PAD * H + own, acc_v2)
 
 
+# ----------------------------------------------------------------------------- compressed blocks
+# The filter from its cubic Hermite table (see ``pallas_table``: same formulas, same packed layout
+# [3, G + 1, H] of values and spacing-scaled slopes). No matmul is left in these kernels.
+@triton.jit
+def _hermite(d, G: tl.constexpr, SPACING: tl.constexpr):
+    """Interval index i [B] and local coordinate t [B, 1] of d [B] (as ``radial_table``)."""
+    x = tl.minimum(tl.maximum(d / SPACING, 0.0), G * 1.0)
+    i = tl.minimum(tl.maximum(tl.floor(x).to(tl.int32), 0), G - 1)
+    return i, (x - i.to(x.dtype))[:, None]
+
+
+@triton.jit
+def _table_part(values_ptr, slopes_ptr, lo, b0, b1, b2, b3, H: tl.constexpr):
+    return b0 * tl.load(values_ptr + lo) + b1 * tl.load(slopes_ptr + lo) + b2 * tl.load(values_ptr + lo + H) + b3 * tl.load(slopes_ptr + lo + H)
+
+
+@triton.jit
+def _table_filter(d, m, values_ptr, slopes_ptr, G: tl.constexpr, SPACING: tl.constexpr, H: tl.constexpr):
+    """(Ws, Wv1, Wv2) [B, H] at d [B], masked by m [B, 1]."""
+    i, t = _hermite(d, G, SPACING)
+    lo = i[:, None] * H + tl.arange(0, H)[None, :]
+    t2 = t * t
+    t3 = t2 * t
+    b0, b1, b2, b3 = 2 * t3 - 3 * t2 + 1, t3 - 2 * t2 + t, -2 * t3 + 3 * t2, t3 - t2
+    part = (G + 1) * H
+    ws = _table_part(values_ptr, slopes_ptr, lo, b0, b1, b2, b3, H)
+    wv1 = _table_part(values_ptr + part, slopes_ptr + part, lo, b0, b1, b2, b3, H)
+    wv2 = _table_part(values_ptr + 2 * part, slopes_ptr + 2 * part, lo, b0, b1, b2, b3, H)
+    return tl.where(m, ws, 0.0), tl.where(m, wv1, 0.0), tl.where(m, wv2, 0.0)
+
+
+@triton.jit
+def _table_slope(d, m, values_ptr, slopes_ptr, G: tl.constexpr, SPACING: tl.constexpr, H: tl.constexpr):
+    """d(Ws, Wv1, Wv2)/dd [B, H] at d [B], masked by m [B, 1]."""
+    i, t = _hermite(d, G, SPACING)
+    lo = i[:, None] * H + tl.arange(0, H)[None, :]
+    t2 = t * t
+    b0, b1, b2, b3 = 6 * t2 - 6 * t, 3 * t2 - 4 * t + 1, -6 * t2 + 6 * t, 3 * t2 - 2 * t
+    part = (G + 1) * H
+    dws = _table_part(values_ptr, slopes_ptr, lo, b0, b1, b2, b3, H) / SPACING
+    dwv1 = _table_part(values_ptr + part, slopes_ptr + part, lo, b0, b1, b2, b3, H) / SPACING
+    dwv2 = _table_part(values_ptr + 2 * part, slopes_ptr + 2 * part, lo, b0, b1, b2, b3, H) / SPACING
+    return tl.where(m, dws, 0.0), tl.where(m, dwv1, 0.0), tl.where(m, dwv2, 0.0)
+
+
+@triton.jit
+def _forward_table_kernel(
+    nbr_ptr, d_ptr, u_ptr, s_ptr, v_ptr, values_ptr, slopes_ptr,
+    ds_ptr, dv_ptr,
+    N_PAD: tl.constexpr, CAPACITY: tl.constexpr, SLOTS: tl.constexpr, NUM_ATOMS: tl.constexpr, CUTOFF: tl.constexpr,
+    BLOCK: tl.constexpr, H: tl.constexpr, G: tl.constexpr, SPACING: tl.constexpr,
+):  # fmt: skip
+    rows = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    split = tl.program_id(1)
+    ds_ptr += split * N_PAD * H
+    dv_ptr += split * 3 * N_PAD * H
+    hc = tl.arange(0, H)
+    dtype = s_ptr.dtype.element_ty
+    ds = tl.zeros((BLOCK, H), dtype)
+    dv0 = tl.zeros((BLOCK, H), dtype)
+    dv1 = tl.zeros((BLOCK, H), dtype)
+    dv2 = tl.zeros((BLOCK, H), dtype)
+    for jj in range(SLOTS):
+        j = split * SLOTS + jj
+        nbr = tl.load(nbr_ptr + j * N_PAD + rows)
+        d = tl.load(d_ptr + j * N_PAD + rows)
+        valid = (nbr >= 0) & (nbr < NUM_ATOMS)
+        within = valid & (d <= CUTOFF)
+        if tl.max(within.to(tl.int32), axis=0) > 0:
+            gather = tl.where(valid, nbr, 0)[:, None] * H + hc[None, :]
+            ws, wv1, wv2 = _table_filter(d, within[:, None], values_ptr, slopes_ptr, G, SPACING, H)
+            ds += tl.load(s_ptr + gather) * ws
+            u0 = tl.load(u_ptr + j * N_PAD + rows)[:, None]
+            u1 = tl.load(u_ptr + (CAPACITY + j) * N_PAD + rows)[:, None]
+            u2 = tl.load(u_ptr + (2 * CAPACITY + j) * N_PAD + rows)[:, None]
+            dv0 += tl.load(v_ptr + gather) * wv1 + u0 * wv2
+            dv1 += tl.load(v_ptr + N_PAD * H + gather) * wv1 + u1 * wv2
+            dv2 += tl.load(v_ptr + 2 * N_PAD * H + gather) * wv1 + u2 * wv2
+    out = rows[:, None] * H + hc[None, :]
+    tl.store(ds_ptr + out, ds)
+    tl.store(dv_ptr + out, dv0)
+    tl.store(dv_ptr + N_PAD * H + out, dv1)
+    tl.store(dv_ptr + 2 * N_PAD * H + out, dv2)
+
+
+@triton.jit
+def _backward_table_kernel(
+    nbr_ptr, d_ptr, u_ptr, s_ptr, v_ptr, gs_ptr, gv_ptr, values_ptr, slopes_ptr,
+    gs_out_ptr, gv_out_ptr, gd_ptr, gu_ptr,
+    N_PAD: tl.constexpr, CAPACITY: tl.constexpr, SLOTS: tl.constexpr, NUM_ATOMS: tl.constexpr, CUTOFF: tl.constexpr,
+    BLOCK: tl.constexpr, H: tl.constexpr, G: tl.constexpr, SPACING: tl.constexpr,
+):  # fmt: skip
+    rows = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    split = tl.program_id(1)
+    gs_out_ptr += split * N_PAD * H
+    gv_out_ptr += split * 3 * N_PAD * H
+    hc = tl.arange(0, H)
+    own = rows[:, None] * H + hc[None, :]
+    dtype = s_ptr.dtype.element_ty
+    acc_s = tl.zeros((BLOCK, H), dtype)
+    acc_v0 = tl.zeros((BLOCK, H), dtype)
+    acc_v1 = tl.zeros((BLOCK, H), dtype)
+    acc_v2 = tl.zeros((BLOCK, H), dtype)
+    for jj in range(SLOTS):
+        j = split * SLOTS + jj
+        nbr = tl.load(nbr_ptr + j * N_PAD + rows)
+        d = tl.load(d_ptr + j * N_PAD + rows)
+        valid = (nbr >= 0) & (nbr < NUM_ATOMS)
+        within = valid & (d <= CUTOFF)
+        g_d = tl.zeros((BLOCK,), dtype)
+        g_u0 = tl.zeros((BLOCK,), dtype)
+        g_u1 = tl.zeros((BLOCK,), dtype)
+        g_u2 = tl.zeros((BLOCK,), dtype)
+        if tl.max(within.to(tl.int32), axis=0) > 0:
+            m = within[:, None]
+            gather = tl.where(valid, nbr, 0)[:, None] * H + hc[None, :]
+            ws, wv1, wv2 = _table_filter(d, m, values_ptr, slopes_ptr, G, SPACING, H)
+            # (ii) the reverse edge: sender cotangents gathered from the neighbours' rows
+            acc_s += tl.load(gs_ptr + gather) * ws
+            acc_v0 += tl.load(gv_ptr + gather) * wv1
+            acc_v1 += tl.load(gv_ptr + N_PAD * H + gather) * wv1
+            acc_v2 += tl.load(gv_ptr + 2 * N_PAD * H + gather) * wv1
+            # (i) this slot's edge: direction and distance cotangents (W' masked already)
+            gv0 = tl.load(gv_ptr + own)
+            gv1 = tl.load(gv_ptr + N_PAD * H + own)
+            gv2 = tl.load(gv_ptr + 2 * N_PAD * H + own)
+            g_u0 = tl.sum(gv0 * wv2, axis=1)
+            g_u1 = tl.sum(gv1 * wv2, axis=1)
+            g_u2 = tl.sum(gv2 * wv2, axis=1)
+            u0 = tl.load(u_ptr + j * N_PAD + rows)[:, None]
+            u1 = tl.load(u_ptr + (CAPACITY + j) * N_PAD + rows)[:, None]
+            u2 = tl.load(u_ptr + (2 * CAPACITY + j) * N_PAD + rows)[:, None]
+            dws, dwv1, dwv2 = _table_slope(d, m, values_ptr, slopes_ptr, G, SPACING, H)
+            g_w = tl.load(gs_ptr + own) * tl.load(s_ptr + gather) * dws
+            g_w += gv0 * (tl.load(v_ptr + gather) * dwv1 + u0 * dwv2)
+            g_w += gv1 * (tl.load(v_ptr + N_PAD * H + gather) * dwv1 + u1 * dwv2)
+            g_w += gv2 * (tl.load(v_ptr + 2 * N_PAD * H + gather) * dwv1 + u2 * dwv2)
+            g_d = tl.sum(g_w, axis=1)
+        tl.store(gd_ptr + j * N_PAD + rows, g_d)
+        tl.store(gu_ptr + j * N_PAD + rows, g_u0)
+        tl.store(gu_ptr + (CAPACITY + j) * N_PAD + rows, g_u1)
+        tl.store(gu_ptr + (2 * CAPACITY + j) * N_PAD + rows, g_u2)
+    tl.store(gs_out_ptr + own, acc_s)
+    tl.store(gv_out_ptr + own, acc_v0)
+    tl.store(gv_out_ptr + N_PAD * H + own, acc_v1)
+    tl.store(gv_out_ptr + 2 * N_PAD * H + own, acc_v2)
+
+
 def _constants(packed: Packed, s_pad, cfg: KernelConfig):
     capacity, n_pad = packed.neighbors.shape
+    common = dict(N_PAD=n_pad, CAPACITY=capacity, SLOTS=capacity // cfg.slot_splits, NUM_ATOMS=cfg.num_atoms, CUTOFF=float(cfg.cutoff),
+                  BLOCK=cfg.block_atoms, H=s_pad.shape[1])  # fmt: skip
+    if cfg.table_intervals:
+        return dict(common, G=cfg.table_intervals, SPACING=float(cfg.cutoff) / cfg.table_intervals)
     if s_pad.dtype == jnp.float64:
         precision = "f64"
     else:
         precision = {"highest": "ieee", "tf32x3": "tf32x3", "tf32": "tf32", "bf16": "bf16"}[cfg.precision]
-    return dict(
-        N_PAD=n_pad, CAPACITY=capacity, SLOTS=capacity // cfg.slot_splits, NUM_ATOMS=cfg.num_atoms, CUTOFF=float(cfg.cutoff), BLOCK=cfg.block_atoms,
-        H=s_pad.shape[1], K=packed.w1.shape[0], KC=cfg.k_chunk, PRECISION=precision,
-    )  # fmt: skip
+    return dict(common, K=packed.w1.shape[0], KC=cfg.k_chunk, PRECISION=precision)
 
 
 def _launch(kernel, name, args, out_shape, packed, s_pad, cfg):
@@ -227,6 +378,10 @@ def forward(packed: Packed, s_pad, v_pad, cfg: KernelConfig):
     p = packed
     splits = cfg.slot_splits
     out_shape = [jax.ShapeDtypeStruct((splits, *s_pad.shape), s_pad.dtype), jax.ShapeDtypeStruct((splits, *v_pad.shape), s_pad.dtype)]
+    if cfg.table_intervals:
+        args = (p.neighbors, p.distances, p.directions, s_pad, v_pad, p.table_values, p.table_slopes)
+        ds, dv = _launch(_forward_table_kernel, "painn_message_table_fwd_triton", args, out_shape, p, s_pad, cfg)
+        return sum_splits(ds), sum_splits(dv)
     args = (p.neighbors, p.distances, p.directions, s_pad, v_pad, p.w1, p.b1, p.w2, p.b2, p.centers, p.widths)
     ds, dv = _launch(_forward_kernel, "painn_message_fwd_triton", args, out_shape, p, s_pad, cfg)
     return sum_splits(ds), sum_splits(dv)
@@ -243,6 +398,10 @@ def backward(packed: Packed, s_pad, v_pad, gs_pad, gv_pad, cfg: KernelConfig):
         jax.ShapeDtypeStruct(p.distances.shape, dtype),
         jax.ShapeDtypeStruct(p.directions.shape, dtype),
     ]
+    if cfg.table_intervals:
+        args = (p.neighbors, p.distances, p.directions, s_pad, v_pad, gs_pad, gv_pad, p.table_values, p.table_slopes)
+        g_s, g_v, g_d, g_u = _launch(_backward_table_kernel, "painn_message_table_bwd_triton", args, out_shape, p, s_pad, cfg)
+        return sum_splits(g_s), sum_splits(g_v), g_d, g_u
     w2t = jnp.transpose(p.w2, (0, 2, 1))
     args = (p.neighbors, p.distances, p.directions, s_pad, v_pad, gs_pad, gv_pad, p.w1, p.b1, p.w2, p.b2, w2t, p.centers, p.widths)
     g_s, g_v, g_d, g_u = _launch(_backward_kernel, "painn_message_bwd_triton", args, out_shape, p, s_pad, cfg)

@@ -1,0 +1,176 @@
+"""Pallas kernels (Triton lowering) for a COMPRESSED message block: the filter from its table.
+
+A compressed model (``model.compress()``, :mod:`mlff_jax.compress`) stores each block's filter
+W(d) = (Ws, Wv1, Wv2) as a cubic Hermite table: values W(d_i) and slopes W'(d_i) on G + 1 grid
+points d_i = i·h, h = rc / G. These kernels are the kernels of :mod:`.pallas` (same grid, loop over
+slots, gathers, slot splits, gather-only backward; read its docstring) with the filter network
+replaced by four row gathers of the table per slot and part:
+
+    x = clip(d / h, 0, G), i = min(floor(x), G - 1), t = x - i
+    W(d)  = h00(t) V_i + h10(t) S_i + h01(t) V_{i+1} + h11(t) S_{i+1}        (S = h · W', packed)
+    W'(d) = (h00'(t) V_i + h10'(t) S_i + h01'(t) V_{i+1} + h11'(t) S_{i+1}) / h
+
+exactly the interpolant of :func:`mlff_jax.radial_table.tabulated_filter` (the XLA compressed path)
+and its derivative. No matmul is left: the backward's distance cotangent is
+g_d = Σ_h (g_Ws ⊙ Ws' + g_Wv1 ⊙ Wv1' + g_Wv2 ⊙ Wv2'), with g_W built from the receiver's cotangents.
+
+Where the table lives: it is one whole-array input read by gathers, i.e. in global memory and
+served by the L2 cache. For the 427K model (H = 128) at the default spacing 0.004 Å (G = 1250) a
+block's table is 2 x 1251 x 384 float32 = 3.8 MB (values and slopes): 17x the 227 KiB of shared
+memory an H100 block may use, so it cannot be staged there, but 1/13 of the H100's 50 MB L2, which
+keeps it resident across all programs of a launch (only one block's table is live per launch).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+
+from .pallas import KernelConfig, Packed, _launch, _pad_to, _slot, _specs, _whole, sum_splits
+
+
+def pack_table(table, cutoff: float, h_pad: int):
+    """{values, slopes} [G + 1, 3H] -> (values [3, G + 1, Hp], spacing * slopes [3, G + 1, Hp])."""
+    values, slopes = table["values"], table["slopes"]
+    rows, three_h = values.shape
+    hidden = three_h // 3
+    spacing = cutoff / (rows - 1)
+
+    def split(x):
+        return _pad_to(jnp.transpose(x.reshape(rows, 3, hidden), (1, 0, 2)), (3, rows, h_pad))
+
+    # spacing * slope is rounded exactly as radial_table rounds h * slopes[i]: same interpolant bit for bit.
+    return split(values), split(spacing * slopes)
+
+
+def table_filter(d, within, values_ref, slopes_ref, cfg: KernelConfig, derivative: bool):
+    """W(d) as three masked [B, Hp] tiles, and with ``derivative`` also dW/dd (masked).
+
+    d: [B] Å (one slot of every receiver of the block); within: [B, 1] bool.
+    """
+    intervals = cfg.table_intervals
+    spacing = cfg.cutoff / intervals
+    x = jnp.clip(d / spacing, 0.0, float(intervals))
+    i = jnp.clip(jnp.floor(x).astype(jnp.int32), 0, intervals - 1)
+    t = (x - i)[:, None]
+    t2 = t * t
+    t3 = t2 * t
+    basis = (2 * t3 - 3 * t2 + 1, t3 - 2 * t2 + t, -2 * t3 + 3 * t2, t3 - t2)
+    slopes_basis = (6 * t2 - 6 * t, 3 * t2 - 4 * t + 1, -6 * t2 + 6 * t, 3 * t2 - 2 * t)
+    w, dw = [], []
+    for p in range(3):
+        rows = (values_ref[p, i, :], slopes_ref[p, i, :], values_ref[p, i + 1, :], slopes_ref[p, i + 1, :])
+        w.append(jnp.where(within, basis[0] * rows[0] + basis[1] * rows[1] + basis[2] * rows[2] + basis[3] * rows[3], 0.0))
+        if derivative:
+            slope = slopes_basis[0] * rows[0] + slopes_basis[1] * rows[1] + slopes_basis[2] * rows[2] + slopes_basis[3] * rows[3]
+            dw.append(jnp.where(within, slope / spacing, 0.0))
+    return (w, dw) if derivative else w
+
+
+def _forward_kernel(nbr_ref, d_ref, u_ref, s_ref, v_ref, values_ref, slopes_ref, ds_ref, dv_ref, *, cfg, capacity):
+    rows, hidden = ds_ref.shape
+
+    def body(k, carry):
+        idx, _, within, any_within = _slot(nbr_ref, d_ref, k, cfg.num_atoms, cfg.cutoff)
+
+        def accumulate(carry):
+            ds, dv0, dv1, dv2 = carry
+            ws, wv1, wv2 = table_filter(d_ref[k, :], within, values_ref, slopes_ref, cfg, derivative=False)
+            ds = ds + s_ref[idx, :] * ws
+            dv = [acc + v_ref[i, idx, :] * wv1 + u_ref[i, k, :][:, None] * wv2 for i, acc in enumerate((dv0, dv1, dv2))]
+            return (ds, *dv)
+
+        return jax.lax.cond(any_within, accumulate, lambda c: c, carry)
+
+    zeros = jnp.zeros((rows, hidden), ds_ref.dtype)
+    ds, dv0, dv1, dv2 = jax.lax.fori_loop(0, capacity, body, (zeros, zeros, zeros, zeros))
+    ds_ref[...] = ds
+    dv_ref[0] = dv0
+    dv_ref[1] = dv1
+    dv_ref[2] = dv2
+
+
+def _backward_kernel(
+    nbr_ref, d_ref, u_ref, s_ref, v_ref, gs_ref, gv_ref, gs_own_ref, gv_own_ref, values_ref, slopes_ref,
+    gs_out_ref, gv_out_ref, gd_ref, gu_ref, *, cfg, capacity,
+):  # fmt: skip
+    rows, hidden = gs_out_ref.shape
+
+    def body(k, carry):
+        idx, _, within, any_within = _slot(nbr_ref, d_ref, k, cfg.num_atoms, cfg.cutoff)
+
+        def slot_gradients(carry):
+            acc_s, acc_v0, acc_v1, acc_v2 = carry
+            (ws, wv1, wv2), (dws, dwv1, dwv2) = table_filter(d_ref[k, :], within, values_ref, slopes_ref, cfg, derivative=True)
+            # (ii) reverse edge: sender cotangents gathered from the neighbours' rows.
+            acc_s = acc_s + gs_ref[idx, :] * ws
+            acc_v = [acc + gv_ref[i, idx, :] * wv1 for i, acc in enumerate((acc_v0, acc_v1, acc_v2))]
+            # (i) this slot's edge a -> b: direction and distance cotangents (W' is masked already).
+            gv_own = [gv_own_ref[i] for i in range(3)]
+            u = [u_ref[i, k, :][:, None] for i in range(3)]
+            g_dir = [jnp.sum(gv_own[i] * wv2, axis=1) for i in range(3)]
+            g_w = gs_own_ref[...] * s_ref[idx, :] * dws
+            for i in range(3):
+                g_w = g_w + gv_own[i] * (v_ref[i, idx, :] * dwv1 + u[i] * dwv2)
+            return (acc_s, *acc_v), (jnp.sum(g_w, axis=1), *g_dir)
+
+        def empty(carry):
+            zero = jnp.zeros((rows,), gs_out_ref.dtype)
+            return carry, (zero, zero, zero, zero)
+
+        carry, (g_d, g_u0, g_u1, g_u2) = jax.lax.cond(any_within, slot_gradients, empty, carry)
+        gd_ref[k, :] = g_d
+        gu_ref[0, k, :] = g_u0
+        gu_ref[1, k, :] = g_u1
+        gu_ref[2, k, :] = g_u2
+        return carry
+
+    zeros = jnp.zeros((rows, hidden), gs_out_ref.dtype)
+    acc_s, acc_v0, acc_v1, acc_v2 = jax.lax.fori_loop(0, capacity, body, (zeros, zeros, zeros, zeros))
+    gs_out_ref[...] = acc_s
+    gv_out_ref[0] = acc_v0
+    gv_out_ref[1] = acc_v1
+    gv_out_ref[2] = acc_v2
+
+
+def forward_table(packed: Packed, s_pad, v_pad, cfg: KernelConfig):
+    """(ds [Np, Hp], dv [3, Np, Hp]) of a compressed block (as ``pallas.forward``)."""
+    n_pad, h_pad = s_pad.shape
+    sp = _specs(packed, h_pad, cfg)
+    table_spec = _whole(packed.table_values.shape)
+    in_specs = [sp["slots"], sp["slots"], sp["slot_vectors"], _whole((n_pad, h_pad)), _whole((3, n_pad, h_pad)), table_spec, table_spec]
+    out_specs = [sp["split_rows"], sp["split_vector_rows"]]
+    splits = cfg.slot_splits
+    out_shape = [jax.ShapeDtypeStruct((splits, n_pad, h_pad), s_pad.dtype), jax.ShapeDtypeStruct((splits, 3, n_pad, h_pad), s_pad.dtype)]
+    kernel = functools.partial(_forward_kernel, cfg=cfg, capacity=sp["capacity"])
+    p = packed
+    ds, dv = _launch(kernel, "painn_message_table_fwd", out_shape, in_specs, out_specs, n_pad, cfg,
+                     p.neighbors, p.distances, p.directions, s_pad, v_pad, p.table_values, p.table_slopes)  # fmt: skip
+    return sum_splits(ds), sum_splits(dv)
+
+
+def backward_table(packed: Packed, s_pad, v_pad, gs_pad, gv_pad, cfg: KernelConfig):
+    """Cotangents (g_s, g_v, g_d, g_dir) of a compressed block in kernel layout (as ``pallas.backward``)."""
+    n_pad, h_pad = s_pad.shape
+    c_pad = packed.neighbors.shape[0]
+    sp = _specs(packed, h_pad, cfg)
+    table_spec = _whole(packed.table_values.shape)
+    in_specs = [sp["slots"], sp["slots"], sp["slot_vectors"], _whole((n_pad, h_pad)), _whole((3, n_pad, h_pad)),
+                _whole((n_pad, h_pad)), _whole((3, n_pad, h_pad)), sp["rows"], sp["vector_rows"], table_spec, table_spec]  # fmt: skip
+    out_specs = [sp["split_rows"], sp["split_vector_rows"], sp["slots"], sp["slot_vectors"]]
+    dtype = s_pad.dtype
+    splits = cfg.slot_splits
+    out_shape = [
+        jax.ShapeDtypeStruct((splits, n_pad, h_pad), dtype),
+        jax.ShapeDtypeStruct((splits, 3, n_pad, h_pad), dtype),
+        jax.ShapeDtypeStruct((c_pad, n_pad), dtype),
+        jax.ShapeDtypeStruct((3, c_pad, n_pad), dtype),
+    ]
+    kernel = functools.partial(_backward_kernel, cfg=cfg, capacity=sp["capacity"])
+    p = packed
+    g_s, g_v, g_d, g_u = _launch(kernel, "painn_message_table_bwd", out_shape, in_specs, out_specs, n_pad, cfg,
+                                 p.neighbors, p.distances, p.directions, s_pad, v_pad, gs_pad, gv_pad, gs_pad, gv_pad,
+                                 p.table_values, p.table_slopes)  # fmt: skip
+    return sum_splits(g_s), sum_splits(g_v), g_d, g_u
