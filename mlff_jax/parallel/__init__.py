@@ -9,6 +9,8 @@ Built on ``jax.sharding`` (a 1-D mesh of the devices) and ``shard_map``; multi-h
 ``jax.distributed.initialize()`` first and run the same code (see docs/multi-gpu.md).
 """
 
+import numpy as np
+
 from mlff_jax.parallel.batch import PreparedBatch, balance_by_atoms, plan_shards, prepare_batch, sharded_energy_and_forces
 from mlff_jax.parallel.domain import DomainLayout, DomainSpec
 from mlff_jax.parallel.domain_md import DomainNVE, DomainState, assemble, decomposed_energy_and_forces, domain_nve
@@ -56,5 +58,3 @@ def dispatch(model, positions, atomic_numbers, batch, num_structures, single, ce
         return (energy, forces) if single else (np.asarray([energy]), forces)
     return None
 
-
-import numpy as np  # noqa: E402  (used by dispatch only)
