@@ -63,6 +63,14 @@ def fast_checks(model):
     out["domain_4"] = [max_diff(e1, e4), max_diff(f1, f4)]
     e2, f2 = model.energy_and_forces(positions, numbers, cell=cell, devices=2)  # through the model
     out["domain_2_model"] = [max_diff(e1, e2), max_diff(f1, f2)]
+    from mlff_jax import periodic
+
+    periodic.LAYOUT_OVERRIDE = "edges"  # the GPU's layout: the directed list, no pair folding
+    try:
+        e3, f3 = parallel.decomposed_energy_and_forces(model, positions, numbers, cell, devices=3)
+    finally:
+        periodic.LAYOUT_OVERRIDE = None
+    out["domain_3_edges"] = [max_diff(e1, e3), max_diff(f1, f3)]
     out["num_atoms_domain"] = len(positions)
     # 3. migration alone: atoms displaced anywhere (even many cells away) end on the device of their slab, once
     out.update(migration_checks(cell))

@@ -59,6 +59,11 @@ def test_slab_decomposition_forces_equal_one_device(fast):
     assert energy < ROUNDOFF_F64 and forces < ROUNDOFF_F64
 
 
+def test_slab_decomposition_with_the_directed_edge_layout_equals_one_device(fast):
+    energy, forces = fast["domain_3_edges"]  # GPU default layout, 3 slabs
+    assert energy < ROUNDOFF_F64 and forces < ROUNDOFF_F64
+
+
 def test_energy_and_forces_with_devices_decomposes_a_periodic_system(fast):
     energy, forces = fast["domain_2_model"]
     assert energy < ROUNDOFF_F64 and forces < ROUNDOFF_F64

@@ -22,9 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import PartitionSpec
 
-from mlff_jax import analytic, painn, periodic
-from mlff_jax.analytic_graph import DEFAULT_ACCUMULATION, all_pairs_graph
-from mlff_jax.graph import all_pairs_edges
+from mlff_jax import periodic
 from mlff_jax.neighbors import cell as cell_lib
 from mlff_jax.neighbors import neighbor_list as nl
 from mlff_jax.parallel.mesh import AXIS, device_mesh, put_sharded, resolve_devices, shard_map, to_host
@@ -89,34 +87,23 @@ def plan_shards(batch: np.ndarray, num_structures: int, num_devices: int) -> Sha
     return ShardPlan(groups, atom_index, local_batch, n_pad, b_pad)
 
 
-def _all_pairs_forces(params, config, precision, method, positions, atomic_numbers, atom_mask, batch, num_structures):
-    """One device's (energies [b], forces [n, 3]) with the dense graph (the single-device small-molecule path)."""
-    if method == "analytic":
-        graph = all_pairs_graph(atom_mask, batch, positions.dtype, DEFAULT_ACCUMULATION)
-        return analytic.structure_energies_and_forces(params, config, positions, atomic_numbers, graph, atom_mask, batch, num_structures, precision)
-
-    def total(pos):
-        edges = all_pairs_edges(atom_mask, batch, pos.dtype)
-        energies = painn.structure_energies(params, config, pos, atomic_numbers, edges, atom_mask, batch, num_structures, precision)
-        return jnp.sum(energies), energies
-
-    grad, energies = jax.grad(total, has_aux=True)(positions)
-    return energies, -grad
-
-
 @functools.lru_cache(maxsize=64)
-def _sharded_program(mesh, config, precision, method, b_pad, spec):
-    """jit(shard_map(one device's evaluation)); ``spec`` None selects the dense all-pairs graph."""
+def _sharded_program(model, mesh, method, b_pad, spec, layout):
+    """jit(shard_map(one device's evaluation)), exactly the model's single-device path: its dense
+    all-pairs function when ``spec`` is None, else the neighbour-list path (``layout``: the periodic
+    analytic layout, a trace-time choice, hence part of the cache key)."""
+    from mlff_jax.model import _PRECISIONS
 
     def one_device(params, positions, atomic_numbers, atom_mask, batch, cells):
         positions, atomic_numbers, atom_mask, batch, cells = (x[0] for x in (positions, atomic_numbers, atom_mask, batch, cells))
         if spec is None:
-            energies, forces = _all_pairs_forces(params, config, precision, method, positions, atomic_numbers, atom_mask, batch, b_pad)
+            energies, forces = model._batched_energy_and_forces(params, positions, atomic_numbers, atom_mask, batch, b_pad, method)
             overflow = jnp.zeros((), bool)
         else:
             nbrs = nl.build(positions, cells, batch, atom_mask, spec)
-            energies, forces, _ = periodic.energy_forces_stress(params, config, precision, positions, atomic_numbers, nbrs, cells, atom_mask,
-                                                                b_pad, False, method)
+            energies, forces, _ = periodic.energy_forces_stress(params, model.config, _PRECISIONS[model.precision], positions, atomic_numbers, nbrs,
+                                                                cells, atom_mask, b_pad, False, method, layout,
+                                                                model.message_implementation(positions.shape[0]), getattr(model, "interpret", False))
             overflow = nbrs.did_buffer_overflow
         return energies[None], forces[None], overflow[None]
 
@@ -168,7 +155,7 @@ def sharded_energy_and_forces(model, positions, atomic_numbers, batch, num_struc
 
 def prepare_batch(model, positions, atomic_numbers, batch, num_structures, cell=None, pbc=None, method="analytic", devices=None) -> PreparedBatch:
     """Plans, pads and places a batch on the devices, and compiles its program (see :class:`PreparedBatch`)."""
-    from mlff_jax.model import _DTYPES, _PRECISIONS, ALL_PAIRS_MAX_ATOMS
+    from mlff_jax.model import _DTYPES, ALL_PAIRS_MAX_ATOMS
 
     devs = resolve_devices(devices)
     mesh = device_mesh(devs)
@@ -193,17 +180,16 @@ def prepare_batch(model, positions, atomic_numbers, batch, num_structures, cell=
         local_cells[d, : len(group)] = cells[group]
     args = (pos.astype(dtype), z, real, plan.local_batch.astype(np.int32), local_cells.astype(dtype))
     dense = cell is None and not any(pbc) and plan.n_pad <= ALL_PAIRS_MAX_ATOMS  # as the single-device path decides
-    precision = _PRECISIONS[model.precision]
     device_args = put_sharded(mesh, *args)
     first = None
     if dense:
-        program = _sharded_program(mesh, model.config, precision, method, plan.b_pad, None)
+        program = _sharded_program(model, mesh, method, plan.b_pad, None, None)
     else:
-        program, first = _neighbor_program(model, mesh, precision, method, plan, pbc, args, device_args)
+        program, first = _neighbor_program(model, mesh, method, plan, pbc, args, device_args)
     return PreparedBatch(program, model.params, device_args, plan, num_structures, positions.shape[0], first)
 
 
-def _neighbor_program(model, mesh, precision, method, plan: ShardPlan, pbc, args, device_args):
+def _neighbor_program(model, mesh, method, plan: ShardPlan, pbc, args, device_args):
     """The neighbour-list program: one search plan for all devices (planned on the whole batch), grown until nothing overflows."""
     pos, z, real, local_batch, local_cells = args
     num_devices = pos.shape[0]
@@ -222,7 +208,7 @@ def _neighbor_program(model, mesh, precision, method, plan: ShardPlan, pbc, args
         if spec is None:
             measured = fns.measure(flat_pos, cell=flat_cells, batch=flat_batch, atom_mask=flat_mask, num_structures=total)
             spec = cache.put(key, dataclasses.replace(measured, num_structures=plan.b_pad))
-        program = _sharded_program(mesh, model.config, precision, method, plan.b_pad, spec)
+        program = _sharded_program(model, mesh, method, plan.b_pad, spec, periodic.periodic_layout())
         outputs = program(model.params, *device_args)
         if not to_host(outputs[2]).any():
             return program, outputs

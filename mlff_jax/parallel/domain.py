@@ -310,8 +310,14 @@ def needs_rebuild(spec: DomainSpec, positions, ids, layout: DomainLayout):
     return largest > (0.5 * spec.skin) ** 2
 
 
-def energy_and_forces(params, config, precision, method, spec: DomainSpec, cell, positions, atomic_numbers, ids, layout: DomainLayout):
-    """(total energy [] eV, forces [C, 3] eV/Å on the owned atoms); collective over the mesh axis."""
+def energy_and_forces(params, config, precision, method, spec: DomainSpec, cell, positions, atomic_numbers, ids, layout: DomainLayout,
+                      graph_layout: str = "folded"):
+    """(total energy [] eV, forces [C, 3] eV/Å on the owned atoms); collective over the mesh axis.
+
+    graph_layout: "folded" (one filter evaluation per pair) or "edges" (the directed list), as
+    :func:`mlff_jax.periodic.periodic_layout` chooses per platform. Always the XLA analytic sweep
+    (the fused kernels of :mod:`mlff_jax.implementation` are not wired to the decomposition).
+    """
     c, h = spec.owned_capacity, spec.halo_capacity
     num_slots = spec.num_domains * c
     gathered = _gather(positions)
@@ -322,9 +328,9 @@ def energy_and_forces(params, config, precision, method, spec: DomainSpec, cell,
     edges = neighbor_list_edges(nbrs, cell[None].astype(local.dtype), local.dtype)
     zeros = jnp.zeros(c + h, jnp.int32)
     if method == "analytic":
-        graph = fold_symmetric_edges(edges)
+        graph = fold_symmetric_edges(edges) if graph_layout == "folded" else edges
         result = analytic.energy_forces_virial(params, config, local, z, graph, owned, zeros, 1, precision,
-                                               chunk_size=analytic.auto_chunk_size(graph.num_pairs))
+                                               chunk_size=analytic.auto_chunk_size(analytic.num_unique_edges(graph)))
         energy, forces = result.energies[0], result.forces
     else:
         def owned_energy(r):

@@ -25,6 +25,7 @@ import numpy as np
 from ase import units
 from jax.sharding import PartitionSpec
 
+from mlff_jax import periodic
 from mlff_jax.neighbors import cell as cell_lib
 from mlff_jax.parallel import domain
 from mlff_jax.parallel.mesh import AXIS, device_mesh, put_sharded, resolve_devices, shard_map, to_host
@@ -64,25 +65,25 @@ def _stacked(tree):
     return jax.tree_util.tree_map(lambda x: x[None], tree)
 
 
-def _device_init(params, config, precision, method, spec, cell, atoms):
+def _device_init(params, config, precision, method, graph_layout, spec, cell, atoms):
     """Migration, layout and forces from scratch (one device; collective)."""
     atoms, overflow = domain.migrate(spec, cell, atoms)
     layout = domain.build_layout(spec, cell, atoms["positions"], atoms["atomic_numbers"], atoms["ids"], overflow)
     energy, forces = domain.energy_and_forces(params, config, precision, method, spec, cell, atoms["positions"], atoms["atomic_numbers"],
-                                              atoms["ids"], layout)
+                                              atoms["ids"], layout, graph_layout)
     masses = jnp.where(atoms["ids"][:, None] >= 0, atoms["masses"], 1.0)
     return DomainState(atoms["positions"], atoms["velocities"], forces, masses, atoms["atomic_numbers"], atoms["ids"], energy, layout, spec)
 
 
 @functools.lru_cache(maxsize=32)
-def _init_program(mesh, config, precision, method, spec):
+def _init_program(mesh, config, precision, method, graph_layout, spec):
     def one_device(params, cell, atoms):
-        return _stacked(_device_init(params, config, precision, method, spec, cell, _first(atoms)))
+        return _stacked(_device_init(params, config, precision, method, graph_layout, spec, cell, _first(atoms)))
 
     return jax.jit(shard_map(one_device, mesh, (PartitionSpec(), PartitionSpec(), PartitionSpec(AXIS)), PartitionSpec(AXIS)))
 
 
-def _device_step(params, config, precision, method, dt, cell, state: DomainState):
+def _device_step(params, config, precision, method, graph_layout, dt, cell, state: DomainState):
     """One velocity-Verlet step of one device's owned atoms, rebuilding when the skin is used up."""
     spec = state.spec
     v = state.velocities + 0.5 * dt * state.forces / state.masses
@@ -98,19 +99,19 @@ def _device_step(params, config, precision, method, dt, cell, state: DomainState
     rebuild = domain.needs_rebuild(spec, x, state.ids, state.layout)
     args = (x, v, state.atomic_numbers, state.masses, state.ids, state.layout)
     x, v, z, m, ids, layout = jax.lax.cond(rebuild, rebuilt, lambda a: a, args)
-    energy, forces = domain.energy_and_forces(params, config, precision, method, spec, cell, x, z, ids, layout)
+    energy, forces = domain.energy_and_forces(params, config, precision, method, spec, cell, x, z, ids, layout, graph_layout)
     v = v + 0.5 * dt * forces / m
     return DomainState(x, v, forces, m, z, ids, energy, layout, spec), rebuild
 
 
 @functools.lru_cache(maxsize=32)
-def _chunk_program(mesh, config, precision, method, dt, frame_interval, frames_per_chunk):
+def _chunk_program(mesh, config, precision, method, graph_layout, dt, frame_interval, frames_per_chunk):
     def one_device(params, cell, state):
         state = _first(state)
 
         def one_step(_, carry):
             state, rebuilds = carry
-            state, rebuild = _device_step(params, config, precision, method, dt, cell, state)
+            state, rebuild = _device_step(params, config, precision, method, graph_layout, dt, cell, state)
             return state, rebuilds + rebuild.astype(jnp.int32)
 
         def one_frame(carry, _):
@@ -171,7 +172,7 @@ class DomainNVE:
             blocks = domain.initial_blocks(spec, positions, self.cell, atomic_numbers=z.astype(np.int32), masses=masses[:, None],
                                            velocities=velocities)
             blocks = {k: (v.astype(dtype) if v.dtype.kind == "f" else v) for k, v in blocks.items()}
-            program = _init_program(self.mesh, self.model.config, precision, self.method, spec)
+            program = _init_program(self.mesh, self.model.config, precision, self.method, periodic.periodic_layout(), spec)
             call = functools.partial(program, self.model.params, cell, dict(zip(blocks, put_sharded(self.mesh, *blocks.values()))))
             state = call()
             if not state.overflow:
@@ -183,7 +184,8 @@ class DomainNVE:
         """``chunk(state) -> (state, potential [F] eV, kinetic [F] eV, rebuilds)``, one compiled call."""
         dtype, precision, cell = self._device_args()
         dt = float(self.timestep * units.fs)
-        program = _chunk_program(self.mesh, self.model.config, precision, self.method, dt, int(frame_interval), int(frames_per_chunk))
+        program = _chunk_program(self.mesh, self.model.config, precision, self.method, periodic.periodic_layout(), dt, int(frame_interval),
+                                 int(frames_per_chunk))
 
         def run_chunk(state):
             state, potential, kinetic, rebuilds = program(self.model.params, cell, state)
