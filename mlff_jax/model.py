@@ -172,7 +172,7 @@ class PaiNNStudent:
         )[0]
 
     # ----------------------------------------------------------------- host API
-    def energy_and_forces(self, positions, atomic_numbers, batch=None, cell=None, pbc=None, method: str = "analytic"):
+    def energy_and_forces(self, positions, atomic_numbers, batch=None, cell=None, pbc=None, method: str = "analytic", devices=None):
         """Energy and forces of one structure, or of a batch of structures.
 
         Args:
@@ -184,6 +184,9 @@ class PaiNNStudent:
             is given. Periodic images within the cutoff interact; atoms may lie outside the cell.
           method: ``"analytic"`` (default: one forward and one hand-derived backward sweep, see
             docs/analytic-forces.md) or ``"autodiff"`` (``jax.grad`` of the energy).
+          devices: several devices (docs/multi-gpu.md): None (default) spreads batches of >= 2
+            structures over all visible devices when there are several; an int n (the first n) or
+            a list of devices also decomposes a single periodic structure in slabs.
         Returns:
           (energy, forces): energy in eV, a scalar, or [B] per-structure energies when ``batch`` is
           given; forces [N, 3] eV/Å. NumPy values from a host call; JAX arrays under ``jax.jit``.
@@ -201,6 +204,14 @@ class PaiNNStudent:
             return self._traced_energy_and_forces(positions, atomic_numbers, batch, method)
         single = batch is None
         positions, atomic_numbers, batch, num_structures = self._validate(positions, atomic_numbers, batch)
+        # --- several devices (mlff_jax.parallel): None when the one-device path below applies ---
+        if devices is not None or (not single and num_structures > 1 and jax.device_count() > 1):
+            from mlff_jax import parallel
+
+            result = parallel.dispatch(self, positions, atomic_numbers, batch, num_structures, single, cell, pbc, method, devices)
+            if result is not None:
+                return result
+        # --- end of the multi-device branch ---
         n = positions.shape[0]
         if cell is not None or pbc is not None or bucket_size(n) > ALL_PAIRS_MAX_ATOMS:
             energies, forces, _ = self._neighbor_evaluate(positions, atomic_numbers, batch, num_structures, cell, pbc, False, method)
