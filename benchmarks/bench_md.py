@@ -50,6 +50,7 @@ def main(argv=None):
     p.add_argument("--box-steps", type=int, default=100, help="steps per compiled call for the water boxes")
     p.add_argument("--compress", action="store_true", help="tabulated radial filters (model.compress(), default spacing)")
     p.add_argument("--methods", default="auto", help="comma-separated force methods (e.g. autodiff,analytic) if the model has them; 'auto': the model's default")
+    p.add_argument("--unroll", default="1", help="comma-separated loop unroll factors to compare on the molecules (md.trajectory_chunk(unroll=))")
     args = p.parse_args(argv)
 
     import jax
@@ -66,18 +67,19 @@ def main(argv=None):
     methods = [None] if args.methods == "auto" or not has_method else args.methods.split(",")
     results = {"environment": environment(), "checkpoint": os.path.basename(args.checkpoint), "dtype": args.dtype, "steps_per_call": args.steps, "rows": []}
     dtype = np.float64 if args.dtype == "float64" else np.float32
+    unrolls = [int(u) for u in args.unroll.split(",")]
     chosen = systems()
     if args.systems != "all":
         chosen = {name: chosen[name] for name in args.systems.split(",")}
     for name, (pos, z, masses) in chosen.items():
-        for method in methods:
+        for method, unroll in [(m, u) for m in methods for u in unrolls]:
             base = md.model_potential(model, z)
             potential = base if method is None else (lambda r, _z=np.asarray(z), _m=method: model.energy_and_forces(r, _z, method=_m))
             init_fn, step_fn = md.nve(potential, 0.5)
             state = init_fn(pos.astype(dtype), masses.astype(dtype), key=jax.random.key(0), temperature=300.0)
-            row = {"system": name, "atoms": int(len(z)), "method": method or "default"}
+            row = {"system": name, "atoms": int(len(z)), "method": method or "default", "unroll": unroll}
             for label, interval in (("one_frame_per_call", args.steps), ("frame_every_10", 10)):
-                chunk = md.trajectory_chunk(step_fn, interval, args.steps // interval)
+                chunk = md.trajectory_chunk(step_fn, interval, args.steps // interval, unroll=unroll)
                 holder = {"state": state}
 
                 def call():

@@ -52,6 +52,9 @@ def main(argv=None):
                    help="comma-separated neighbour-list layouts to compare (edges,folded); 'platform': the library's default")
     p.add_argument("--sizes", default=None, help="water box sizes in molecules (default 333,3333,33333)")
     p.add_argument("--skip-batched", action="store_true")
+    p.add_argument("--batched-implementations", default="auto",
+                   help="batched molecules: comma list of implementations to compare (auto,xla,pallas,triton), each exact and compressed")
+    p.add_argument("--skip-water", action="store_true")
     args = p.parse_args(argv)
     import mlff_jax
     from mlff_jax import analytic_graph, periodic
@@ -72,11 +75,27 @@ def main(argv=None):
             results["batched"].append(row)
             print(row, flush=True)
     analytic_graph.ACCUMULATION_OVERRIDE = None
+    # The kernels on the batch (its neighbour list's rows), exact and with compressed filters.
+    extra = [i for i in args.batched_implementations.split(",") if i != "auto"]
+    if extra and not args.skip_batched:
+        small = mlff_jax.load(args.checkpoint_small)
+        for implementation in extra:
+            for name, model in (("exact", small), ("compressed", small.compress())):
+                model = model.with_implementation(implementation)
+                base = {"molecules": count, "atoms": int(len(z)), "method": "analytic", "implementation": implementation, "filters": name}
+                try:
+                    t = time_fn(lambda: model.energy_and_forces(pos, z, batch=batch), sync=lambda r: r, repeats=repeats)
+                    row = {**base, **t, "us_per_molecule": t["median_us"] / count}
+                except Exception as exc:  # e.g. jax-triton missing: record and go on
+                    row = {**base, "error": f"{type(exc).__name__}: {exc}"[:300]}
+                results["batched"].append(row)
+                print(row, flush=True)
+                write_json(args.out, results)
 
     sizes = [64, 333] if args.quick else [333, 3333, 33333]
     if args.sizes:
         sizes = [int(x) for x in args.sizes.split(",")]
-    for layout in args.layouts.split(","):
+    for layout in [] if args.skip_water else args.layouts.split(","):
         periodic.LAYOUT_OVERRIDE = None if layout == "platform" else layout
         large = mlff_jax.load(args.checkpoint_large)
         variants = {"exact": large, "compressed": large.compress()}

@@ -29,6 +29,7 @@ def environment() -> dict[str, Any]:
         "backend": jax.default_backend(),
         "devices": [d.device_kind for d in jax.devices()],
         "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),
     }
     try:
         import jaxlib

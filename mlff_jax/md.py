@@ -208,7 +208,7 @@ def _frame(state: MDState) -> Frames:
     return Frames(state.positions, state.velocities, state.forces, state.potential_energy, kinetic_energy(state.velocities, state.masses), state.step)
 
 
-def trajectory_chunk(step_fn, frame_interval: int, frames_per_chunk: int, *, neighbor_update=None, jit: bool = True):
+def trajectory_chunk(step_fn, frame_interval: int, frames_per_chunk: int, *, neighbor_update=None, jit: bool = True, unroll: int = 1):
     """One compiled call that runs ``frames_per_chunk * frame_interval`` steps.
 
     Returns ``chunk(state, neighbor=None) -> (state, neighbor, frames, overflow)``: ``frames`` holds
@@ -218,11 +218,16 @@ def trajectory_chunk(step_fn, frame_interval: int, frames_per_chunk: int, *, nei
     method; pass ``neighbor_fn.update`` for :mod:`mlff_jax.neighbors`), and ``overflow`` tells whether
     it overflowed at any step of the chunk (then the chunk's results are invalid: :func:`run`
     recomputes it).
+
+    ``unroll``: steps per iteration of the compiled loop (``lax.fori_loop``'s ``unroll``). Larger values trade compile time for fewer loop iterations, whose
+    bookkeeping costs a few µs each on a GPU (docs/performance.md has the measurement).
     """
     if neighbor_update is None:
         neighbor_update = lambda positions, neighbor: neighbor.update(positions)  # noqa: E731
     if frame_interval < 1 or frames_per_chunk < 1:
         raise ValueError(f"frame_interval and frames_per_chunk must be >= 1, got {frame_interval}, {frames_per_chunk}")
+    if unroll < 1:
+        raise ValueError(f"unroll must be >= 1, got {unroll}")
 
     def chunk(state, neighbor=None):
         def one_step(_, carry):
@@ -234,7 +239,7 @@ def trajectory_chunk(step_fn, frame_interval: int, frames_per_chunk: int, *, nei
             return step_fn(state, neighbor=neighbor), neighbor, overflow
 
         def one_frame(carry, _):
-            carry = jax.lax.fori_loop(0, frame_interval, one_step, carry)
+            carry = jax.lax.fori_loop(0, frame_interval, one_step, carry, unroll=unroll)
             return carry, _frame(carry[0])
 
         (state, neighbor, overflow), frames = jax.lax.scan(one_frame, (state, neighbor, jnp.zeros((), bool)), None, length=frames_per_chunk)

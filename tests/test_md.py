@@ -65,6 +65,17 @@ def test_frames_are_recorded_every_k_steps_across_chunks(load_model):
     np.testing.assert_array_equal(frames.positions[-1], np.asarray(state.positions))
 
 
+def test_unrolled_loop_gives_the_same_trajectory(load_model):
+    model = load_model("ultra-tiny-21k", "float64")
+    atoms = example("ethanol")
+    init_fn, step_fn = md.nve(md.model_potential(model, atoms.numbers), 0.25)
+    state = init_fn(atoms.positions, atoms.get_masses(), key=jax.random.key(0), temperature=100.0)
+    _, plain = md.run(md.trajectory_chunk(step_fn, 5, 2), state, 1)
+    _, unrolled = md.run(md.trajectory_chunk(step_fn, 5, 2, unroll=2), state, 1)  # 2 does not divide 5
+    np.testing.assert_array_equal(unrolled.step, plain.step)
+    np.testing.assert_allclose(unrolled.positions, plain.positions, rtol=0, atol=tol.ROUNDOFF_F64)
+
+
 def test_langevin_without_friction_is_velocity_verlet(load_model):
     model = load_model("tiny-77k", "float64")
     atoms = example("ethanol")
@@ -111,6 +122,8 @@ def test_bad_md_arguments_raise_value_errors():
         init_fn(np.zeros((3, 3)), np.ones(2))
     with pytest.raises(ValueError, match="frame_interval"):
         md.trajectory_chunk(step_fn, 0, 1)
+    with pytest.raises(ValueError, match="unroll"):
+        md.trajectory_chunk(step_fn, 1, 1, unroll=0)
 
 
 # ------------------------------------------------------------------ neighbour lists in the loop
