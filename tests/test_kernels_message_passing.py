@@ -184,6 +184,38 @@ def test_gradients_vanish_on_padding_atoms_empty_slots_and_beyond_cutoff(system6
     assert np.all(np.asarray(grad["directions"])[silent] == 0.0)
 
 
+def _intermediate_shapes(jaxpr):
+    """Shapes of every value computed outside the Pallas kernels (sub-jaxprs of jit, scan, custom rules)."""
+    shapes = []
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name == "pallas_call":  # the kernel's own body works on blocks
+            continue
+        shapes += [tuple(v.aval.shape) for v in eqn.outvars if hasattr(v.aval, "shape")]
+        for param in eqn.params.values():
+            for sub in param if isinstance(param, (tuple, list)) else [param]:
+                inner = getattr(sub, "jaxpr", sub)
+                if hasattr(inner, "eqns"):
+                    shapes += _intermediate_shapes(inner)
+    return shapes
+
+
+def test_force_gradients_do_not_compute_per_slot_filters(system64):
+    """Forces (gradients w.r.t. features and geometry only) never build the [N, C, 3H] filter values:
+    those belong to the parameter gradients (18 GB at 100k atoms of water), computed only on request."""
+    nbr, args = system64
+    per_slot_filters = (NUM_ATOMS, nbr.shape[1], 3 * HIDDEN)
+
+    def loss(s, v, d, u, block):
+        ds, dv = run("pallas", nbr, dict(args, s=s, v=v, distances=d, directions=u, block=block))
+        return jnp.sum(ds) + jnp.sum(dv * dv)
+
+    geometry = (args["s"], args["v"], args["distances"], args["directions"], args["block"])
+    forces_only = jax.make_jaxpr(jax.grad(loss, argnums=(0, 1, 2, 3)))(*geometry).jaxpr
+    assert per_slot_filters not in _intermediate_shapes(forces_only)
+    with_params = jax.make_jaxpr(jax.grad(loss, argnums=(0, 1, 2, 3, 4)))(*geometry).jaxpr
+    assert per_slot_filters in _intermediate_shapes(with_params)  # the check can see them
+
+
 def test_pallas_vjp_matches_reference_float32(system32):
     nbr, args = system32
     rng = np.random.default_rng(2)

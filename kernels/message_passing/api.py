@@ -26,6 +26,7 @@ import importlib
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.custom_derivatives import SymbolicZero
 
 from . import pallas as pallas_kernels
 from .reference import check_precision, message_block_reference
@@ -193,14 +194,32 @@ def _fused(cfg, backend, s, v, neighbors, distances, directions, filt, centers, 
     return _kernel_forward(cfg, backend, s, v, neighbors, distances, directions, filt, centers, widths)
 
 
+def _unwrap(tree):
+    """(values, perturbed?) of a custom_vjp argument under ``symbolic_zeros=True``."""
+    is_primal = lambda x: hasattr(x, "perturbed") and hasattr(x, "value")  # noqa: E731
+    leaves = jax.tree_util.tree_leaves(tree, is_leaf=is_primal)
+    values = jax.tree_util.tree_map(lambda x: x.value if is_primal(x) else x, tree, is_leaf=is_primal)
+    return values, any(bool(getattr(x, "perturbed", False)) for x in leaves)
+
+
 def _fused_fwd(cfg, backend, s, v, neighbors, distances, directions, filt, centers, widths):
+    (s, _), (v, _), (neighbors, _), (distances, _), (directions, _) = map(_unwrap, (s, v, neighbors, distances, directions))
+    (filt, filt_perturbed), (centers, centers_perturbed), (widths, widths_perturbed) = map(_unwrap, (filt, centers, widths))
     out = _kernel_forward(cfg, backend, s, v, neighbors, distances, directions, filt, centers, widths)
-    return out, (s, v, neighbors, distances, directions, filt, centers, widths)
+    # Parameter cotangents (training through the kernels) cost the reference's per-edge filters,
+    # [N, C, 3H] floats (18 GB at 100k atoms of water): computed only when the parameters are
+    # differentiated. The marker is an empty pytree: () when they are, None when not.
+    params_wanted = () if (filt_perturbed or centers_perturbed or widths_perturbed) else None
+    return out, (s, v, neighbors, distances, directions, filt, centers, widths, params_wanted)
 
 
 def _fused_bwd(cfg, backend, residuals, cotangents):
-    s, v, neighbors, distances, directions, filt, centers, widths = residuals
+    s, v, neighbors, distances, directions, filt, centers, widths, params_wanted = residuals
     g_ds, g_dv = cotangents
+    if isinstance(g_ds, SymbolicZero) and isinstance(g_dv, SymbolicZero):
+        return (None,) * 8
+    g_ds = jnp.zeros(g_ds.shape, g_ds.dtype) if isinstance(g_ds, SymbolicZero) else g_ds
+    g_dv = jnp.zeros(g_dv.shape, g_dv.dtype) if isinstance(g_dv, SymbolicZero) else g_dv
     n, h = s.shape
     module = _backend(backend)
     packed = pallas_kernels.pack(neighbors, distances, directions, filt, centers, widths, cfg)
@@ -213,8 +232,10 @@ def _fused_bwd(cfg, backend, residuals, cotangents):
     c = neighbors.shape[1]
     g_d = g_d[:c, :n].T.astype(distances.dtype)
     g_u = jnp.transpose(g_u[:, :c, :n], (2, 1, 0)).astype(directions.dtype)
+    if params_wanted is None:
+        return g_s, g_v, None, g_d, g_u, None, None, None
 
-    # Filter-network and basis parameters: the reference's VJP (XLA). Dead code unless requested.
+    # Filter-network and basis parameters: the reference's VJP (XLA).
     def by_params(f, c, w):
         return message_block_reference(s, v, neighbors, distances, directions, f, c, w, cfg.cutoff, cfg.precision)
 
@@ -223,4 +244,4 @@ def _fused_bwd(cfg, backend, residuals, cotangents):
     return g_s, g_v, None, g_d, g_u, g_filt, g_centers, g_widths
 
 
-_fused.defvjp(_fused_fwd, _fused_bwd)
+_fused.defvjp(_fused_fwd, _fused_bwd, symbolic_zeros=True)
