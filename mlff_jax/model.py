@@ -86,7 +86,7 @@ class PaiNNStudent:
         implementation_lib.check(implementation, interpret)
         self.implementation, self.interpret = implementation, bool(interpret)
         self.params = painn.cast_params(params, _DTYPES[dtype])
-        self._jitted = jax.jit(self._batched_energy_and_forces, static_argnames=("num_structures", "method"))
+        self._jitted = jax.jit(self._packed_energy_and_forces, static_argnames=("num_structures", "method"))
         self._neighbor_specs = periodic.SpecCache()
 
     def __repr__(self) -> str:
@@ -141,6 +141,19 @@ class PaiNNStudent:
 
         grad, energies = jax.grad(total, has_aux=True)(positions)
         return energies, -grad
+
+    def _packed_energy_and_forces(self, params, packed, num_structures, method="analytic"):
+        """The host call's program: one input array, one output array (each host<->device transfer
+        costs tens of µs, as much as a small molecule's evaluation).
+
+        packed: [N, 5] in the model's dtype: x, y, z (Å), atomic number, structure index (-1 for
+        padding atoms). Returns [B + 3N]: energies, then forces flattened.
+        """
+        structure = packed[:, 4]
+        atom_mask = structure >= 0
+        batch = jnp.where(atom_mask, structure, 0).astype(jnp.int32)
+        energies, forces = self._batched_energy_and_forces(params, packed[:, :3], packed[:, 3].astype(jnp.int32), atom_mask, batch, num_structures, method)
+        return jnp.concatenate([energies.astype(forces.dtype), jnp.reshape(forces, (-1,))])
 
     def energy_fn(self, positions: jax.Array, atomic_numbers: jax.Array, neighbors=None, cell=None) -> jax.Array:
         """Energy (eV, scalar) of one structure as a pure JAX function, for ``jax.grad``/``vmap``/``jit``.
@@ -218,19 +231,20 @@ class PaiNNStudent:
             return (energies[0], forces) if single else (energies, forces)
         n_pad = bucket_size(n)
         b_pad = 1 << max(num_structures - 1, 0).bit_length()
-        dtype = _DTYPES[self.dtype]
-        pos = np.zeros((n_pad, 3), dtype)
-        pos[:n] = positions
+        # Structure indices travel as floats: exact below 2^24 (float32).
+        if num_structures > 2**24:
+            raise ValueError(f"at most 2^24 structures per call, got {num_structures}: split the batch")
+        packed = np.zeros((n_pad, 5), _DTYPES[self.dtype])
+        packed[:n, :3] = positions
         # Padding atoms sit far apart on a line; they have no edges anyway (mask), so any finite place works.
-        pos[n:, 0] = 1e3 + 10.0 * self.config.cutoff * np.arange(n_pad - n)
-        z = np.ones(n_pad, np.int32)
-        z[:n] = atomic_numbers
-        mask = np.arange(n_pad) < n
-        b = np.zeros(n_pad, np.int32)
-        b[:n] = batch
-        # One device->host transfer for both outputs; slicing off the padding happens in NumPy, so no
-        # extra device dispatch per call (each costs as much as a small molecule's whole evaluation).
-        energies, forces = jax.device_get(self._jitted(self.params, pos, z, mask, b, num_structures=b_pad, method=method))
+        packed[n:, 0] = 1e3 + 10.0 * self.config.cutoff * np.arange(n_pad - n)
+        packed[:, 3] = 1
+        packed[:n, 3] = atomic_numbers
+        packed[:, 4] = -1
+        packed[:n, 4] = batch
+        # One host->device and one device->host transfer; slicing off the padding happens in NumPy.
+        out = np.asarray(self._jitted(self.params, packed, num_structures=b_pad, method=method))
+        energies, forces = out[:b_pad], out[b_pad:].reshape(n_pad, 3)
         if single:
             return energies[0], forces[:n]
         return energies[:num_structures], forces[:n]
