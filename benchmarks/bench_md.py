@@ -51,6 +51,7 @@ def main(argv=None):
     p.add_argument("--compress", action="store_true", help="tabulated radial filters (model.compress(), default spacing)")
     p.add_argument("--methods", default="auto", help="comma-separated force methods (e.g. autodiff,analytic) if the model has them; 'auto': the model's default")
     p.add_argument("--unroll", default="1", help="comma-separated loop unroll factors to compare on the molecules (md.trajectory_chunk(unroll=))")
+    p.add_argument("--implementations", default="auto", help="comma list of message-passing implementations for the molecules (auto,xla,pallas,triton)")
     args = p.parse_args(argv)
 
     import jax
@@ -72,12 +73,14 @@ def main(argv=None):
     if args.systems != "all":
         chosen = {name: chosen[name] for name in args.systems.split(",")}
     for name, (pos, z, masses) in chosen.items():
-        for method, unroll in [(m, u) for m in methods for u in unrolls]:
-            base = md.model_potential(model, z)
+        for method, unroll, implementation in [(m, u, i) for m in methods for u in unrolls for i in args.implementations.split(",")]:
+            chosen_model = model.with_implementation(implementation) if implementation != "auto" else model
+            base = md.model_potential(chosen_model, z)
             potential = base if method is None else (lambda r, _z=np.asarray(z), _m=method: model.energy_and_forces(r, _z, method=_m))
             init_fn, step_fn = md.nve(potential, 0.5)
             state = init_fn(pos.astype(dtype), masses.astype(dtype), key=jax.random.key(0), temperature=300.0)
-            row = {"system": name, "atoms": int(len(z)), "method": method or "default", "unroll": unroll}
+            row = {"system": name, "atoms": int(len(z)), "method": method or "default", "unroll": unroll, "implementation": implementation,
+                   "runs": chosen_model.message_implementation(len(z))}
             for label, interval in (("one_frame_per_call", args.steps), ("frame_every_10", 10)):
                 chunk = md.trajectory_chunk(step_fn, interval, args.steps // interval, unroll=unroll)
                 holder = {"state": state}

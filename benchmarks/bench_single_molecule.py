@@ -27,6 +27,7 @@ def main(argv=None):
     p.add_argument("--out", required=True)
     p.add_argument("--repeats", type=int, default=50)
     p.add_argument("--no-torch", action="store_true")
+    p.add_argument("--kernels", default="", help="comma list of kernel implementations to add (pallas,triton): the host call through them")
     args = p.parse_args(argv)
 
     import jax
@@ -60,6 +61,13 @@ def main(argv=None):
     for method in available:
         kwargs = {} if method == "autodiff" and len(available) == 1 else {"method": method}
         methods[f"jax-{method}"] = lambda pos, z, kw=kwargs: jax_sync(model.energy_and_forces(pos, z, **kw))
+
+    for implementation in [k for k in args.kernels.split(",") if k]:
+        try:
+            kernel_model = model.with_implementation(implementation)
+            methods[f"jax-{implementation}"] = lambda pos, z, m=kernel_model: jax_sync(m.energy_and_forces(pos, z))
+        except ValueError as exc:  # e.g. jax-triton not installed
+            results[f"jax-{implementation}_error"] = str(exc)
 
     if not args.no_torch:
         try:

@@ -165,14 +165,16 @@ def evaluate(model, precision, positions, atomic_numbers, atom_mask, batch, num_
     for _ in range(4):
         if spec is None:
             spec = cache.put(key, fns.measure(positions, cell=cells, batch=batch, atom_mask=atom_mask, num_structures=num_structures))
-        energies, forces, dE_dstrain, overflow = _evaluate(model.params, *args, config=model.config, precision=precision,
-                                                           spec=spec, compute_stress=compute_stress, method=method, layout=periodic_layout(),
-                                                           implementation=implementation, interpret=getattr(model, "interpret", False))
+        outputs = _evaluate(model.params, *args, config=model.config, precision=precision, spec=spec, compute_stress=compute_stress,
+                            method=method, layout=periodic_layout(), implementation=implementation, interpret=getattr(model, "interpret", False))
+        # One synchronisation for all outputs (their copies run concurrently); the rest is NumPy,
+        # so no further device dispatch per call.
+        energies, forces, dE_dstrain, overflow = jax.device_get(outputs)
         if not bool(overflow):
             stress = None
             if compute_stress:
-                sym = 0.5 * (dE_dstrain + jnp.swapaxes(dE_dstrain, 1, 2))
-                stress = sym[:real] / jnp.asarray(volumes, dtype)[:, None, None]
+                sym = 0.5 * (dE_dstrain + np.swapaxes(dE_dstrain, 1, 2))
+                stress = (sym[:real] / volumes[:, None, None]).astype(dtype)
             return energies, forces, stress
         spec = None  # re-measure the capacities (they grow: see SpecCache.put)
     raise RuntimeError("neighbour list overflow persisted after re-allocation")  # pragma: no cover
