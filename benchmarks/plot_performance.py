@@ -18,7 +18,7 @@ RESULTS = ROOT / "benchmarks" / "results"
 
 
 def main():
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+    fig, (left, right, boxes) = plt.subplots(1, 3, figsize=(16, 4.4))
     nbrs = json.loads((RESULTS / "neighbors_h100.json").read_text())
     for method in ("ours-pallas", "ours-xla", "jax-md"):
         rows = sorted((r for r in nbrs["results"] if r.get("method") == method and "median_ms" in r), key=lambda r: r["atoms"])
@@ -36,6 +36,18 @@ def main():
     right.loglog([r["atoms"] for r in md["rows"]], [r["one_frame_per_call_us_per_step"] for r in md["rows"]], "s--", label="MD step, 77K (mlff_jax.md)")
     right.set(xlabel="atoms (molecule / cluster)", ylabel="µs per energy+forces", title="Energy + forces, 427K model, H100")
     right.legend()
+
+    # Periodic water, 427K, through the public API: one side-by-side run of every implementation.
+    api = json.loads((RESULTS / "bench_api_h100_all.json").read_text())
+    for implementation in ("xla", "pallas", "triton"):
+        for compressed, style in ((False, "o-"), (True, "s--")):
+            rows = sorted((r for r in api["rows"] if r.get("implementation") == implementation and r.get("compressed") == compressed and "median_s" in r),
+                          key=lambda r: r["atoms"])
+            if rows:
+                label = f"{implementation}, {'compressed' if compressed else 'exact'}"
+                boxes.loglog([r["atoms"] for r in rows], [1e3 * r["median_s"] for r in rows], style, label=label)
+    boxes.set(xlabel="atoms (periodic water)", ylabel="ms per energy+forces", title="Periodic water, 427K model, H100 (API)")
+    boxes.legend()
     fig.tight_layout()
     fig.savefig(ROOT / "docs" / "performance.png", dpi=110)
     print("wrote docs/performance.png")

@@ -35,8 +35,17 @@ def _check_method(method: str) -> None:
         raise ValueError(f"method must be one of {_METHODS}, got {method!r}")
 
 # Molecules up to this many (padded) atoms use the dense all-pairs graph; larger systems and
-# every periodic one take their edges from a neighbour list (mlff_jax.periodic).
+# every periodic one take their edges from a neighbour list (mlff_jax.periodic). Per platform, by
+# measurement: on CPU the neighbour list wins from ~192 atoms (86 vs 170 ms for a 192-atom water
+# cluster, tiny-77k); on the H100 all pairs cost 0.48 ms there against 3.5 ms through the
+# neighbour-list program (benchmarks/results/single_molecule_tiny77k_h100_run3.json).
 ALL_PAIRS_MAX_ATOMS = 128
+ALL_PAIRS_MAX_ATOMS_BY_PLATFORM = {"cpu": 128, "gpu": 256, "cuda": 256, "rocm": 256}
+
+
+def all_pairs_max_atoms() -> int:
+    """Largest padded molecule evaluated with all pairs on the default backend."""
+    return ALL_PAIRS_MAX_ATOMS_BY_PLATFORM.get(jax.default_backend(), ALL_PAIRS_MAX_ATOMS)
 
 
 def bucket_size(n: int, minimum: int = 8) -> int:
@@ -226,7 +235,7 @@ class PaiNNStudent:
                 return result
         # --- end of the multi-device branch ---
         n = positions.shape[0]
-        if cell is not None or pbc is not None or bucket_size(n) > ALL_PAIRS_MAX_ATOMS:
+        if cell is not None or pbc is not None or bucket_size(n) > all_pairs_max_atoms():
             energies, forces, _ = self._neighbor_evaluate(positions, atomic_numbers, batch, num_structures, cell, pbc, False, method)
             return (energies[0], forces) if single else (energies, forces)
         n_pad = bucket_size(n)
