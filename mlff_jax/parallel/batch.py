@@ -253,25 +253,33 @@ def prepare_batch(model, positions, atomic_numbers, batch, num_structures, cell=
     return PreparedBatch(program, model.params, device_args, plan, num_structures, positions.shape[0], first)
 
 
-def _neighbor_program(model, mesh, method, plan: ShardPlan, pbc, positions, batch, cells, packed, device_args):
-    """The neighbour-list program: one search plan for all devices (planned on the whole batch), grown until nothing overflows.
+def plan_neighbor_grid(plan: ShardPlan, positions, batch, cells, pbc, dtype, radius):
+    """(grid, stencil, cells [D * b_pad, 3, 3]) of the search over all devices' structures (host).
 
-    The batch is seen as D * b_pad structures (structure s is number device * b_pad + slot), so
-    the plan (grid per structure, capacities) covers every device. The grid is planned on the
-    caller's arrays, with the values the devices see (rounded to the model's dtype): the plan does
-    not depend on the order of atoms or structures, so this equals planning on the device layout.
+    The batch is seen as D * b_pad structures (structure s is number device * b_pad + slot). The
+    grid is planned on the caller's arrays with the values the devices see (rounded to ``dtype``):
+    the plan does not depend on the order of atoms or structures, so this equals planning on the
+    device layout, without building it.
     """
+    total = plan.atom_index.shape[0] * plan.b_pad
+    flat_structure = plan.structure_device * plan.b_pad + plan.structure_slot  # [B]
+    flat_cells = np.repeat(cells[:1], total, axis=0)  # padding structures: the first cell, as on the devices
+    flat_cells[flat_structure] = cells
+    flat_cells = flat_cells.astype(dtype).astype(np.float64)
+    seen = positions.astype(dtype).astype(np.float64)
+    grid, stencil, _ = nl.plan_lib.plan_grid(seen, flat_cells, flat_structure[batch], total, pbc, radius)
+    return grid, stencil, flat_cells
+
+
+def _neighbor_program(model, mesh, method, plan: ShardPlan, pbc, positions, batch, cells, packed, device_args):
+    """The neighbour-list program: one search plan for all devices (planned on the whole batch, see
+    :func:`plan_neighbor_grid`), grown until nothing overflows."""
     num_devices, b_pad, n_pad = packed.shape[0], plan.b_pad, plan.n_pad
     dtype = packed.dtype
     cache = _SPEC_CACHES.setdefault(model, periodic.SpecCache())
     fns = nl.neighbor_list_fn(model.config.cutoff, skin=periodic.LIST_MARGIN, pbc=pbc)
     total = num_devices * b_pad
-    flat_structure = plan.structure_device * b_pad + plan.structure_slot  # [B]
-    flat_cells = np.repeat(cells[:1], total, axis=0)  # padding structures: the first cell, as on the devices
-    flat_cells[flat_structure] = cells
-    flat_cells = flat_cells.astype(dtype).astype(np.float64)
-    seen = positions.astype(dtype).astype(np.float64)
-    grid, stencil, _ = nl.plan_lib.plan_grid(seen, flat_cells, flat_structure[batch], total, pbc, fns.cutoff + fns.skin)
+    grid, stencil, flat_cells = plan_neighbor_grid(plan, positions, batch, cells, pbc, dtype, fns.cutoff + fns.skin)
     key = ("sharded", mesh, packed.shape, b_pad, pbc, grid, stencil, str(dtype))
     spec = cache.get(key)
     for _ in range(4):
