@@ -9,6 +9,12 @@ Balance: structures are dealt largest first to the device with the fewest atoms 
 "longest processing time"), which leaves the largest device at most one structure above the mean.
 Every device is padded to the same static shapes (atoms to ``bucket_size``, structures to a power
 of two), so one program, compiled once per (shapes, mesh), runs on all of them.
+
+Host work per call, all whole-array NumPy (only the balancing heap steps once per structure):
+plan the layout (:func:`plan_shards`), pack each device's inputs into one row (:func:`pack_inputs`,
+one transfer per device), plan the neighbour search of the whole batch (:func:`plan_neighbor_grid`,
+neighbour-list path only), and take energies and forces out of one output row per device with one
+fancy index each (:func:`unpack_outputs`). ``benchmarks/bench_batch_host.py`` times each step.
 """
 
 from __future__ import annotations
