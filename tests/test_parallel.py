@@ -113,6 +113,38 @@ def test_plan_shards_places_every_atom_once():
         np.testing.assert_array_equal(batch[plan.atom_index[d, real]], np.asarray(group)[plan.local_batch[d, real]])
 
 
+def test_balance_by_atoms_deals_largest_first_to_the_lightest_device():
+    from mlff_jax.parallel import balance_by_atoms
+
+    rng = np.random.default_rng(1)
+    for num_devices in (1, 2, 3, 5):
+        sizes = rng.integers(1, 12, 60)  # many ties: the tie rules matter
+        loads, expected = np.zeros(num_devices, np.int64), [[] for _ in range(num_devices)]
+        for s in np.argsort(-sizes, kind="stable"):  # the documented rule, step by step
+            d = int(np.argmin(loads))
+            expected[d].append(int(s))
+            loads[d] += sizes[s]
+        for got, want in zip(balance_by_atoms(sizes, num_devices), expected):
+            assert got.tolist() == sorted(want)
+
+
+def test_plan_shards_keeps_structures_in_index_order_and_atoms_in_caller_order():
+    from mlff_jax.parallel import plan_shards
+
+    rng = np.random.default_rng(2)
+    batch = rng.permutation(np.repeat(np.arange(9), rng.integers(1, 7, 9)))  # unsorted batch
+    plan = plan_shards(batch, 9, 4)
+    for d, group in enumerate(plan.groups):
+        real = plan.atom_index[d] >= 0
+        expected = np.concatenate([np.flatnonzero(batch == s) for s in group]) if len(group) else np.zeros(0, np.int64)
+        np.testing.assert_array_equal(plan.atom_index[d, real], expected)
+        assert real.sum() == len(expected) and not real[len(expected):].any()  # padding only at the end
+    # where each atom and structure went, as recorded for the reassembly
+    np.testing.assert_array_equal(plan.atom_index[plan.atom_device, plan.atom_column], np.arange(len(batch)))
+    for s in range(9):
+        assert s == plan.groups[plan.structure_device[s]][plan.structure_slot[s]]
+
+
 def test_one_device_keeps_the_single_device_path(load_model):
     model = load_model(MODEL)
     rng = np.random.default_rng(3)

@@ -110,32 +110,73 @@ def host_bins(positions, cells, batch, num_structures, pbc, grid, radius) -> Hos
 
     Non-periodic bins are max(extent / n, radius) wide, so the stencil there is 1 (or 0 for one bin).
     """
+    inverse = _inverse_frames(cells, pbc)
+    frac = _fractional(positions, inverse, batch)
+    lo, hi = _extents(frac, batch, num_structures, pbc)
+    wrap, coords, bin_id, widths = _bin_coords(frac, batch, num_structures, pbc, grid, radius, cell_lib.heights(inverse, np), lo, hi)
+    wrapped = positions + np.einsum("nk,nkj->nj", wrap.astype(np.float64), cells[batch])
+    return HostBins(wrapped, wrap, coords, bin_id, widths)
+
+
+def _inverse_frames(cells, pbc) -> np.ndarray:
+    """[B, 3, 3] inverses of the binning frames; one inversion when every structure has the same frame
+    (the usual batch: one cell, or none), broadcast (the same LAPACK call per matrix, so equal bits)."""
     frames = cell_lib.binning_frame(cells, pbc, np)
-    inverse = np.linalg.inv(frames)
-    frac = np.einsum("ni,nij->nj", positions, inverse[batch])
-    h = cell_lib.heights(inverse, np)
-    wrap = np.zeros(positions.shape, np.int64)
-    coords = np.zeros(positions.shape, np.int64)
+    if len(frames) > 1 and np.all(frames == frames[:1]):
+        return np.broadcast_to(np.linalg.inv(frames[:1]), frames.shape)
+    return np.linalg.inv(frames)
+
+
+def _fractional(positions, inverse, batch) -> np.ndarray:
+    """[N, 3] coordinates in each atom's binning frame: positions @ inverse[batch].
+
+    A shared frame skips the per-atom gather of [N, 3, 3] matrices (the same three products and
+    two sums per element, so the same bits); the identity frame (no periodic direction) is the
+    positions themselves (up to the sign of zeros, which no floor or comparison sees).
+    """
+    if len(positions) == 0:
+        return np.zeros((0, 3))
+    if inverse.strides[0] == 0 or np.all(inverse == inverse[:1]):
+        if np.array_equal(inverse[0], np.eye(3)):
+            return positions
+        return np.einsum("ni,ij->nj", positions, inverse[0])
+    return np.einsum("ni,nij->nj", positions, inverse[batch])
+
+
+def _extents(frac, batch, num_structures, pbc):
+    """Per-structure lowest and highest fractional coordinate [B, 3] along the non-periodic
+    directions (0 for empty structures and periodic directions)."""
+    lo = np.zeros((num_structures, 3))
+    hi = np.zeros((num_structures, 3))
+    for k in range(3):
+        if pbc[k] or not len(frac):
+            continue
+        low = np.full(num_structures, np.inf)
+        high = np.full(num_structures, -np.inf)
+        np.minimum.at(low, batch, frac[:, k])
+        np.maximum.at(high, batch, frac[:, k])
+        lo[:, k] = np.where(np.isfinite(low), low, 0.0)
+        hi[:, k] = np.where(np.isfinite(high), high, 0.0)
+    return lo, hi
+
+
+def _bin_coords(frac, batch, num_structures, pbc, grid, radius, h, lo, hi):
+    """(wrap [N, 3], coords [N, 3], flat bin id [N], bin widths [B, 3]) of the atoms for ``grid``."""
+    wrap = np.zeros(frac.shape, np.int64)
+    coords = np.zeros(frac.shape, np.int64)
     widths = np.zeros((num_structures, 3))
     for k in range(3):
         n = grid[k]
         if pbc[k]:
             wrap[:, k] = -np.floor(frac[:, k])
-            coords[:, k] = np.floor((frac[:, k] + wrap[:, k]) * n)
+            coords[:, k] = np.clip(np.floor((frac[:, k] + wrap[:, k]) * n), 0, n - 1)
             widths[:, k] = h[:, k] / n
         else:
-            lo = np.full(num_structures, np.inf)
-            hi = np.full(num_structures, -np.inf)
-            np.minimum.at(lo, batch, frac[:, k])
-            np.maximum.at(hi, batch, frac[:, k])
-            lo = np.where(np.isfinite(lo), lo, 0.0)
-            hi = np.where(np.isfinite(hi), hi, 0.0)
-            widths[:, k] = np.maximum(np.maximum(hi - lo, 0.0) / n, radius)
-            coords[:, k] = np.floor((frac[:, k] - lo[batch]) / widths[batch, k])
-        coords[:, k] = np.clip(coords[:, k], 0, n - 1)
-    wrapped = positions + np.einsum("nk,nkj->nj", wrap.astype(np.float64), cells[batch])
+            widths[:, k] = np.maximum(np.maximum(hi[:, k] - lo[:, k], 0.0) / n, radius)
+            if n > 1:  # one bin: every coordinate is 0
+                coords[:, k] = np.clip(np.floor((frac[:, k] - lo[batch, k]) / widths[batch, k]), 0, n - 1)
     flat = (coords[:, 0] * grid[1] + coords[:, 1]) * grid[2] + coords[:, 2]
-    return HostBins(wrapped, wrap, coords, batch * math.prod(grid) + flat, widths)
+    return wrap, coords, batch * math.prod(grid) + flat, widths
 
 
 def _stencil_for(grid, widths, pbc, radius) -> tuple[int, int, int]:
@@ -165,23 +206,21 @@ def plan_grid(positions, cells, batch, num_structures, pbc, radius, method="auto
     if method not in ("auto", "all_pairs", "cell_list"):
         raise ValueError(f"method must be 'auto', 'all_pairs' or 'cell_list', got {method!r}")
     r = search_radius(radius)
-    inverse = np.linalg.inv(cell_lib.binning_frame(cells, pbc, np))
+    # The fractional coordinates and extents are computed once and shared by both candidate grids.
+    inverse = _inverse_frames(cells, pbc)
     h = cell_lib.heights(inverse, np)  # [B, 3]
+    frac = _fractional(positions, inverse, batch)
+    lo, hi = _extents(frac, batch, num_structures, pbc)
     plans = {}
     if method in ("auto", "all_pairs"):
         plans["all_pairs"] = (1, 1, 1)
     if method in ("auto", "cell_list"):
-        frac = np.einsum("ni,nij->nj", positions, inverse[batch]) if len(positions) else np.zeros((0, 3))
         grid = []
         for k in range(3):
             if pbc[k]:
                 extent = float(np.min(h[:, k]))
             elif len(frac):
-                lo = np.full(num_structures, np.inf)
-                hi = np.full(num_structures, -np.inf)
-                np.minimum.at(lo, batch, frac[:, k])
-                np.maximum.at(hi, batch, frac[:, k])
-                extent = float(np.max(np.where(np.isfinite(hi - lo), hi - lo, 0.0)))
+                extent = float(np.max(hi[:, k] - lo[:, k]))
             else:
                 extent = 0.0
             grid.append(max(1, int(extent // r)))
@@ -193,9 +232,9 @@ def plan_grid(positions, cells, batch, num_structures, pbc, radius, method="auto
         plans["cell_list"] = tuple(grid)
     best = None
     for name, grid in plans.items():
-        bins = host_bins(positions, cells, batch, num_structures, pbc, grid, r)
-        stencil = _stencil_for(grid, bins.widths, pbc, r)
-        occupancy = int(np.max(np.bincount(bins.bin_id))) if len(positions) else 0
+        _, _, bin_id, widths = _bin_coords(frac, batch, num_structures, pbc, grid, r, h, lo, hi)
+        stencil = _stencil_for(grid, widths, pbc, r)
+        occupancy = int(np.max(np.bincount(bin_id))) if len(positions) else 0
         cost = math.prod(2 * m + 1 for m in stencil) * bucket_capacity(max(occupancy, 1))
         if best is None or cost < best[0]:
             best = (cost, grid, stencil, occupancy)
