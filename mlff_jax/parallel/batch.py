@@ -236,7 +236,7 @@ def pack_inputs(plan: ShardPlan, positions, atomic_numbers, cells, dtype, cutoff
 
 def prepare_batch(model, positions, atomic_numbers, batch, num_structures, cell=None, pbc=None, method="analytic", devices=None) -> PreparedBatch:
     """Plans, pads and places a batch on the devices, and compiles its program (see :class:`PreparedBatch`)."""
-    from mlff_jax.model import _DTYPES, ALL_PAIRS_MAX_ATOMS
+    from mlff_jax.model import _DTYPES, all_pairs_max_atoms
 
     devs = resolve_devices(devices)
     mesh = device_mesh(devs)
@@ -249,7 +249,7 @@ def prepare_batch(model, positions, atomic_numbers, batch, num_structures, cell=
         raise ValueError(f"cell must be [3, 3] or [B, 3, 3] with B = {num_structures} structures, got {list(np.shape(cell))}")
     dtype = _DTYPES[model.dtype]
     packed = pack_inputs(plan, positions, atomic_numbers, cells, dtype, model.config.cutoff)
-    dense = cell is None and not any(pbc) and plan.n_pad <= ALL_PAIRS_MAX_ATOMS  # as the single-device path decides
+    dense = cell is None and not any(pbc) and plan.n_pad <= all_pairs_max_atoms()  # as the single-device path decides
     device_args = (put_sharded(mesh, packed),)
     first = None
     if dense:
