@@ -23,13 +23,24 @@ def plan(upstream: str, out: str) -> dict[str, tuple[list[str], int]]:
     ck = lambda name: os.path.join(upstream, "checkpoints", f"{name}.model.pt")  # noqa: E731
     py = [sys.executable]
     return {
+        # one molecule per host call: PyTorch eager / torch.compile, XLA autodiff / analytic, both kernels, one jitted call
         "single_molecule": (py + [f"{HERE}/bench_single_molecule.py", "--checkpoint", ck("tiny-77k"), "--reference",
-                                  os.path.join(upstream, "reference", "tiny-77k.npz"), "--out", f"{out}/single_molecule.json"], 120),
+                                  os.path.join(upstream, "reference", "tiny-77k.npz"), "--kernels", "pallas,triton",
+                                  "--out", f"{out}/single_molecule.json"], 260),
         "forces": (py + [f"{HERE}/bench_forces.py", "--checkpoint", ck("student-427k"), "--out", f"{out}/forces.json"], 170),
-        "md": (py + [f"{HERE}/bench_md.py", "--checkpoint", ck("tiny-77k"), "--out", f"{out}/md.json"], 100),
+        # compiled MD of benzene, 60- and 192-atom clusters through each implementation
+        "md": (py + [f"{HERE}/bench_md.py", "--checkpoint", ck("tiny-77k"), "--implementations", "xla,pallas,triton", "--repeats", "5",
+                     "--out", f"{out}/md.json"], 200),
+        # compiled MD of periodic water boxes, 427K with compressed filters (auto -> kernels)
+        "md_boxes": (py + [f"{HERE}/bench_md.py", "--checkpoint", ck("student-427k"), "--compress", "--systems", "benzene_12",
+                           "--boxes", "1000,10000,100000", "--box-steps", "10", "--repeats", "9", "--out", f"{out}/md_boxes.json"], 240),
+        # 1,024 molecules per call (XLA analytic / autodiff, kernels exact / compressed) and periodic water
         "throughput": (py + [f"{HERE}/bench_throughput.py", "--checkpoint-small", ck("tiny-77k"), "--checkpoint-large", ck("student-427k"),
-                             "--out", f"{out}/throughput.json"], 150),
+                             "--batched-implementations", "auto,pallas,triton", "--out", f"{out}/throughput.json"], 300),
         "neighbors": (py + [f"{HERE}/bench_neighbors.py", "--repeats", "10", "--timeout", "60", "--out", f"{out}/neighbors.json"], 150),
+        # the public API's implementations side by side (input of benchmarks/make_kernels_choice.py)
+        "api": (py + [f"{HERE}/bench_message_passing.py", "--api", "--implementations", "xla,pallas,triton", "--budget-s", "330",
+                      "--out", f"{out}/bench_api.json"], 390),
         # writes benchmarks/results/bench_message_passing_<device>_<time>.json itself
         "message_passing": (py + [f"{HERE}/bench_message_passing.py", "--precisions", "highest", "--repeats", "5"], 150),
     }
