@@ -43,6 +43,19 @@ def _energy_forces_stress(params, positions, atomic_numbers, cell, nbrs, config,
     return total, per_atom, -grad_r, grad_strain / volume
 
 
+@functools.partial(jax.jit, static_argnames=("config", "precision", "implementation", "interpret", "layout"))
+def _routed_energy_forces_stress(params, positions, atomic_numbers, cell, nbrs, config, precision, implementation, interpret, layout):
+    """(energy eV, forces [N, 3] eV/Å, stress [3, 3] eV/Å³) through the model's own path: the
+    analytic sweep or the fused kernels (``implementation``), as ``model.energy_forces_stress``."""
+    from mlff_jax import periodic  # noqa: PLC0415
+
+    energies, forces, de_dstrain = periodic.energy_forces_stress(params, config, _PRECISIONS[precision], positions, atomic_numbers, nbrs,
+                                                                 cell[None], nbrs.atom_mask, 1, True, "analytic", layout, implementation,
+                                                                 interpret)  # fmt: skip
+    symmetric = 0.5 * (de_dstrain[0] + de_dstrain[0].T)
+    return energies[0], forces, symmetric / jnp.abs(jnp.linalg.det(cell))
+
+
 class PeriodicEvaluator:
     """Keeps one neighbour list (skin in Å) for a sequence of periodic structures; reallocates when
     the atoms, the cell or the periodic directions change, or when the list overflows."""
@@ -76,7 +89,15 @@ class PeriodicEvaluator:
         if np.any(atoms.pbc) and abs(np.linalg.det(atoms.cell.array)) < 1e-12:
             raise ValueError("a periodic structure needs a cell with non-zero volume")
         cell = jnp.asarray(atoms.cell.array, dtype)
-        total, per_atom, forces, stress = _energy_forces_stress(self.model.params, positions, jnp.asarray(numbers, jnp.int32), cell, self._nbrs, self.model.config, self.model.precision)
+        z = jnp.asarray(numbers, jnp.int32)
+        if want_energies:  # per-atom energies: the plain forward pass, autodiff forces
+            total, per_atom, forces, stress = _energy_forces_stress(self.model.params, positions, z, cell, self._nbrs, self.model.config, self.model.precision)
+        else:  # the model's path: analytic sweep or kernels, as chosen for this size
+            from mlff_jax import periodic  # noqa: PLC0415
+
+            total, forces, stress = _routed_energy_forces_stress(self.model.params, positions, z, cell, self._nbrs, self.model.config,
+                                                                 self.model.precision, self.model.message_implementation(len(atoms)),
+                                                                 self.model.interpret, periodic.periodic_layout())  # fmt: skip
         results = {
             "energy": float(total),
             "free_energy": float(total),

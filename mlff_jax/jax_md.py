@@ -26,7 +26,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from mlff_jax import painn
+from mlff_jax import analytic, painn
 from mlff_jax.graph import Edges
 from mlff_jax.model import _PRECISIONS
 
@@ -107,6 +107,9 @@ def energy_neighbor_list(
     )
     dtype = jnp.dtype(model.dtype)
     precision = _PRECISIONS[model.precision]
+    # The model's message passing (mlff_jax.implementation): the fused kernels read JAX-MD's Dense
+    # rows directly (same empty-slot sentinel N); otherwise the analytic sweep (custom_vjp).
+    implementation = model.message_implementation(numbers.shape[0])
 
     def energy_fn(positions, neighbor=None, **kwargs):
         if neighbor is None:
@@ -116,7 +119,18 @@ def energy_neighbor_list(
         edges = edges_from_dense_neighbors(neighbor.idx, positions, displacement_fn, **kwargs)
         edges = Edges(edges.senders, edges.receivers, edges.shifts.astype(dtype), edges.mask)
         origin = jnp.zeros((numbers.shape[0], 3), dtype)  # the shifts already are the edge vectors
-        energies = painn.atomic_energies(model.params, model.config, origin, numbers, edges, None, precision)
-        return energies if per_particle else jnp.sum(energies)
+        if per_particle:
+            return painn.atomic_energies(model.params, model.config, origin, numbers, edges, None, precision)
+        num_atoms = numbers.shape[0]
+        batch = jnp.zeros(num_atoms, jnp.int32)
+        if implementation != "xla":
+            from mlff_jax.implementation import _kernel_atomic_energies  # noqa: PLC0415 (Pallas imports only when used)
+
+            shifts = jnp.reshape(edges.shifts, (num_atoms, -1, 3))
+            per_atom = _kernel_atomic_energies(model.params, model.config, origin, numbers, neighbor.idx.astype(jnp.int32), shifts,
+                                               jnp.ones(num_atoms, bool), batch, implementation, model.interpret, model.precision)  # fmt: skip
+            return jnp.sum(per_atom)
+        # jax.grad of this runs the hand-derived sweep; its edge-vector cotangents flow back through displacement_fn.
+        return analytic.structure_energies(model.params, model.config, origin, numbers, edges, jnp.ones(num_atoms, bool), batch, 1, precision)[0]
 
     return neighbor_fn, energy_fn

@@ -132,3 +132,22 @@ def test_periodic_md_keeps_one_neighbour_list_and_stays_exact(load_model):
         assert abs(atoms.get_potential_energy() - float(energy)) <= tol.ROUNDOFF_F64
         np.testing.assert_allclose(atoms.get_forces(), forces, rtol=0, atol=tol.ROUNDOFF_F64)
     assert calc._periodic.allocations == 1
+
+
+def test_periodic_calculator_runs_the_models_message_implementation(load_model, monkeypatch):
+    """Energy, forces and stress of a periodic cell go through the model's chosen implementation
+    (here the Pallas kernels in interpret mode) and equal the model's own host call."""
+    from mlff_jax import implementation as implementation_lib
+
+    model = load_model("ultra-tiny-21k", "float64").with_implementation("pallas", interpret=True)
+    calls = []
+    original = implementation_lib.neighbor_list_structure_energies
+    monkeypatch.setattr(implementation_lib, "neighbor_list_structure_energies", lambda *a, **k: calls.append(1) or original(*a, **k))
+    atoms = _periodic_water(model)
+    atoms.calc = MLFFCalculator(model)
+    energy, forces, stress = atoms.get_potential_energy(), atoms.get_forces(), atoms.get_stress(voigt=False)
+    assert calls, "the calculator did not run the kernels"
+    expected = load_model("ultra-tiny-21k", "float64").energy_forces_stress(atoms.positions, atoms.numbers, cell=atoms.cell.array, pbc=atoms.pbc)
+    assert abs(energy - float(expected[0])) <= tol.ROUNDOFF_F64
+    np.testing.assert_allclose(forces, expected[1], rtol=0, atol=tol.ROUNDOFF_F64)
+    np.testing.assert_allclose(stress, expected[2], rtol=0, atol=tol.ROUNDOFF_F64)

@@ -35,6 +35,26 @@ def test_energy_and_forces_equal_the_model_in_free_space(load_model):
     np.testing.assert_allclose(-grad, forces, rtol=0, atol=tol.ROUNDOFF_F64)
 
 
+def test_energy_runs_the_models_message_implementation(load_model, monkeypatch):
+    """With a model set to the Pallas kernels (interpret mode), the JAX-MD energy and its forces go
+    through them, on JAX-MD's Dense rows, and equal the model's XLA values in float64."""
+    from mlff_jax import implementation as implementation_lib
+
+    model = load_model("ultra-tiny-21k", "float64")
+    kernel_model = model.with_implementation("pallas", interpret=True)
+    calls = []
+    original = implementation_lib._kernel_atomic_energies
+    monkeypatch.setattr(implementation_lib, "_kernel_atomic_energies", lambda *a, **k: calls.append(1) or original(*a, **k))
+    atoms = example("water10")
+    neighbor_fn, energy_fn, _ = _free(kernel_model, atoms)
+    positions = jnp.asarray(atoms.positions)
+    ours, grad = jax.value_and_grad(energy_fn)(positions, neighbor=neighbor_fn.allocate(positions))
+    assert calls, "the JAX-MD energy did not run the kernels"
+    energy, forces = model.energy_and_forces(atoms.positions, atoms.numbers)
+    assert abs(float(ours) - float(energy)) <= tol.ROUNDOFF_F64
+    np.testing.assert_allclose(-grad, forces, rtol=0, atol=tol.ROUNDOFF_F64)
+
+
 def _water_box(count=4, side=11.0, seed=0):
     """``count`` waters from the bundled cluster, shifted so that they straddle the box faces."""
     atoms = example("water10")[: 3 * count]
