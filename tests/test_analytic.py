@@ -462,6 +462,7 @@ def test_padding_pairs_and_slots_contribute_exactly_zero(reference, load_model):
     assert all_finite(grads)
 
 
+@pytest.mark.slow
 def test_chunked_sweep_equals_the_single_pass(reference, load_model):
     """chunk_size: the per-edge work in a lax.scan over chunks (with padding to whole chunks) gives
     the single pass's energies, forces, virial and edge forces, for both layouts, network and table

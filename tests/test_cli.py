@@ -153,6 +153,7 @@ def test_data_and_train_delegate_to_the_trainer(monkeypatch, capsys):
         cli._delegate("mlff_jax.no_such_module", "train", [])
 
 
+@pytest.mark.slow
 def test_md_and_eval_of_a_periodic_box(model_path, capsys, tmp_path, load_model):
     pytest.importorskip("mlff_jax.neighbors")
     from md_helpers import two_ethanols_in_a_box

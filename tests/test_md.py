@@ -171,6 +171,7 @@ def test_nve_conserves_total_energy_in_a_periodic_box_float64(load_model):
     assert max_deviation_per_atom(frames.total_energy, len(atoms)) < tol.MD_ENERGY_MAX_DEVIATION_PER_ATOM
 
 
+@pytest.mark.slow
 def test_our_neighbor_list_overflow_in_a_chunk_is_caught(load_model):
     neighbors = pytest.importorskip("mlff_jax.neighbors")
     model = load_model("ultra-tiny-21k", "float64")
