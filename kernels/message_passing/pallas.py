@@ -216,8 +216,36 @@ def _filter(e, within, w1_ref, b1_ref, w2_ref, b2_ref, cfg):
     return [jnp.where(within, out + b2_ref[p], 0.0) for p, out in enumerate(outs)]
 
 
+def _sum_over_slots(body, capacity, s_out_ref, v_out_ref):
+    """The slot loop of every kernel: ``body(k, (s, v0, v1, v2)) -> (s, v0, v1, v2)`` run over the
+    ``capacity`` slots from zeros; the sums go to ``s_out_ref`` [rows, H] and ``v_out_ref`` [3, rows, H]."""
+    zeros = jnp.zeros(s_out_ref.shape, s_out_ref.dtype)
+    s, v0, v1, v2 = jax.lax.fori_loop(0, capacity, body, (zeros, zeros, zeros, zeros))
+    s_out_ref[...] = s
+    v_out_ref[0] = v0
+    v_out_ref[1] = v1
+    v_out_ref[2] = v2
+
+
+def _backward_slot(k, any_within, slot_gradients, carry, gd_ref, gu_ref, dtype):
+    """Slot k of a backward kernel: ``slot_gradients(carry) -> (carry, (g_d, g_u0, g_u1, g_u2))`` when
+    some receiver of the block has the slot within the cutoff, else zero cotangents; writes slot k of
+    the distance [C, rows] and direction [3, C, rows] cotangents and returns the carry."""
+    rows = gd_ref.shape[1]
+
+    def empty(carry):
+        zero = jnp.zeros((rows,), dtype)
+        return carry, (zero, zero, zero, zero)
+
+    carry, (g_d, g_u0, g_u1, g_u2) = jax.lax.cond(any_within, slot_gradients, empty, carry)
+    gd_ref[k, :] = g_d
+    gu_ref[0, k, :] = g_u0
+    gu_ref[1, k, :] = g_u1
+    gu_ref[2, k, :] = g_u2
+    return carry
+
+
 def _forward_kernel(nbr_ref, d_ref, u_ref, s_ref, v_ref, w1_ref, b1_ref, w2_ref, b2_ref, mu_ref, width_ref, ds_ref, dv_ref, *, cfg, capacity):
-    rows, hidden = ds_ref.shape
     mu, width = mu_ref[...], width_ref[...]
 
     def body(k, carry):
@@ -233,12 +261,7 @@ def _forward_kernel(nbr_ref, d_ref, u_ref, s_ref, v_ref, w1_ref, b1_ref, w2_ref,
 
         return jax.lax.cond(any_within, accumulate, lambda c: c, carry)
 
-    zeros = jnp.zeros((rows, hidden), ds_ref.dtype)
-    ds, dv0, dv1, dv2 = jax.lax.fori_loop(0, capacity, body, (zeros, zeros, zeros, zeros))
-    ds_ref[...] = ds
-    dv_ref[0] = dv0
-    dv_ref[1] = dv1
-    dv_ref[2] = dv2
+    _sum_over_slots(body, capacity, ds_ref, dv_ref)
 
 
 def _backward_kernel(
@@ -246,7 +269,7 @@ def _backward_kernel(
     w1_ref, b1_ref, w2_ref, b2_ref, w2t_ref, mu_ref, width_ref,
     gs_out_ref, gv_out_ref, gd_ref, gu_ref, *, cfg, capacity,
 ):  # fmt: skip
-    rows, hidden = gs_out_ref.shape
+    hidden = gs_out_ref.shape[1]
     mu, width = mu_ref[...], width_ref[...]
 
     def body(k, carry):
@@ -282,23 +305,9 @@ def _backward_kernel(
             g_d = jnp.sum(g_h * dh_dd, axis=1)
             return (acc_s, *acc_v), (g_d, *g_dir)
 
-        def empty(carry):
-            zero = jnp.zeros((rows,), gs_out_ref.dtype)
-            return carry, (zero, zero, zero, zero)
+        return _backward_slot(k, any_within, slot_gradients, carry, gd_ref, gu_ref, gs_out_ref.dtype)
 
-        carry, (g_d, g_u0, g_u1, g_u2) = jax.lax.cond(any_within, slot_gradients, empty, carry)
-        gd_ref[k, :] = g_d
-        gu_ref[0, k, :] = g_u0
-        gu_ref[1, k, :] = g_u1
-        gu_ref[2, k, :] = g_u2
-        return carry
-
-    zeros = jnp.zeros((rows, hidden), gs_out_ref.dtype)
-    acc_s, acc_v0, acc_v1, acc_v2 = jax.lax.fori_loop(0, capacity, body, (zeros, zeros, zeros, zeros))
-    gs_out_ref[...] = acc_s
-    gv_out_ref[0] = acc_v0
-    gv_out_ref[1] = acc_v1
-    gv_out_ref[2] = acc_v2
+    _sum_over_slots(body, capacity, gs_out_ref, gv_out_ref)
 
 
 # ----------------------------------------------------------------------------- launches
@@ -359,6 +368,20 @@ def sum_splits(partial):
     return total
 
 
+def _feature_outputs(sp, n_pad: int, h_pad: int, cfg: KernelConfig, dtype):
+    """(out_specs, out_shape) of the per-split feature sums every kernel writes: [S, Np, Hp] and [S, 3, Np, Hp]."""
+    splits = cfg.slot_splits
+    return ([sp["split_rows"], sp["split_vector_rows"]],
+            [jax.ShapeDtypeStruct((splits, n_pad, h_pad), dtype), jax.ShapeDtypeStruct((splits, 3, n_pad, h_pad), dtype)])  # fmt: skip
+
+
+def _backward_outputs(sp, n_pad: int, h_pad: int, c_pad: int, cfg: KernelConfig, dtype):
+    """(out_specs, out_shape) of a backward kernel: the feature cotangents, then g_d [C_pad, Np] and g_dir [3, C_pad, Np]."""
+    out_specs, out_shape = _feature_outputs(sp, n_pad, h_pad, cfg, dtype)
+    return (out_specs + [sp["slots"], sp["slot_vectors"]],
+            out_shape + [jax.ShapeDtypeStruct((c_pad, n_pad), dtype), jax.ShapeDtypeStruct((3, c_pad, n_pad), dtype)])  # fmt: skip
+
+
 def forward(packed: Packed, s_pad, v_pad, cfg: KernelConfig):
     """(ds [Np, Hp], dv [3, Np, Hp]) from kernel-layout inputs."""
     if cfg.table_intervals:
@@ -370,9 +393,7 @@ def forward(packed: Packed, s_pad, v_pad, cfg: KernelConfig):
     k_pad = packed.w1.shape[0]
     in_specs = [sp["slots"], sp["slots"], sp["slot_vectors"], _whole((n_pad, h_pad)), _whole((3, n_pad, h_pad))]
     in_specs += _weights_specs(packed, h_pad) + [_whole((1, k_pad)), _whole((1, k_pad))]
-    out_specs = [sp["split_rows"], sp["split_vector_rows"]]
-    splits = cfg.slot_splits
-    out_shape = [jax.ShapeDtypeStruct((splits, n_pad, h_pad), s_pad.dtype), jax.ShapeDtypeStruct((splits, 3, n_pad, h_pad), s_pad.dtype)]
+    out_specs, out_shape = _feature_outputs(sp, n_pad, h_pad, cfg, s_pad.dtype)
     kernel = functools.partial(_forward_kernel, cfg=cfg, capacity=sp["capacity"])
     p = packed
     ds, dv = _launch(kernel, "painn_message_fwd", out_shape, in_specs, out_specs, n_pad, cfg,
@@ -393,15 +414,7 @@ def backward(packed: Packed, s_pad, v_pad, gs_pad, gv_pad, cfg: KernelConfig):
     in_specs = [sp["slots"], sp["slots"], sp["slot_vectors"], _whole((n_pad, h_pad)), _whole((3, n_pad, h_pad)),
                 _whole((n_pad, h_pad)), _whole((3, n_pad, h_pad)), sp["rows"], sp["vector_rows"]]  # fmt: skip
     in_specs += _weights_specs(packed, h_pad) + [_whole((3, h_pad, h_pad)), _whole((1, k_pad)), _whole((1, k_pad))]
-    out_specs = [sp["split_rows"], sp["split_vector_rows"], sp["slots"], sp["slot_vectors"]]
-    dtype = s_pad.dtype
-    splits = cfg.slot_splits
-    out_shape = [
-        jax.ShapeDtypeStruct((splits, n_pad, h_pad), dtype),
-        jax.ShapeDtypeStruct((splits, 3, n_pad, h_pad), dtype),
-        jax.ShapeDtypeStruct((c_pad, n_pad), dtype),
-        jax.ShapeDtypeStruct((3, c_pad, n_pad), dtype),
-    ]
+    out_specs, out_shape = _backward_outputs(sp, n_pad, h_pad, c_pad, cfg, s_pad.dtype)
     kernel = functools.partial(_backward_kernel, cfg=cfg, capacity=sp["capacity"])
     p = packed
     w2t = jnp.transpose(p.w2, (0, 2, 1))

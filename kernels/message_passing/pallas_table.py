@@ -28,7 +28,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from .pallas import KernelConfig, Packed, _launch, _pad_to, _slot, _specs, _whole, sum_splits
+from .pallas import KernelConfig, Packed, _backward_outputs, _backward_slot, _feature_outputs, _launch, _pad_to, _slot, _specs, _sum_over_slots, _whole, sum_splits
 
 
 def pack_table(table, cutoff: float, h_pad: int):
@@ -70,8 +70,6 @@ def table_filter(d, within, values_ref, slopes_ref, cfg: KernelConfig, derivativ
 
 
 def _forward_kernel(nbr_ref, d_ref, u_ref, s_ref, v_ref, values_ref, slopes_ref, ds_ref, dv_ref, *, cfg, capacity):
-    rows, hidden = ds_ref.shape
-
     def body(k, carry):
         idx, _, within, any_within = _slot(nbr_ref, d_ref, k, cfg.num_atoms, cfg.cutoff)
 
@@ -84,20 +82,13 @@ def _forward_kernel(nbr_ref, d_ref, u_ref, s_ref, v_ref, values_ref, slopes_ref,
 
         return jax.lax.cond(any_within, accumulate, lambda c: c, carry)
 
-    zeros = jnp.zeros((rows, hidden), ds_ref.dtype)
-    ds, dv0, dv1, dv2 = jax.lax.fori_loop(0, capacity, body, (zeros, zeros, zeros, zeros))
-    ds_ref[...] = ds
-    dv_ref[0] = dv0
-    dv_ref[1] = dv1
-    dv_ref[2] = dv2
+    _sum_over_slots(body, capacity, ds_ref, dv_ref)
 
 
 def _backward_kernel(
     nbr_ref, d_ref, u_ref, s_ref, v_ref, gs_ref, gv_ref, gs_own_ref, gv_own_ref, values_ref, slopes_ref,
     gs_out_ref, gv_out_ref, gd_ref, gu_ref, *, cfg, capacity,
 ):  # fmt: skip
-    rows, hidden = gs_out_ref.shape
-
     def body(k, carry):
         idx, _, within, any_within = _slot(nbr_ref, d_ref, k, cfg.num_atoms, cfg.cutoff)
 
@@ -116,23 +107,9 @@ def _backward_kernel(
                 g_w = g_w + gv_own[i] * (v_ref[i, idx, :] * dwv1 + u[i] * dwv2)
             return (acc_s, *acc_v), (jnp.sum(g_w, axis=1), *g_dir)
 
-        def empty(carry):
-            zero = jnp.zeros((rows,), gs_out_ref.dtype)
-            return carry, (zero, zero, zero, zero)
+        return _backward_slot(k, any_within, slot_gradients, carry, gd_ref, gu_ref, gs_out_ref.dtype)
 
-        carry, (g_d, g_u0, g_u1, g_u2) = jax.lax.cond(any_within, slot_gradients, empty, carry)
-        gd_ref[k, :] = g_d
-        gu_ref[0, k, :] = g_u0
-        gu_ref[1, k, :] = g_u1
-        gu_ref[2, k, :] = g_u2
-        return carry
-
-    zeros = jnp.zeros((rows, hidden), gs_out_ref.dtype)
-    acc_s, acc_v0, acc_v1, acc_v2 = jax.lax.fori_loop(0, capacity, body, (zeros, zeros, zeros, zeros))
-    gs_out_ref[...] = acc_s
-    gv_out_ref[0] = acc_v0
-    gv_out_ref[1] = acc_v1
-    gv_out_ref[2] = acc_v2
+    _sum_over_slots(body, capacity, gs_out_ref, gv_out_ref)
 
 
 def forward_table(packed: Packed, s_pad, v_pad, cfg: KernelConfig):
@@ -141,9 +118,7 @@ def forward_table(packed: Packed, s_pad, v_pad, cfg: KernelConfig):
     sp = _specs(packed, h_pad, cfg)
     table_spec = _whole(packed.table_values.shape)
     in_specs = [sp["slots"], sp["slots"], sp["slot_vectors"], _whole((n_pad, h_pad)), _whole((3, n_pad, h_pad)), table_spec, table_spec]
-    out_specs = [sp["split_rows"], sp["split_vector_rows"]]
-    splits = cfg.slot_splits
-    out_shape = [jax.ShapeDtypeStruct((splits, n_pad, h_pad), s_pad.dtype), jax.ShapeDtypeStruct((splits, 3, n_pad, h_pad), s_pad.dtype)]
+    out_specs, out_shape = _feature_outputs(sp, n_pad, h_pad, cfg, s_pad.dtype)
     kernel = functools.partial(_forward_kernel, cfg=cfg, capacity=sp["capacity"])
     p = packed
     ds, dv = _launch(kernel, "painn_message_table_fwd", out_shape, in_specs, out_specs, n_pad, cfg,
@@ -159,15 +134,7 @@ def backward_table(packed: Packed, s_pad, v_pad, gs_pad, gv_pad, cfg: KernelConf
     table_spec = _whole(packed.table_values.shape)
     in_specs = [sp["slots"], sp["slots"], sp["slot_vectors"], _whole((n_pad, h_pad)), _whole((3, n_pad, h_pad)),
                 _whole((n_pad, h_pad)), _whole((3, n_pad, h_pad)), sp["rows"], sp["vector_rows"], table_spec, table_spec]  # fmt: skip
-    out_specs = [sp["split_rows"], sp["split_vector_rows"], sp["slots"], sp["slot_vectors"]]
-    dtype = s_pad.dtype
-    splits = cfg.slot_splits
-    out_shape = [
-        jax.ShapeDtypeStruct((splits, n_pad, h_pad), dtype),
-        jax.ShapeDtypeStruct((splits, 3, n_pad, h_pad), dtype),
-        jax.ShapeDtypeStruct((c_pad, n_pad), dtype),
-        jax.ShapeDtypeStruct((3, c_pad, n_pad), dtype),
-    ]
+    out_specs, out_shape = _backward_outputs(sp, n_pad, h_pad, c_pad, cfg, s_pad.dtype)
     kernel = functools.partial(_backward_kernel, cfg=cfg, capacity=sp["capacity"])
     p = packed
     g_s, g_v, g_d, g_u = _launch(kernel, "painn_message_table_bwd", out_shape, in_specs, out_specs, n_pad, cfg,
