@@ -417,9 +417,9 @@ def _energies_only(params, config, positions, atomic_numbers, graph, atom_mask, 
     return per_structure_sum(per_atom, batch, num_structures)
 
 
-def _unwrap(tree):
+def unwrap_primals(tree):
     """(values, perturbed?) of a custom_vjp argument under ``symbolic_zeros=True`` (leaves are
-    CustomVJPPrimal(value, perturbed))."""
+    CustomVJPPrimal(value, perturbed)). Also used by the kernels' custom VJP."""
     is_primal = lambda x: hasattr(x, "perturbed") and hasattr(x, "value")
     leaves = jax.tree_util.tree_leaves(tree, is_leaf=is_primal)
     values = jax.tree_util.tree_map(lambda x: x.value if is_primal(x) else x, tree, is_leaf=is_primal)
@@ -427,8 +427,8 @@ def _unwrap(tree):
 
 
 def _structure_energies_fwd(params, config, positions, atomic_numbers, graph, atom_mask, batch, num_structures, precision, chunk_size):
-    (params, params_perturbed), (positions, positions_perturbed) = _unwrap(params), _unwrap(positions)
-    (graph, graph_perturbed), (atomic_numbers, _), (atom_mask, _), (batch, _) = map(_unwrap, (graph, atomic_numbers, atom_mask, batch))
+    (params, params_perturbed), (positions, positions_perturbed) = unwrap_primals(params), unwrap_primals(positions)
+    (graph, graph_perturbed), (atomic_numbers, _), (atom_mask, _), (batch, _) = map(unwrap_primals, (graph, atomic_numbers, atom_mask, batch))
     if positions_perturbed or graph_perturbed:  # forces wanted: the analytic sweep
         result = energy_forces_virial(params, config, positions, atomic_numbers, graph, atom_mask, batch, num_structures, precision,
                                       chunk_size=chunk_size)

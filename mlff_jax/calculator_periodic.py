@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 from ase.stress import full_3x3_to_voigt_6_stress
 
-from mlff_jax import painn
+from mlff_jax import painn, periodic
 from mlff_jax.model import _PRECISIONS
 
 
@@ -47,13 +47,10 @@ def _energy_forces_stress(params, positions, atomic_numbers, cell, nbrs, config,
 def _routed_energy_forces_stress(params, positions, atomic_numbers, cell, nbrs, config, precision, implementation, interpret, layout):
     """(energy eV, forces [N, 3] eV/Å, stress [3, 3] eV/Å³) through the model's own path: the
     analytic sweep or the fused kernels (``implementation``), as ``model.energy_forces_stress``."""
-    from mlff_jax import periodic  # noqa: PLC0415
-
     energies, forces, de_dstrain = periodic.energy_forces_stress(params, config, _PRECISIONS[precision], positions, atomic_numbers, nbrs,
                                                                  cell[None], nbrs.atom_mask, 1, True, "analytic", layout, implementation,
                                                                  interpret)  # fmt: skip
-    symmetric = 0.5 * (de_dstrain[0] + de_dstrain[0].T)
-    return energies[0], forces, symmetric / jnp.abs(jnp.linalg.det(cell))
+    return energies[0], forces, periodic.stress_from_strain_derivative(de_dstrain[0], jnp.abs(jnp.linalg.det(cell)))
 
 
 class PeriodicEvaluator:
@@ -93,8 +90,6 @@ class PeriodicEvaluator:
         if want_energies:  # per-atom energies: the plain forward pass, autodiff forces
             total, per_atom, forces, stress = _energy_forces_stress(self.model.params, positions, z, cell, self._nbrs, self.model.config, self.model.precision)
         else:  # the model's path: analytic sweep or kernels, as chosen for this size
-            from mlff_jax import periodic  # noqa: PLC0415
-
             total, forces, stress = _routed_energy_forces_stress(self.model.params, positions, z, cell, self._nbrs, self.model.config,
                                                                  self.model.precision, self.model.message_implementation(len(atoms)),
                                                                  self.model.interpret, periodic.periodic_layout())  # fmt: skip

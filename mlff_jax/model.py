@@ -8,7 +8,6 @@ already static there) and run the same pure function.
 
 from __future__ import annotations
 
-import functools
 from typing import Any
 
 import jax

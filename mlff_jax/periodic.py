@@ -102,6 +102,12 @@ def energy_forces_stress(params, config, precision, positions, atomic_numbers, n
     return energies, -grads, None
 
 
+def stress_from_strain_derivative(de_dstrain, volumes):
+    """ASE's stress [..., 3, 3] eV/Å³ from dE/d(epsilon) [..., 3, 3] eV and the cell volumes [...] Å³:
+    the symmetrised derivative over the volume (NumPy or JAX arrays)."""
+    return 0.5 * (de_dstrain + de_dstrain.swapaxes(-1, -2)) / volumes[..., None, None]
+
+
 # layout is static (a module-level jit shared by all models: the override must be part of the key).
 @functools.partial(jax.jit, static_argnames=("config", "precision", "spec", "compute_stress", "method", "layout", "implementation", "interpret"))
 def _evaluate(params, positions, atomic_numbers, atom_mask, batch, cells, *, config, precision, spec, compute_stress, method, layout,
@@ -173,8 +179,7 @@ def evaluate(model, precision, positions, atomic_numbers, atom_mask, batch, num_
         if not bool(overflow):
             stress = None
             if compute_stress:
-                sym = 0.5 * (dE_dstrain + np.swapaxes(dE_dstrain, 1, 2))
-                stress = (sym[:real] / volumes[:, None, None]).astype(dtype)
+                stress = stress_from_strain_derivative(dE_dstrain[:real], volumes).astype(dtype)
             return energies, forces, stress
         spec = None  # re-measure the capacities (they grow: see SpecCache.put)
     raise RuntimeError("neighbour list overflow persisted after re-allocation")  # pragma: no cover

@@ -28,6 +28,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.custom_derivatives import SymbolicZero
 
+from mlff_jax.analytic import unwrap_primals
+
 from . import pallas as pallas_kernels
 from .reference import check_precision, message_block_reference
 
@@ -194,17 +196,9 @@ def _fused(cfg, backend, s, v, neighbors, distances, directions, filt, centers, 
     return _kernel_forward(cfg, backend, s, v, neighbors, distances, directions, filt, centers, widths)
 
 
-def _unwrap(tree):
-    """(values, perturbed?) of a custom_vjp argument under ``symbolic_zeros=True``."""
-    is_primal = lambda x: hasattr(x, "perturbed") and hasattr(x, "value")  # noqa: E731
-    leaves = jax.tree_util.tree_leaves(tree, is_leaf=is_primal)
-    values = jax.tree_util.tree_map(lambda x: x.value if is_primal(x) else x, tree, is_leaf=is_primal)
-    return values, any(bool(getattr(x, "perturbed", False)) for x in leaves)
-
-
 def _fused_fwd(cfg, backend, s, v, neighbors, distances, directions, filt, centers, widths):
-    (s, _), (v, _), (neighbors, _), (distances, _), (directions, _) = map(_unwrap, (s, v, neighbors, distances, directions))
-    (filt, filt_perturbed), (centers, centers_perturbed), (widths, widths_perturbed) = map(_unwrap, (filt, centers, widths))
+    (s, _), (v, _), (neighbors, _), (distances, _), (directions, _) = map(unwrap_primals, (s, v, neighbors, distances, directions))
+    (filt, filt_perturbed), (centers, centers_perturbed), (widths, widths_perturbed) = map(unwrap_primals, (filt, centers, widths))
     out = _kernel_forward(cfg, backend, s, v, neighbors, distances, directions, filt, centers, widths)
     # Parameter cotangents (training through the kernels) cost the reference's per-edge filters,
     # [N, C, 3H] floats (18 GB at 100k atoms of water): computed only when the parameters are
