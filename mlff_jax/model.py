@@ -34,10 +34,10 @@ def _check_method(method: str) -> None:
         raise ValueError(f"method must be one of {_METHODS}, got {method!r}")
 
 # Molecules up to this many (padded) atoms use the dense all-pairs graph; larger systems and
-# every periodic one take their edges from a neighbour list (mlff_jax.periodic). Per platform, by
-# measurement: on CPU the neighbour list wins from ~192 atoms (86 vs 170 ms for a 192-atom water
-# cluster, tiny-77k); on the H100 all pairs cost 0.48 ms there against 3.5 ms through the
-# neighbour-list program (benchmarks/results/single_molecule_tiny77k_h100_run3.json).
+# every periodic one take their edges from a neighbour list (mlff_jax.periodic). Per platform: on
+# CPU the earlier switch point (128) stays; on the H100 a 192-atom water cluster (tiny-77k) costs
+# 0.46 ms with all pairs against 3.3-3.9 ms through the neighbour-list program
+# (benchmarks/results/single_molecule_tiny77k_h100_run3.json).
 ALL_PAIRS_MAX_ATOMS = 128
 ALL_PAIRS_MAX_ATOMS_BY_PLATFORM = {"cpu": 128, "gpu": 256, "cuda": 256, "rocm": 256}
 
