@@ -18,6 +18,8 @@ class PaiNNConfig:
       num_rbf: K, number of Gaussian radial basis functions.
       cutoff: rc in Å; pairs with d <= rc are edges, the cosine cutoff is zero at d >= rc.
       max_z: largest supported atomic number (the embedding has max_z + 1 rows).
+      elements: atomic numbers the model was trained on, sorted (``None``: not recorded, nothing is
+        refused); host calls refuse any other element (:mod:`mlff_jax.elements`).
     """
 
     hidden_dim: int = 128
@@ -25,6 +27,7 @@ class PaiNNConfig:
     num_rbf: int = 20
     cutoff: float = DEFAULT_CUTOFF
     max_z: int = 100
+    elements: tuple[int, ...] | None = None
 
     def __post_init__(self):
         for name in ("hidden_dim", "num_interactions", "num_rbf", "max_z"):
@@ -36,6 +39,11 @@ class PaiNNConfig:
         if not (isinstance(self.cutoff, (int, float)) and self.cutoff > 0):
             raise ValueError(f"PaiNNConfig.cutoff must be a positive number of Å, got {self.cutoff!r}")
         object.__setattr__(self, "cutoff", float(self.cutoff))
+        if self.elements is not None:
+            elements = tuple(self.elements) if isinstance(self.elements, (list, tuple)) else None
+            if not elements or any(not isinstance(z, int) or isinstance(z, bool) or not 1 <= z <= self.max_z for z in elements):
+                raise ValueError(f"PaiNNConfig.elements must be a non-empty list of atomic numbers in 1..{self.max_z}, got {self.elements!r}")
+            object.__setattr__(self, "elements", tuple(sorted(set(elements))))
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

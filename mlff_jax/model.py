@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mlff_jax import analytic, painn, periodic
+from mlff_jax import elements as elements_lib
 from mlff_jax import implementation as implementation_lib
 from mlff_jax.analytic_graph import all_pairs_graph, default_accumulation
 from mlff_jax.config import PaiNNConfig
@@ -75,10 +76,14 @@ class PaiNNStudent:
       implementation: message passing by ``"xla"``, the fused kernels (``"pallas"``, ``"triton"``), or
         ``"auto"`` (default: the fastest measured for this device and workload, else ``"xla"``;
         see :mod:`mlff_jax.implementation`). ``interpret``: Pallas interpret mode (CPU tests).
+      name: how error messages name the model (``load`` sets the file or bundled model name).
+      allow_untrained_elements: host calls accept elements outside ``config.elements`` (the
+        trained set; :mod:`mlff_jax.elements`); by default they raise ValueError.
     """
 
     def __init__(self, config: PaiNNConfig, params: Any, dtype: str = "float32", precision: str = "highest",
-                 implementation: str = "auto", interpret: bool = False):  # fmt: skip
+                 implementation: str = "auto", interpret: bool = False, name: str | None = None,
+                 allow_untrained_elements: bool = False):  # fmt: skip
         if dtype not in _DTYPES:
             raise ValueError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
         if precision not in _PRECISIONS:
@@ -89,6 +94,8 @@ class PaiNNStudent:
                 "before loading the model"
             )
         self.config = config
+        self.name = name
+        self.allow_untrained_elements = bool(allow_untrained_elements)
         self.dtype = dtype
         self.precision = precision
         implementation_lib.check(implementation, interpret)
@@ -101,8 +108,32 @@ class PaiNNStudent:
         c = self.config
         return (
             f"PaiNNStudent(hidden_dim={c.hidden_dim}, num_interactions={c.num_interactions}, num_rbf={c.num_rbf}, "
-            f"cutoff={c.cutoff}, parameters={c.num_parameters}, dtype={self.dtype})"
+            f"cutoff={c.cutoff}, parameters={c.num_parameters}, dtype={self.dtype}, elements={self._elements_text()})"
         )
+
+    def _elements_text(self) -> str:
+        if self.config.elements is None:
+            return "not recorded"
+        return elements_lib.describe(self.config.elements) + (" (others allowed)" if self.allow_untrained_elements else "")
+
+    def _same_model(self, params, **changes) -> "PaiNNStudent":
+        options = dict(dtype=self.dtype, precision=self.precision, implementation=self.implementation, interpret=self.interpret,
+                       name=self.name, allow_untrained_elements=self.allow_untrained_elements)  # fmt: skip
+        return PaiNNStudent(self.config, params, **(options | changes))
+
+    def with_untrained_elements(self, allowed: bool = True) -> "PaiNNStudent":
+        """The same model, whose host calls accept (``allowed``) or refuse elements it was not trained on."""
+        return self._same_model(self.params, allow_untrained_elements=allowed)
+
+    def check_elements(self, atomic_numbers) -> None:
+        """Raises ValueError if ``atomic_numbers`` [N] holds an element this model was not trained on
+        (unless ``allow_untrained_elements``). Host calls do this themselves; code under ``jax.jit``
+        is never checked, so call this once on the host before."""
+        if not self.allow_untrained_elements:
+            elements_lib.check_trained_elements(atomic_numbers, self.config.elements, self._display_name())
+
+    def _display_name(self) -> str:
+        return repr(self.name) if self.name else f"PaiNNStudent(hidden_dim={self.config.hidden_dim}, num_interactions={self.config.num_interactions})"
 
     def compress(self, spacing: float | None = None) -> "PaiNNStudent":
         """A copy whose radial filter networks are replaced by exact-derivative cubic Hermite tables
@@ -111,13 +142,13 @@ class PaiNNStudent:
 
         float64_params = painn.cast_params(self.params, jnp.float64 if jax.config.jax_enable_x64 else jnp.float32)
         tables = compress_params(float64_params, self.config, DEFAULT_SPACING if spacing is None else spacing)
-        return PaiNNStudent(self.config, tables, dtype=self.dtype, precision=self.precision, implementation=self.implementation, interpret=self.interpret)
+        return self._same_model(tables)
 
     # ----------------------------------------------------------------- message-passing implementation
     def with_implementation(self, implementation: str, interpret: bool = False) -> "PaiNNStudent":
         """The same model whose message passing runs on ``implementation`` ("auto" | "xla" | "pallas" |
         "triton"; ``interpret``: Pallas interpret mode). See :mod:`mlff_jax.implementation`."""
-        return PaiNNStudent(self.config, self.params, dtype=self.dtype, precision=self.precision, implementation=implementation, interpret=interpret)
+        return self._same_model(self.params, implementation=implementation, interpret=interpret)
 
     def message_implementation(self, num_atoms: int) -> str:
         """What runs the message passing for a system of ``num_atoms`` (padded) atoms: "xla" | "pallas" | "triton"."""
@@ -166,7 +197,8 @@ class PaiNNStudent:
     def energy_fn(self, positions: jax.Array, atomic_numbers: jax.Array, neighbors=None, cell=None) -> jax.Array:
         """Energy (eV, scalar) of one structure as a pure JAX function, for ``jax.grad``/``vmap``/``jit``.
 
-        positions: [N, 3] Å; atomic_numbers: [N] int. No validation or padding happens here.
+        positions: [N, 3] Å; atomic_numbers: [N] int. No validation or padding happens here (no
+        untrained-element check either: see :meth:`check_elements`).
         Wrapped in ``jax.custom_vjp`` (:func:`mlff_jax.analytic.structure_energies`): ``jax.grad``
         of it runs the analytic sweep and returns minus the analytic forces.
         neighbors: optional :class:`mlff_jax.neighbors.NeighborList` (periodic systems, MD with a
@@ -198,7 +230,8 @@ class PaiNNStudent:
 
         Args:
           positions: [N, 3] Å.
-          atomic_numbers: [N] int, 1 <= Z <= config.max_z.
+          atomic_numbers: [N] int, 1 <= Z <= config.max_z, and among ``config.elements`` (the
+            elements the model was trained on) unless ``allow_untrained_elements``.
           batch: optional [N] int, structure index of each atom (0 .. B-1); structures never interact.
           cell: optional [3, 3] Å (rows are cell vectors, ASE's convention), or [B, 3, 3] with a batch.
           pbc: three bools (shared by the batch); default: periodic in every direction iff a cell
@@ -215,7 +248,8 @@ class PaiNNStudent:
         Compilation: on the host, N is padded to ``bucket_size(N)`` (8, 12, 16, 24, 32, 48, ...) and B
         to a power of two; one program is compiled per (atoms bucket, structures bucket) and reused.
         Padding atoms have no edges and zero energy, so they change nothing. Under ``jax.jit`` the
-        call is traced at the given shapes instead.
+        call is traced at the given shapes instead, and neither validated nor checked for untrained
+        elements (call :meth:`check_elements` on the host first).
         """
         _check_method(method)
         if _is_traced(positions, atomic_numbers, batch):
@@ -321,6 +355,7 @@ class PaiNNStudent:
                 f"unknown element: atomic number(s) {sorted(set(z[unknown].tolist()))} outside 1..{self.config.max_z} "
                 f"(atoms {np.nonzero(unknown)[0][:10].tolist()})"
             )
+        self.check_elements(z)
         if batch is None:
             return positions, z, np.zeros(n, np.int64), 1
         batch = np.asarray(batch)

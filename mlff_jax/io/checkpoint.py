@@ -7,10 +7,15 @@ Sources, told apart by content, not by file name:
   model hyper-parameters), a Lightning-style ``{"state_dict": ...}``, or a bare ``state_dict``.
 - ONNX: the initializers of an upstream export (weights only; the graph is ignored).
 - safetensors: our own format (config in the metadata), or a bare upstream state_dict.
+
+Every file is untrusted input: whatever is wrong with it (not a checkpoint, a corrupt archive, a
+crafted pickle or tensor header, a malformed config, NaN or inf in a weight) is refused with one
+``ValueError`` that names the file and the problem; reading never runs code from the file.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import pathlib
 import zipfile
@@ -19,25 +24,49 @@ from typing import Any, Mapping
 import numpy as np
 
 from mlff_jax.config import PaiNNConfig
+from mlff_jax.elements import UPSTREAM_ELEMENTS
 from mlff_jax.io.convert import infer_config, state_dict_to_params, strip_prefix
 from mlff_jax.io.torch_pickle import read_torch_checkpoint
 from mlff_jax.painn import optional_param_shapes, param_shapes
 
 FORMAT_NAME = "mlff-jax/painn-student"
 FORMAT_VERSION = "1"
+_MAX_ELEMENTS = 1 << 28  # per tensor; far above any PaiNN student, keeps crafted headers from exhausting memory
+_ONNX_NUMERIC = (1, 2, 3, 4, 5, 6, 7, 9, 10, 11, 12, 13)  # float, u/int 8..64, bool, float16, double
 
 
 def read_checkpoint(path) -> tuple[PaiNNConfig, dict[str, np.ndarray]]:
     """Reads any supported file into (config, flat '/'-keyed float64 parameters).
 
+    A file that records no trained elements (upstream checkpoints, ONNX, our files written before
+    the field existed) gets upstream's, H, C, N, O, F, S, Cl (those up to its ``max_z``).
+
     Raises:
       FileNotFoundError: no such file.
-      ValueError: the file is not a PaiNN student checkpoint, or its tensors do not fit one (the
-        message lists every missing, unexpected or mis-shaped tensor).
+      ValueError: naming the file and what in it is wrong: not a PaiNN student checkpoint, a
+        corrupt archive, pickle or tensor, a malformed config, NaN or inf in a tensor, or tensors that
+        do not fit the model (the message lists every missing, unexpected or mis-shaped tensor).
     """
     path = pathlib.Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint file at {path}")
+    try:
+        config, params = _read_any(path)
+    except ValueError as exc:
+        if str(path) in str(exc):
+            raise
+        raise ValueError(f"{path}: {exc}") from exc
+    except (ImportError, MemoryError):
+        raise
+    except Exception as exc:  # a malformed file can trip any parser; it is still the file's fault
+        raise ValueError(f"{path} is not a readable PaiNN student checkpoint ({type(exc).__name__}: {exc})") from exc
+    if config.elements is None:
+        known = tuple(z for z in UPSTREAM_ELEMENTS if z <= config.max_z)
+        config = dataclasses.replace(config, elements=known or None)
+    return config, params
+
+
+def _read_any(path: pathlib.Path) -> tuple[PaiNNConfig, dict[str, np.ndarray]]:
     with open(path, "rb") as f:
         head = f.read(16)
     if zipfile.is_zipfile(path):
@@ -48,9 +77,26 @@ def read_checkpoint(path) -> tuple[PaiNNConfig, dict[str, np.ndarray]]:
         state_dict, config = _read_onnx(path), None
     else:
         raise ValueError(f"{path} is not a PaiNN student checkpoint: not a PyTorch zip, ONNX or safetensors file")
+    return _from_state_dict(path, state_dict, config)
+
+
+def _from_state_dict(path, state_dict: Mapping[str, Any], config: Mapping[str, Any] | None) -> tuple[PaiNNConfig, dict[str, np.ndarray]]:
     state_dict = strip_prefix(state_dict)
+    for name, value in state_dict.items():
+        if not isinstance(name, str):
+            raise ValueError(f"{path}: the state_dict has a key {name!r:.40} that is not a tensor name")
+        if not isinstance(value, np.ndarray) or value.dtype.kind not in "biuf":
+            raise ValueError(f"{path}: tensor {name} is a {type(value).__name__} {getattr(value, 'dtype', '')}, not a numeric tensor")
+    _refuse_non_finite(path, state_dict)
     cfg = infer_config(state_dict, config)
     return cfg, state_dict_to_params(state_dict, cfg)
+
+
+def _refuse_non_finite(path, tensors: Mapping[str, np.ndarray]) -> None:
+    """NaN or inf in a weight makes every energy NaN: refuse the file, naming the tensors."""
+    bad = [name for name, value in tensors.items() if value.dtype.kind == "f" and not np.all(np.isfinite(value))]
+    if bad:
+        raise ValueError(f"{path}: NaN or inf in tensor(s) {', '.join(bad[:10])}; the weights are corrupt")
 
 
 def _unwrap_torch_object(obj: Any, path) -> tuple[dict[str, Any], Mapping[str, Any] | None]:
@@ -79,7 +125,15 @@ def _read_onnx(path) -> dict[str, np.ndarray]:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as exc:
         raise ValueError(f"{path} is not a readable ONNX file ({exc})") from exc
-    return {init.name: numpy_helper.to_array(init) for init in model.graph.initializer}
+    tensors = {}
+    for init in model.graph.initializer:
+        # External data would make the reader open a path the file chooses: weights must be inside.
+        if init.data_location == onnx.TensorProto.EXTERNAL or len(init.external_data):
+            raise ValueError(f"{path}: initializer {init.name!r} keeps its data in an external file; only self-contained ONNX files are read")
+        if init.data_type not in _ONNX_NUMERIC or np.prod(init.dims, dtype=object) > _MAX_ELEMENTS:
+            raise ValueError(f"{path}: initializer {init.name!r} is not a numeric tensor of at most {_MAX_ELEMENTS} elements")
+        tensors[init.name] = numpy_helper.to_array(init)
+    return tensors
 
 
 def _looks_like_safetensors(path: pathlib.Path, head: bytes) -> bool:
@@ -98,9 +152,16 @@ def _read_safetensors(path) -> tuple[PaiNNConfig, dict[str, np.ndarray]]:
             tensors = {k: f.get_tensor(k) for k in f.keys()}
     except Exception as exc:
         raise ValueError(f"{path} is not a readable safetensors file ({exc})") from exc
+    for name, value in tensors.items():
+        if value.dtype.kind not in "biuf":
+            raise ValueError(f"{path}: tensor {name} has dtype {value.dtype}, not a number")
     if metadata.get("format") == FORMAT_NAME:
-        config = PaiNNConfig.from_dict(json.loads(metadata["config"]))
-        table_rows = int(metadata["filter_table_rows"]) if "filter_table_rows" in metadata else None
+        config = _config_from_metadata(path, metadata)
+        table_rows = metadata.get("filter_table_rows")
+        if table_rows is not None:
+            if not table_rows.isdigit() or not 2 <= int(table_rows) <= _MAX_ELEMENTS:
+                raise ValueError(f"{path}: metadata 'filter_table_rows' is {table_rows!r:.40}, not a row count")
+            table_rows = int(table_rows)
         required = param_shapes(config, table_rows)
         expected = required | {k: v for k, v in optional_param_shapes(config).items() if k in tensors}
         problems = [f"  missing tensor: {p}" for p in required if p not in tensors]
@@ -112,10 +173,30 @@ def _read_safetensors(path) -> tuple[PaiNNConfig, dict[str, np.ndarray]]:
         ]
         if problems:
             raise ValueError(f"{path} does not match its own config:\n" + "\n".join(problems))
+        _refuse_non_finite(path, tensors)
         return config, {k: np.asarray(v, np.float64) for k, v in tensors.items()}
-    state_dict = strip_prefix(tensors)
-    config = infer_config(state_dict, json.loads(metadata["config"]) if "config" in metadata else None)
-    return config, state_dict_to_params(state_dict, config)
+    return _from_state_dict(path, tensors, _config_json(path, metadata) if "config" in metadata else None)
+
+
+def _config_from_metadata(path, metadata: Mapping[str, str]) -> PaiNNConfig:
+    """Our format's model config, stored as JSON in the safetensors metadata."""
+    if "config" not in metadata:
+        raise ValueError(f"{path}: carries the {FORMAT_NAME} format tag but no 'config' in its metadata")
+    values = _config_json(path, metadata)
+    try:
+        return PaiNNConfig.from_dict(values)
+    except (ValueError, TypeError, OverflowError) as exc:
+        raise ValueError(f"{path}: the 'config' in its metadata is not a valid model config ({exc})") from None
+
+
+def _config_json(path, metadata: Mapping[str, str]) -> dict:
+    try:
+        values = json.loads(metadata["config"])
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: the 'config' in its metadata is not valid JSON ({exc})") from None
+    if not isinstance(values, dict):
+        raise ValueError(f"{path}: the 'config' in its metadata is a JSON {type(values).__name__}, not an object")
+    return values
 
 
 def write_checkpoint(path, config: PaiNNConfig, flat_params: Mapping[str, Any], extra_metadata: Mapping[str, str] | None = None) -> None:
