@@ -147,7 +147,7 @@ def run_md(args) -> int:
 
     from mlff_jax import md
 
-    model = load_model(args.model, args.dtype)
+    model = load_model(args.model, args.dtype, args.allow_untrained_elements)
     atoms = read_structure(args.structure)
     _check_structure(model, atoms)
     per_chunk, full_chunks, remainder = _chunk_plan(args.steps, args.frame_interval)
@@ -208,7 +208,7 @@ def run_bench(args) -> int:
 
     from mlff_jax import md
 
-    model = load_model(args.model, args.dtype)
+    model = load_model(args.model, args.dtype, args.allow_untrained_elements)
     atoms = read_structure(args.molecule)
     _check_structure(model, atoms)
     dtype = np.float64 if args.dtype == "float64" else np.float32

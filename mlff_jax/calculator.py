@@ -39,6 +39,8 @@ class MLFFCalculator(Calculator):
       model: a :class:`~mlff_jax.PaiNNStudent`, a checkpoint path, or a bundled model name
         (``"default"``), loaded with ``dtype``.
       dtype: ``"float32"`` or ``"float64"`` (when loading; a model object keeps its own).
+      allow_untrained_elements: evaluate elements the model was not trained on (by default a
+        structure holding one raises ValueError naming the element and the model).
 
     Properties: ``energy``, ``free_energy`` (the same: the model has no electronic entropy),
     ``forces``, ``energies`` (per atom; they sum to ``energy``) and ``stress`` (periodic cells only).
@@ -46,10 +48,12 @@ class MLFFCalculator(Calculator):
 
     implemented_properties = ["energy", "free_energy", "forces", "energies", "stress"]
 
-    def __init__(self, model, dtype: str = "float32", skin: float = 0.5, **kwargs):
+    def __init__(self, model, dtype: str = "float32", skin: float = 0.5, allow_untrained_elements: bool = False, **kwargs):
         load_kwargs = {k: kwargs.pop(k) for k in ("precision",) if k in kwargs}
         super().__init__(**kwargs)
         self.model = resolve_model(model, dtype, **load_kwargs)
+        if allow_untrained_elements and not self.model.allow_untrained_elements:
+            self.model = self.model.with_untrained_elements(True)
         self.skin = float(skin)
         self._periodic = None  # PeriodicEvaluator, created on the first periodic structure
 

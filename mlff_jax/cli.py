@@ -64,15 +64,16 @@ def _enable_dtype(dtype: str) -> None:
         jax.config.update("jax_enable_x64", True)
 
 
-def load_model(spec: str, dtype: str):
+def load_model(spec: str, dtype: str, allow_untrained_elements: bool = False, elements=None):
     """A model from a checkpoint path or a bundled model name (``default``)."""
     import mlff_jax
 
     _enable_dtype(dtype)
+    options = dict(dtype=dtype, allow_untrained_elements=allow_untrained_elements, elements=elements)
     if os.path.exists(spec):
-        return mlff_jax.load(spec, dtype=dtype)
+        return mlff_jax.load(spec, **options)
     try:
-        return mlff_jax.load(spec, dtype=dtype)
+        return mlff_jax.load(spec, **options)
     except FileNotFoundError:
         raise UserError(f"unknown model {spec!r}: no such file, and not the name of a bundled model") from None
 
@@ -128,7 +129,7 @@ def _formula(atoms) -> str:
 
 # ----------------------------------------------------------------------------- eval
 def cmd_eval(args) -> int:
-    model = load_model(args.model, args.dtype)
+    model = load_model(args.model, args.dtype, args.allow_untrained_elements)
     frames = read_structure(args.structure, index=":")
     for k, atoms in enumerate(frames):
         _check_structure(model, atoms)
@@ -161,13 +162,13 @@ def cmd_convert(args) -> int:
 
     if not os.path.exists(args.src):
         raise UserError(f"checkpoint not found: {args.src}")
-    model = load_model(args.src, args.dtype)
     dst = pathlib.Path(args.dst)
     if dst.suffix != ".safetensors":
         raise UserError(f"the output is safetensors: name it *.safetensors, got {args.dst}")
-    if dst.exists() and not args.force:
-        raise UserError(f"{args.dst} exists (use --force to overwrite)")
-    mlff_jax.save(model, dst)
+    if dst.exists() and not args.overwrite:  # checked before the (slow) load; save checks again
+        raise UserError(f"{args.dst} exists: pass --overwrite to replace it")
+    model = load_model(args.src, args.dtype, elements=args.elements)
+    mlff_jax.save(model, dst, overwrite=args.overwrite)
     print(f"wrote {dst}: {model!r}")
     return 0
 
@@ -211,6 +212,8 @@ def cmd_train(args) -> int:
 def _model_args(p) -> None:
     p.add_argument("--model", default="default", help="checkpoint path (any upstream layout, ONNX, or ours) or a bundled model name (default: %(default)s)")
     p.add_argument("--dtype", choices=("float32", "float64"), default="float32", help="floating-point precision (default: %(default)s)")
+    p.add_argument("--allow-untrained-elements", action="store_true",
+                   help="evaluate elements the model was not trained on (refused by default: their results are meaningless)")  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -266,7 +269,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("src", metavar="SRC", help="checkpoint to read")
     p.add_argument("dst", metavar="DST", help="output path, *.safetensors")
     p.add_argument("--dtype", choices=("float32", "float64"), default="float32", help="precision of the written weights (default: %(default)s; upstream weights are float32)")
-    p.add_argument("--force", action="store_true", help="overwrite DST")
+    p.add_argument("--overwrite", "--force", dest="overwrite", action="store_true", help="replace DST if it exists (refused by default)")
+    p.add_argument("--elements", metavar="LIST", help="elements the model was trained on, e.g. H,C,N,O (default: what SRC records, else H,C,N,O,F,S,Cl)")
     p.set_defaults(func=cmd_convert)
 
     for name, target, text in (("data", "mlff_jax.train.data", "build a training data set"), ("train", "mlff_jax.train", "train a student")):

@@ -94,6 +94,7 @@ def energy_neighbor_list(
         raise ValueError(f"atomic_numbers must be a non-empty [N] array, got shape {numbers.shape}")
     if bool(jnp.any((numbers < 1) | (numbers > model.config.max_z))):
         raise ValueError(f"unknown element: atomic numbers must lie in 1..{model.config.max_z}")
+    model.check_elements(jax.device_get(numbers))
     neighbor_fn = jax_md.partition.neighbor_list(
         displacement_fn,
         box,

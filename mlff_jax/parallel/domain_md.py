@@ -163,6 +163,7 @@ class DomainNVE:
         z = np.asarray(atomic_numbers, np.int64)
         if z.shape != (n,) or np.any(z < 1) or np.any(z > self.model.config.max_z):
             raise ValueError(f"atomic_numbers must be [N] = [{n}] integers in 1..{self.model.config.max_z}")
+        self.model.check_elements(z)
         masses = units_masses(z) if masses is None else np.asarray(masses, np.float64).reshape(n)
         velocities = np.zeros((n, 3)) if velocities is None else np.asarray(velocities, np.float64).reshape(n, 3)
         multiplier = self.capacity_multiplier if capacity_multiplier is None else capacity_multiplier

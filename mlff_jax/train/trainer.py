@@ -239,6 +239,9 @@ def train(cfg: TrainConfig, log=print) -> dict:
         picked = np.random.default_rng([cfg.seed, 7]).choice(val_set.num_frames, cfg.validation_frames, replace=False)
         val_set = val_set.select(np.sort(picked))
     model_config, params = initial_params(cfg)
+    # The saved model refuses elements its training set lacks (mlff_jax.elements); when fine-tuning,
+    # elements only the initial model saw lose their fitted reference energy, so they go too.
+    model_config = dataclasses.replace(model_config, elements=tuple(train_set.elements()))
     log(f"[train] {jax.devices()[0].device_kind}: {train_set.num_frames} train / {val_set.num_frames} validation / "
         f"{test_set.num_frames} test frames (validating on {val_set.num_frames} of {full_val_set.num_frames}); model {model_config.to_dict()} ({model_config.num_parameters} parameters)"
         + (f", fine-tuning {cfg.init}" if cfg.init else ""))
