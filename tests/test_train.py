@@ -205,6 +205,8 @@ def test_trained_checkpoint_round_trips_through_load(tiny_training, subset):
     tmp, log = tiny_training
     model = mlff_jax.load(log["checkpoint"], dtype="float64")
     assert painn.ATOM_REFERENCE in model.params
+    # the saved model records the elements of its training set, and refuses others
+    assert model.config.elements == tuple(Dataset.load(tmp / "data.npz").split("train").elements())
     saved = json.loads((tmp / "run" / "log.json").read_text())
     assert saved["best_step"] == log["best_step"]
     # the loaded model reproduces the trainer's validation errors (float32 training vs float64 here)
