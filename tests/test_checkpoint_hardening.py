@@ -174,6 +174,7 @@ def _our_file(tmp_path, metadata_change):
         (lambda m: m.update(config=json.dumps({"hidden_dim": "wide", "num_interactions": 2, "num_rbf": 10})), "not a valid model config"),
         (lambda m: m.update(config=json.dumps({**json.loads(m["config"]), "elements": ["Au"]})), "PaiNNConfig.elements"),
         (lambda m: m.update(filter_table_rows="-5"), "filter_table_rows"),
+        (lambda m: m.update(config=json.dumps({**json.loads(m["config"]), "num_interactions": 10**9})), "num_interactions=1000000000 is implausible"),
     ],
 )
 def test_a_malformed_config_in_our_format_is_refused_naming_the_file(tmp_path, change, message):
@@ -187,6 +188,14 @@ def test_a_flipped_byte_in_the_pickle_is_refused_naming_the_file(tmp_path):
     path = tmp_path / "flipped.pt"
     path.write_bytes(bytes(data))
     assert "corrupt checkpoint" in _refusal(path)  # was zipfile.BadZipFile
+
+
+def test_a_config_with_a_billion_blocks_is_refused_at_once_in_every_format(tmp_path):
+    from safetensors.numpy import save_file
+
+    huge = {"hidden_dim": 64, "num_interactions": 10**9, "num_rbf": 12}
+    save_file(_upstream_state_dict(), str(tmp_path / "bare.safetensors"), metadata={"config": json.dumps(huge)})
+    assert "implausible" in _refusal(tmp_path / "bare.safetensors")
 
 
 def test_other_top_level_objects_and_non_tensors_are_refused(tmp_path):

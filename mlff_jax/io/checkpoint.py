@@ -88,8 +88,20 @@ def _from_state_dict(path, state_dict: Mapping[str, Any], config: Mapping[str, A
         if not isinstance(value, np.ndarray) or value.dtype.kind not in "biuf":
             raise ValueError(f"{path}: tensor {name} is a {type(value).__name__} {getattr(value, 'dtype', '')}, not a numeric tensor")
     _refuse_non_finite(path, state_dict)
-    cfg = infer_config(state_dict, config)
+    cfg = _refuse_implausible(path, infer_config(state_dict, config))
     return cfg, state_dict_to_params(state_dict, cfg)
+
+
+# Far beyond any PaiNN student, and small enough that listing the expected tensors is instant: a
+# crafted config cannot make the reader loop or allocate for ever.
+_LIMITS = {"hidden_dim": 1 << 16, "num_interactions": 256, "num_rbf": 1 << 12, "max_z": 1 << 10}
+
+
+def _refuse_implausible(path, config: PaiNNConfig) -> PaiNNConfig:
+    for name, limit in _LIMITS.items():
+        if getattr(config, name) > limit:
+            raise ValueError(f"{path}: config {name}={getattr(config, name)} is implausible for a PaiNN student (at most {limit})")
+    return config
 
 
 def _refuse_non_finite(path, tensors: Mapping[str, np.ndarray]) -> None:
@@ -156,7 +168,7 @@ def _read_safetensors(path) -> tuple[PaiNNConfig, dict[str, np.ndarray]]:
         if value.dtype.kind not in "biuf":
             raise ValueError(f"{path}: tensor {name} has dtype {value.dtype}, not a number")
     if metadata.get("format") == FORMAT_NAME:
-        config = _config_from_metadata(path, metadata)
+        config = _refuse_implausible(path, _config_from_metadata(path, metadata))
         table_rows = metadata.get("filter_table_rows")
         if table_rows is not None:
             if not table_rows.isdigit() or not 2 <= int(table_rows) <= _MAX_ELEMENTS:
