@@ -12,7 +12,7 @@ import zipfile
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 import mlff_jax
@@ -94,6 +94,9 @@ def test_strided_and_offset_tensors_are_rebuilt_exactly(tmp_path):
     np.testing.assert_array_equal(out["t"], np.lib.stride_tricks.as_strided(storage[2:], (3, 4), (8, 40)))
     assert out["s"].shape == () and out["s"] == 29.0
     assert out["e"].shape == (0, 7)
+    path = tmp_path / "unit_axis.pt"  # any stride on a length-1 axis is valid (torch writes such)
+    write_pt(path, {"u": _tensor("0", "DoubleStorage", 30, 3, (1, 4), (2**70, 2))}, {"0": storage.tobytes()})
+    np.testing.assert_array_equal(read_torch_checkpoint(path)["u"], [[3.0, 5.0, 7.0, 9.0]])
 
 
 # ------------------------------------------------------------------ specific defects (each failed before its fix)
@@ -112,6 +115,7 @@ def _single_tensor_file(path, offset=0, size=(2, 3), stride=(3, 1), numel=6, raw
         (dict(size=(2, -3)), "shape"),
         (dict(size=(2, 3, 1), stride=(3, 1)), "shape .* but strides"),
         (dict(stride=(2**70, 1)), "reaches element"),  # no int64 overflow in the bounds check
+        (dict(size=(6, 1), stride=(1, 2**70), offset=2**70), "reaches element"),
         (dict(size=(2**20, 2**20), stride=(0, 0)), "over .* elements"),  # would allocate 8 TB
         (dict(raw=b"\x00" * 23), "23 bytes, not a multiple of 4"),
         (dict(numel=7), "holds 6 of 7 elements"),
@@ -279,10 +283,13 @@ _header = st.fixed_dictionaries({
 def _expected(h):
     """The tensor torch would build, or None where the header is invalid."""
     n, size, stride, offset = h["storage_elements"], h["size"], h["stride"], h["offset"]
-    numel = n if h["claimed"] is None else h["claimed"]
-    if h["extra_bytes"] or not 0 <= numel <= n or len(size) != len(stride) or offset < 0 or min(size + stride, default=0) < 0:
+    claimed = n if h["claimed"] is None else h["claimed"]
+    if h["extra_bytes"] or not 0 <= claimed <= n or len(size) != len(stride) or offset < 0 or min(size + stride, default=0) < 0:
         return None
-    if int(np.prod(size, dtype=object)) == 0:
+    numel = int(np.prod(size, dtype=object))
+    if numel > 2**28 or max(size, default=0) > 2**28:  # the reader's limits per tensor
+        return None
+    if numel == 0:
         return np.zeros(size)
     if offset + sum((a - 1) * s for a, s in zip(size, stride)) >= n:
         return None
@@ -292,8 +299,16 @@ def _expected(h):
     return out
 
 
+def _h(**changes):
+    return {"storage_elements": 12, "claimed": None, "offset": 0, "size": [3], "stride": [1], "extra_bytes": 0, "storage_type": "FloatStorage", **changes}
+
+
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(h=_header)
+@example(h=_h(size=[1, 3], stride=[2**70, 2]))  # a length-1 axis may have any stride
+@example(h=_h(size=[2**70, 0], stride=[1, 1]))  # empty, but with an absurd dimension
+@example(h=_h(size=[2**40, 2**40], stride=[0, 0]))  # in bounds, but 2^80 elements
+@example(h=_h(size=[3], stride=[2**64 - 1], offset=2**64 - 3))  # wraps around in uint64
 def test_any_tensor_header_gives_the_right_tensor_or_a_value_error_naming_the_file(h, tmp_path):
     dtype = {"FloatStorage": np.float32, "DoubleStorage": np.float64, "LongStorage": np.int64}[h["storage_type"]]
     raw = np.arange(h["storage_elements"], dtype=dtype).tobytes() + b"\x07" * h["extra_bytes"]

@@ -73,6 +73,8 @@ class _Storage:
     """One storage's elements (1-D NumPy array); only the reader makes these, so a pickle cannot
     hand ``_rebuild_tensor`` anything else as a storage."""
 
+    __slots__ = ("key", "array")
+
     def __init__(self, key: str, array: np.ndarray):
         self.key, self.array = key, array
 
@@ -91,7 +93,7 @@ def _int_tuple(value, what: str, key: str) -> tuple[int, ...]:
 def _rebuild_tensor(storage, storage_offset, size, stride, *unused) -> np.ndarray:
     """``torch._utils._rebuild_tensor_v2``: the elements ``storage_offset + sum_i index_i * stride_i``
     of the storage, gathered into a new array of shape ``size``; every number checked first."""
-    if not isinstance(storage, _Storage):
+    if not isinstance(storage, _Storage) or not isinstance(storage.array, np.ndarray) or storage.array.ndim != 1:
         raise ValueError(f"corrupt checkpoint: a tensor is rebuilt from a {type(storage).__name__}, not a tensor storage")
     key, elements = storage.key, storage.array
     size, stride = _int_tuple(size, "shape", key), _int_tuple(stride, "strides", key)
@@ -102,7 +104,7 @@ def _rebuild_tensor(storage, storage_offset, size, stride, *unused) -> np.ndarra
     numel = 1
     for n in size:
         numel *= n  # Python integers: no overflow
-    if numel > MAX_TENSOR_ELEMENTS:
+    if numel > MAX_TENSOR_ELEMENTS or max(size, default=0) > MAX_TENSOR_ELEMENTS:
         raise ValueError(f"corrupt checkpoint: a tensor of storage 'data/{key}' has shape {list(size)}, over {MAX_TENSOR_ELEMENTS} elements")
     if numel == 0:
         return np.zeros(size, elements.dtype)
@@ -112,7 +114,8 @@ def _rebuild_tensor(storage, storage_offset, size, stride, *unused) -> np.ndarra
                          f"reaches element {last} of storage 'data/{key}', which holds {elements.size}")  # fmt: skip
     index = np.full(size, storage_offset, np.int64)  # every value < elements.size <= 2^28: no overflow
     for axis, (n, s) in enumerate(zip(size, stride)):
-        index += (np.arange(n, dtype=np.int64) * s).reshape((n,) + (1,) * (len(size) - axis - 1))
+        if n > 1:  # then s < elements.size; a length-1 axis may carry any stride (torch writes such)
+            index += (np.arange(n, dtype=np.int64) * s).reshape((n,) + (1,) * (len(size) - axis - 1))
     return elements[index]
 
 
