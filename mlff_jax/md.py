@@ -106,6 +106,7 @@ def model_potential(model, atomic_numbers) -> Potential:
     :class:`mlff_jax.neighbors.NeighborList`, periodic or not): ``model.energy_fn(...,
     neighbors=neighbor)`` and its gradient.
     """
+    model.check_elements(np.asarray(atomic_numbers))  # on the host, once: the MD loop itself runs traced
     z = jnp.asarray(np.asarray(atomic_numbers), jnp.int32)
 
     def potential(positions, neighbor=None, **unused):

@@ -120,6 +120,14 @@ def test_jit_calls_are_not_checked_but_check_elements_is_available(default_model
         default_model.check_elements(atoms.numbers)
 
 
+def test_md_potential_checks_elements_once_on_the_host(default_model):
+    from mlff_jax import md
+
+    with pytest.raises(ValueError, match=r"U \(Z=92\)"):
+        md.model_potential(default_model, _with("U").numbers)
+    md.model_potential(default_model.with_untrained_elements(), _with("U").numbers)
+
+
 def test_the_check_is_one_vectorised_lookup_that_names_each_element_once():
     z = np.array([1, 79, 79, 92, 6] * 1000)
     with pytest.raises(ValueError, match=r"Au \(Z=79\), U \(Z=92\) is not among the elements model m"):
