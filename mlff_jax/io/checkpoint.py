@@ -81,12 +81,12 @@ def _read_any(path: pathlib.Path) -> tuple[PaiNNConfig, dict[str, np.ndarray]]:
 
 
 def _from_state_dict(path, state_dict: Mapping[str, Any], config: Mapping[str, Any] | None) -> tuple[PaiNNConfig, dict[str, np.ndarray]]:
-    state_dict = strip_prefix(state_dict)
     for name, value in state_dict.items():
         if not isinstance(name, str):
             raise ValueError(f"{path}: the state_dict has a key {name!r:.40} that is not a tensor name")
         if not isinstance(value, np.ndarray) or value.dtype.kind not in "biuf":
             raise ValueError(f"{path}: tensor {name} is a {type(value).__name__} {getattr(value, 'dtype', '')}, not a numeric tensor")
+    state_dict = strip_prefix(state_dict)
     _refuse_non_finite(path, state_dict)
     cfg = _refuse_implausible(path, infer_config(state_dict, config))
     return cfg, state_dict_to_params(state_dict, cfg)
