@@ -70,13 +70,23 @@ def _allowed(function) -> _AllowedCallable:
 
 
 class _Storage:
-    """One storage's elements (1-D NumPy array); only the reader makes these, so a pickle cannot
-    hand ``_rebuild_tensor`` anything else as a storage."""
+    """One storage's elements (1-D NumPy array), or why it cannot be read; only the reader makes
+    these, so a pickle cannot hand ``_rebuild_tensor`` anything else as a storage."""
 
-    __slots__ = ("key", "array")
+    __slots__ = ("key", "array", "error")
 
-    def __init__(self, key: str, array: np.ndarray):
-        self.key, self.array = key, array
+    def __init__(self, key: str, array: np.ndarray | None, error: str | None = None):
+        self.key, self.array, self.error = key, array, error
+
+
+class _InvalidTensor:
+    """What a tensor that cannot be rebuilt becomes while the pickle is read: the error is raised
+    once the pickle is done, naming the tensor by its place in the loaded object."""
+
+    __slots__ = ("reason",)
+
+    def __init__(self, reason: str):
+        self.reason = reason
 
 
 def _is_int(value) -> bool:
@@ -90,9 +100,18 @@ def _int_tuple(value, what: str, key: str) -> tuple[int, ...]:
     return tuple(value)
 
 
-def _rebuild_tensor(storage, storage_offset, size, stride, *unused) -> np.ndarray:
+def _rebuild_tensor(storage, storage_offset, size, stride, *unused) -> np.ndarray | _InvalidTensor:
     """``torch._utils._rebuild_tensor_v2``: the elements ``storage_offset + sum_i index_i * stride_i``
     of the storage, gathered into a new array of shape ``size``; every number checked first."""
+    try:
+        return _gather(storage, storage_offset, size, stride)
+    except ValueError as exc:
+        return _InvalidTensor(str(exc))
+
+
+def _gather(storage, storage_offset, size, stride) -> np.ndarray:
+    if isinstance(storage, _Storage) and storage.error:
+        raise ValueError(storage.error)
     if not isinstance(storage, _Storage) or not isinstance(storage.array, np.ndarray) or storage.array.ndim != 1:
         raise ValueError(f"corrupt checkpoint: a tensor is rebuilt from a {type(storage).__name__}, not a tensor storage")
     key, elements = storage.key, storage.array
@@ -163,29 +182,51 @@ class RestrictedUnpickler(pickle.Unpickler):
         _, storage_type, key, _location, numel = pid
         if not isinstance(key, str) or not key.isalnum():
             raise ValueError(f"corrupt checkpoint: storage name {key!r:.40} is not a plain name")
-        if not _is_int(numel) or not 0 <= numel <= MAX_TENSOR_ELEMENTS:
-            raise ValueError(f"corrupt checkpoint: storage 'data/{key}' claims {numel!r:.40} elements")
         if key not in self._storages:
-            name = f"{self._prefix}data/{key}"
             try:
-                info = self._archive.getinfo(name)
-            except KeyError:
-                raise ValueError(f"corrupt checkpoint: tensor storage 'data/{key}' is missing from the archive") from None
-            itemsize = np.dtype(storage_type.dtype).itemsize
-            if info.file_size > MAX_TENSOR_ELEMENTS * itemsize:
-                raise ValueError(f"corrupt checkpoint: storage 'data/{key}' is {info.file_size} bytes, over the limit of {MAX_TENSOR_ELEMENTS} elements")
-            raw = self._archive.read(name)
-            if len(raw) % itemsize:
-                raise ValueError(f"corrupt checkpoint: storage 'data/{key}' is {len(raw)} bytes, not a multiple of "
-                                 f"{itemsize} (the size of its element type, {storage_type.name})")  # fmt: skip
-            dtype = np.dtype(storage_type.dtype).newbyteorder("<" if self._byteorder == "little" else ">")
-            array = np.frombuffer(raw, dtype=dtype)
-            if array.size < numel:
-                raise ValueError(f"corrupt checkpoint: storage 'data/{key}' holds {array.size} of {numel} elements")
-            self._storages[key] = _Storage(key, array.astype(storage_type.dtype))
-        elif self._storages[key].array.dtype != np.dtype(storage_type.dtype):
+                self._storages[key] = _Storage(key, self._read_storage(key, storage_type, numel))
+            except ValueError as exc:  # reported with the name of a tensor that uses it
+                self._storages[key] = _Storage(key, None, str(exc))
+        elif self._storages[key].array is not None and self._storages[key].array.dtype != np.dtype(storage_type.dtype):
             raise ValueError(f"corrupt checkpoint: storage 'data/{key}' is used with two element types")
         return self._storages[key]
+
+    def _read_storage(self, key: str, storage_type: _StorageType, numel) -> np.ndarray:
+        if not _is_int(numel) or not 0 <= numel <= MAX_TENSOR_ELEMENTS:
+            raise ValueError(f"corrupt checkpoint: storage 'data/{key}' claims {numel!r:.40} elements")
+        name = f"{self._prefix}data/{key}"
+        try:
+            info = self._archive.getinfo(name)
+        except KeyError:
+            raise ValueError(f"corrupt checkpoint: tensor storage 'data/{key}' is missing from the archive") from None
+        itemsize = np.dtype(storage_type.dtype).itemsize
+        if info.file_size > MAX_TENSOR_ELEMENTS * itemsize:
+            raise ValueError(f"corrupt checkpoint: storage 'data/{key}' is {info.file_size} bytes, over the limit of {MAX_TENSOR_ELEMENTS} elements")
+        raw = self._archive.read(name)
+        if len(raw) % itemsize:
+            raise ValueError(f"corrupt checkpoint: storage 'data/{key}' is {len(raw)} bytes, not a multiple of "
+                             f"{itemsize} (the size of its element type, {storage_type.name})")  # fmt: skip
+        dtype = np.dtype(storage_type.dtype).newbyteorder("<" if self._byteorder == "little" else ">")
+        array = np.frombuffer(raw, dtype=dtype)
+        if array.size < numel:
+            raise ValueError(f"corrupt checkpoint: storage 'data/{key}' holds {array.size} of {numel} elements")
+        return array.astype(storage_type.dtype)
+
+
+def _raise_for_invalid_tensors(loaded: Any) -> None:
+    """Raises ValueError naming the first tensors (by their place: ``model_state_dict/w``) that
+    could not be rebuilt. Walks dicts, lists and tuples once each (a pickle can make cycles)."""
+    found, seen, todo = [], set(), [("", loaded)]
+    while todo and len(found) < 5:
+        where, value = todo.pop()
+        if isinstance(value, _InvalidTensor):
+            found.append((where or "(top level)", value.reason))
+        elif isinstance(value, (dict, list, tuple)) and id(value) not in seen:
+            seen.add(id(value))
+            items = value.items() if isinstance(value, dict) else enumerate(value)
+            todo += [(f"{where}/{k}" if where else str(k), v) for k, v in items]
+    if found:
+        raise ValueError("; ".join(f"tensor '{where}': {reason}" for where, reason in sorted(found)))
 
 
 def read_torch_checkpoint(path) -> Any:
@@ -213,7 +254,9 @@ def read_torch_checkpoint(path) -> Any:
             if archive.getinfo(pickles[0]).file_size > MAX_PICKLE_BYTES:
                 raise ValueError(f"corrupt checkpoint: data.pkl is {archive.getinfo(pickles[0]).file_size} bytes, over the limit of {MAX_PICKLE_BYTES}")
             unpickler = RestrictedUnpickler(archive.read(pickles[0]), archive, prefix, byteorder)
-            return unpickler.load()
+            loaded = unpickler.load()
+        _raise_for_invalid_tensors(loaded)
+        return loaded
     except ValueError as exc:
         raise ValueError(f"{path}: {exc}") from exc
     except Exception as exc:  # corrupt archives and malformed pickles raise many kinds of error
