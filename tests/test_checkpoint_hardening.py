@@ -351,3 +351,45 @@ def test_crafted_files_in_a_fresh_process_end_in_value_errors_not_crashes(tmp_pa
     result = subprocess.run([sys.executable, "-c", code, *map(str, files)], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split("\n")[:-1] == [f"ValueError {p}" for p in files]
+
+
+# ------------------------------------------------------------------ every format: random corruption
+@pytest.fixture(scope="module")
+def format_samples(tmp_path_factory):
+    """One small file of every layout the loader reads, as bytes."""
+    from safetensors.numpy import save_file
+
+    tmp = tmp_path_factory.mktemp("formats")
+    mlff_jax.save(mlff_jax.load(upstream_path("checkpoints", "ultra-tiny-21k.model.pt")), tmp / "ours.safetensors")
+    save_file({k: np.asarray(v) for k, v in read_torch_checkpoint(upstream_path("checkpoints", "ultra-tiny-21k.model.pt"))["model_state_dict"].items()},
+              str(tmp / "bare.safetensors"))  # fmt: skip
+    files = {
+        "model save": upstream_path("checkpoints", "ultra-tiny-21k.model.pt"),
+        "bare state_dict": upstream_path("checkpoints", "tiny-77k.state_dict.pt"),
+        "trainer checkpoint": upstream_path("checkpoints", "student-427k.best_model.pt"),
+        "ours": tmp / "ours.safetensors",
+        "bare safetensors": tmp / "bare.safetensors",
+    }
+    if __import__("importlib").util.find_spec("onnx"):
+        files["onnx"] = upstream_path("onnx", "tiny-77k.onnx")
+    return {name: (path.suffix, path.read_bytes()) for name, path in files.items()}
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(layout=st.sampled_from(["model save", "bare state_dict", "trainer checkpoint", "ours", "bare safetensors", "onnx"]),
+       where=st.one_of(st.integers(0, 4095), st.integers(-4096, -1), st.floats(0, 1)), flip=st.integers(1, 255))  # fmt: skip
+def test_a_flipped_byte_in_any_format_gives_a_finite_model_or_a_value_error_naming_the_file(format_samples, tmp_path, layout, where, flip):
+    if layout not in format_samples:
+        return
+    suffix, data = format_samples[layout]
+    data = bytearray(data)
+    at = int(where * (len(data) - 1)) if isinstance(where, float) else where % len(data)  # header, tail or anywhere
+    data[at] ^= flip
+    path = tmp_path / f"flipped{suffix}"
+    path.write_bytes(bytes(data))
+    try:
+        config, params = read_checkpoint(path)
+    except ValueError as error:
+        assert str(path) in str(error)
+    else:
+        assert config.hidden_dim > 0 and all(np.all(np.isfinite(v)) for v in params.values())
