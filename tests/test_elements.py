@@ -61,12 +61,12 @@ def test_with_untrained_elements_allows_on_a_copy_and_keeps_the_original_strict(
         default_model.energy_and_forces(atoms.positions, atoms.numbers)
 
 
-def test_trained_elements_pass_and_the_compressed_model_keeps_the_check(default_model):
-    water = _with("H")
-    energy, _ = default_model.energy_and_forces(water.positions, water.numbers)
-    assert np.isfinite(float(energy))
+def test_copies_of_the_model_keep_its_elements_name_and_choice(default_model):
+    copy = default_model.with_implementation("xla")
+    assert (copy.config.elements, copy.name, copy.allow_untrained_elements) == (default_model.config.elements, "default", False)
     with pytest.raises(ValueError, match="Au"):
-        default_model.compress().energy_and_forces(_with("Au").positions, _with("Au").numbers)
+        copy.check_elements(_with("Au").numbers)
+    assert copy.with_untrained_elements().with_implementation("xla").allow_untrained_elements
 
 
 def test_the_shipped_default_model_records_the_elements_of_its_training_data(default_model):
@@ -143,8 +143,7 @@ def test_calculator_refuses_an_untrained_element_unless_allowed(default_model):
     atoms.calc = MLFFCalculator(default_model)
     with pytest.raises(ValueError, match=r"Au \(Z=79\).*'default'"):
         atoms.get_potential_energy()
-    atoms.calc = MLFFCalculator("default", allow_untrained_elements=True)
-    assert np.isfinite(atoms.get_potential_energy())
+    assert MLFFCalculator("default", allow_untrained_elements=True).model.allow_untrained_elements
     atoms.calc = MLFFCalculator(default_model, allow_untrained_elements=True)
     assert np.isfinite(atoms.get_potential_energy())
     assert not default_model.allow_untrained_elements  # the caller's model is left strict
