@@ -1,4 +1,8 @@
-"""Shared fixtures: float64 on CPU, the upstream reference data, and the models."""
+"""Shared fixtures: float64 on CPU, the upstream reference data, and the models.
+
+The upstream checkpoints and reference outputs the tests use are vendored in tests/data/upstream/
+(MIT, MLFF-Distiller; its LICENSE and PROVENANCE.md sit beside them): a fresh clone runs every test.
+"""
 
 from __future__ import annotations
 
@@ -14,17 +18,15 @@ jax.config.update("jax_enable_x64", True)
 if os.environ.get("MLFF_JAX_TEST_ON_DEVICE") != "1":  # float64 tests run on CPU; set to 1 to run them on a GPU
     jax.config.update("jax_platforms", "cpu")
 
-UPSTREAM = pathlib.Path(os.environ.get("MLFF_JAX_UPSTREAM", pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "upstream"))
+UPSTREAM = pathlib.Path(__file__).resolve().parent / "data" / "upstream"
 MODEL_NAMES = ("ultra-tiny-21k", "tiny-77k", "student-427k")
 
 
 def upstream_path(*parts) -> pathlib.Path:
-    """A file of ../shared/upstream; skips the test when it is absent, but fails under CI=true."""
+    """A vendored upstream file under tests/data/upstream/; a missing one fails the test (never skips)."""
     path = UPSTREAM.joinpath(*parts)
     if not path.exists():
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"upstream test data missing under CI: {path}")
-        pytest.skip(f"upstream test data not found: {path}")
+        pytest.fail(f"vendored upstream test data missing: {path} (see tests/data/upstream/PROVENANCE.md)")
     return path
 
 
