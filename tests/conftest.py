@@ -9,6 +9,7 @@ from __future__ import annotations
 import gc
 import os
 import pathlib
+import re
 
 import jax
 import numpy as np
@@ -28,6 +29,26 @@ def upstream_path(*parts) -> pathlib.Path:
     if not path.exists():
         pytest.fail(f"vendored upstream test data missing: {path} (see tests/data/upstream/PROVENANCE.md)")
     return path
+
+
+# Import names of the packages of the `test` extra (pyproject.toml; tests/test_repository.py keeps the
+# two lists equal). A test that skips because one of them cannot be imported FAILS instead: CI
+# installs the extra, so a skip there would only hide a missing dependency.
+TEST_EXTRA_MODULES = {
+    "pytest", "hypothesis", "onnx", "optax", "tblite", "rdkit", "jax_md", "nbmake", "nbformat", "nbclient", "ipykernel", "matplotlib",
+}
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Turns a skip from ``pytest.importorskip`` of a test-extra package into a failure."""
+    outcome = yield
+    report = outcome.get_result()
+    if report.skipped and isinstance(report.longrepr, tuple):
+        missing = re.search(r"could not import '([\w.]+)'", str(report.longrepr[2]))
+        if missing and missing.group(1).split(".")[0] in TEST_EXTRA_MODULES:
+            report.outcome = "failed"
+            report.longrepr = f"{report.longrepr[2]}: it belongs to the test extra (pip install -e '.[test]')"
 
 
 class Reference:
