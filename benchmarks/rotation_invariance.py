@@ -21,7 +21,7 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
 VENDORED = pathlib.Path(__file__).resolve().parents[1] / "tests" / "data" / "upstream"
-MODELS = ("ultra-tiny-21k", "tiny-77k", "student-427k")
+MODELS = ("ultra-tiny-21k", "tiny-77k", "student-427k", "default")  # "default": the bundled model (same architecture)
 MOLECULES = ("CH3CH2OH", "C6H6")  # ethanol, benzene (ase's g2 geometries)
 
 
@@ -54,7 +54,8 @@ def main(argv=None):
     jax.config.update("jax_enable_x64", True)
     rows = []
     for name in MODELS:
-        model = mlff_jax.load(pathlib.Path(args.upstream) / "checkpoints" / f"{name}.model.pt", dtype="float64")
+        source = "default" if name == "default" else pathlib.Path(args.upstream) / "checkpoints" / f"{name}.model.pt"
+        model = mlff_jax.load(source, dtype="float64")
         for formula in MOLECULES:
             atoms = molecule(formula)
             x = atoms.positions - atoms.get_center_of_mass()
