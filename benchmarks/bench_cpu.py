@@ -5,11 +5,13 @@
 
 One core: the process pins itself to CPU 0 (as ``taskset -c 0`` would) and XLA runs single-threaded
 (``--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1``); PyTorch runs with
-``torch.set_num_threads(1)`` on the same core. Each row is the median wall time of
+``torch.set_num_threads(1)`` on the same core. Each row is the median over ``--repeats`` calls of
 ``model.energy_and_forces(positions, atomic_numbers)`` from Python (host arrays in, forces back),
-after warm-up (compilation), over ``--repeats`` calls; the whole measurement is repeated
-``--rounds`` times and the JSON keeps every round and the median of the round medians. The machine's
-load average is recorded before and after, since the numbers only mean something on a quiet machine.
+after warm-up (compilation), timed two ways: the process CPU time of a call (all threads; what the
+call costs one core, and what a quiet core would see) and its wall time (which, on a shared machine,
+also counts the time other processes hold the core). The whole measurement is repeated ``--rounds``
+times; the JSON keeps every round and the median of the round medians, and the machine's load
+average before and after.
 
 PyTorch is optional (the package never imports it): with ``--torch-python`` the PyTorch rows are
 measured in a subprocess of that interpreter, with benchmarks/torch_student.py (eager, autograd forces).
@@ -59,13 +61,30 @@ def machine() -> dict:
     return info
 
 
+def time_call(call, repeats: int, warmup: int = 5) -> dict:
+    """Medians (and minima) of the process CPU time and the wall time of ``call()``, in µs."""
+    import time
+
+    import numpy as np
+
+    for _ in range(warmup):
+        call()
+    cpu, wall = [], []
+    for _ in range(repeats):
+        c0, w0 = time.process_time(), time.perf_counter()
+        call()
+        cpu.append((time.process_time() - c0) * 1e6)
+        wall.append((time.perf_counter() - w0) * 1e6)
+    return {"cpu_median_us": float(np.median(cpu)), "cpu_min_us": float(np.min(cpu)),
+            "wall_median_us": float(np.median(wall)), "wall_min_us": float(np.min(wall)), "repeats": repeats}
+
+
 def torch_worker(checkpoint: str, structure: str, repeats: int) -> dict:
     """Runs inside an interpreter with torch (ase not needed): medians of PyTorch eager energy +
     autograd forces of the structure in the ``structure`` .npz (``positions``, ``numbers``)."""
     import numpy as np
     import torch
 
-    from common import time_fn
     from torch_student import TorchPaiNN, energy_and_forces
 
     torch.set_num_threads(1)
@@ -81,7 +100,7 @@ def torch_worker(checkpoint: str, structure: str, repeats: int) -> dict:
 
         energy, forces = call()
         rows[str(dtype).removeprefix("torch.")] = {
-            **time_fn(call, sync=lambda r: r, repeats=repeats, warmup=5),
+            **time_call(call, repeats),
             "energy_eV": float(energy),
             "forces_eV_per_A": np.asarray(forces.detach()).tolist(),
         }
@@ -93,7 +112,6 @@ def jax_rows(checkpoint: str, repeats: int) -> dict:
     import numpy as np
 
     import mlff_jax
-    from common import time_fn
 
     jax.config.update("jax_enable_x64", True)
     positions, numbers = ethanol()
@@ -106,7 +124,7 @@ def jax_rows(checkpoint: str, repeats: int) -> dict:
 
             energy, forces = call()
             rows[f"{dtype}-{method}"] = {
-                **time_fn(call, sync=lambda r: r, repeats=repeats, warmup=5),
+                **time_call(call, repeats),
                 "energy_eV": float(energy),
                 "forces_eV_per_A": np.asarray(forces).tolist(),
             }
@@ -149,13 +167,17 @@ def main(argv=None):
             )
             result["torch"] = json.loads(out.strip().splitlines()[-1])
         rounds.append(result)
-        print({k: {r: round(v["median_us"], 1) for r, v in part["rows"].items()} for k, part in result.items()})
+        print({k: {r: (round(v["cpu_median_us"]), round(v["wall_median_us"])) for r, v in part["rows"].items()} for k, part in result.items()})
 
     summary = {}
     for framework in rounds[0]:
         for row in rounds[0][framework]["rows"]:
-            medians = [r[framework]["rows"][row]["median_us"] for r in rounds]
-            summary[f"{framework}-{row}"] = {"median_of_rounds_us": float(np.median(medians)), "round_medians_us": medians}
+            entry = {}
+            for clock in ("cpu", "wall"):
+                medians = [r[framework]["rows"][row][f"{clock}_median_us"] for r in rounds]
+                entry[f"{clock}_median_of_rounds_us"] = float(np.median(medians))
+                entry[f"{clock}_round_medians_us"] = medians
+            summary[f"{framework}-{row}"] = entry
     # the frameworks compute the same model: their forces must agree (float64 rows)
     if args.torch_python:
         f_jax = np.asarray(rounds[0]["jax"]["rows"]["float64-analytic"]["forces_eV_per_A"])
