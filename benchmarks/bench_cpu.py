@@ -107,13 +107,15 @@ def torch_worker(checkpoint: str, structure: str, repeats: int) -> dict:
     return {"torch": torch.__version__, "threads": torch.get_num_threads(), "rows": rows}
 
 
-def jax_rows(checkpoint: str, repeats: int) -> dict:
+def jax_rows(checkpoint: str, repeats: int, sync_dispatch: bool = False) -> dict:
     import jax
     import numpy as np
 
     import mlff_jax
 
     jax.config.update("jax_enable_x64", True)
+    if sync_dispatch:  # run each computation in the calling thread: no hand-off between two threads on one core
+        jax.config.update("jax_cpu_enable_async_dispatch", False)
     positions, numbers = ethanol()
     rows = {}
     for dtype in ("float32", "float64"):
@@ -128,7 +130,7 @@ def jax_rows(checkpoint: str, repeats: int) -> dict:
                 "energy_eV": float(energy),
                 "forces_eV_per_A": np.asarray(forces).tolist(),
             }
-    return {"jax": jax.__version__, "backend": jax.default_backend(), "rows": rows}
+    return {"jax": jax.__version__, "backend": jax.default_backend(), "sync_dispatch": sync_dispatch, "rows": rows}
 
 
 def main(argv=None):
@@ -137,6 +139,7 @@ def main(argv=None):
     p.add_argument("--out", default=None, help="JSON to write (default: print only)")
     p.add_argument("--repeats", type=int, default=200, help="calls per round")
     p.add_argument("--rounds", type=int, default=3, help="independent rounds (the JSON keeps each; the summary is their median)")
+    p.add_argument("--sync-dispatch", action="store_true", help="jax_cpu_enable_async_dispatch=False (JAX computes in the calling thread)")
     p.add_argument("--torch-python", default=None, help="an interpreter with torch installed: adds the PyTorch eager rows")
     p.add_argument("--torch-worker", default=None, help=argparse.SUPPRESS)  # the structure .npz, for the subprocess
     args = p.parse_args(argv)
@@ -160,7 +163,7 @@ def main(argv=None):
     load_before = os.getloadavg()
     rounds = []
     for _ in range(args.rounds):
-        result = {"jax": jax_rows(args.checkpoint, args.repeats)}
+        result = {"jax": jax_rows(args.checkpoint, args.repeats, args.sync_dispatch)}
         if args.torch_python:
             out = subprocess.check_output(
                 [args.torch_python, __file__, "--torch-worker", structure, "--checkpoint", args.checkpoint, "--repeats", str(args.repeats)], text=True
