@@ -48,7 +48,7 @@ from systems import water_box, water_cluster  # noqa: E402
 
 def default_checkpoint(name: str = "tiny-77k") -> str:
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    for base in (os.path.join(root, ".device", "upstream"), os.path.join(os.path.dirname(root), "shared", "upstream")):
+    for base in (os.path.join(root, "tests", "data", "upstream"),):  # the vendored upstream checkpoints
         path = os.path.join(base, "checkpoints", f"{name}.model.pt")
         if os.path.exists(path):
             return path

@@ -1,6 +1,6 @@
 """Error of compressed (tabulated) radial filters vs grid spacing, float64, upstream reference set.
 
-    python3 benchmarks/compress_error_curve.py --upstream ../shared/upstream --out benchmarks/results/compress_error_curve.json
+    python3 benchmarks/compress_error_curve.py --out benchmarks/results/compress_error_curve.json
 
 For each model and spacing: the largest force error (eV/Å) and energy error per atom (eV) of the
 compressed model against the uncompressed one, over every reference structure. Runs on CPU.
@@ -25,7 +25,8 @@ SPACINGS = [0.05, 0.02, 0.01, 0.008, 0.005, 0.004, 0.002, 0.001]
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--upstream", default="../shared/upstream")
+    p.add_argument("--upstream", default=os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests", "data", "upstream"),
+                   help="folder with checkpoints/ and reference/ (default: the vendored tests/data/upstream)")
     p.add_argument("--out", required=True)
     args = p.parse_args(argv)
     import mlff_jax

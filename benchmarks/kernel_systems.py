@@ -22,8 +22,8 @@ WATER_SPACING = 3.1  # Å per molecule on a cubic lattice: 29.8 Å^3 per molecul
 
 
 def upstream_dir() -> pathlib.Path | None:
-    """The upstream checkpoints/reference data, if present ($MLFF_JAX_UPSTREAM, ../shared/upstream, shared/upstream)."""
-    for candidate in (os.environ.get("MLFF_JAX_UPSTREAM"), REPO.parent / "shared" / "upstream", REPO / "shared" / "upstream"):
+    """The upstream checkpoints/reference data: $MLFF_JAX_UPSTREAM if set, else the vendored tests/data/upstream."""
+    for candidate in (os.environ.get("MLFF_JAX_UPSTREAM"), REPO / "tests" / "data" / "upstream"):
         if candidate and (pathlib.Path(candidate) / "checkpoints").is_dir():
             return pathlib.Path(candidate)
     return None

@@ -1,6 +1,6 @@
 """Run every benchmark on this machine, one after the other, each within its own time budget.
 
-    python3 benchmarks/run_all.py --upstream PATH/TO/shared/upstream --out benchmarks/results/run_<label> [--only a,b]
+    python3 benchmarks/run_all.py --out benchmarks/results/run_<label> [--only a,b] [--upstream FOLDER]
 
 Each benchmark is a separate process (its own compile caches and peak memory); a benchmark that
 fails or overruns its budget is recorded in ``summary.json`` and the run goes on. Every JSON carries
@@ -17,6 +17,8 @@ import sys
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+# the upstream checkpoints and reference outputs vendored with the tests
+VENDORED_UPSTREAM = os.path.join(os.path.dirname(HERE), "tests", "data", "upstream")
 
 
 def plan(upstream: str, out: str) -> dict[str, tuple[list[str], int]]:
@@ -48,7 +50,7 @@ def plan(upstream: str, out: str) -> dict[str, tuple[list[str], int]]:
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--upstream", required=True, help="folder with checkpoints/ and reference/ of the upstream models")
+    p.add_argument("--upstream", default=VENDORED_UPSTREAM, help="folder with checkpoints/ and reference/ of the upstream models (default: tests/data/upstream)")
     p.add_argument("--out", required=True, help="folder for the JSON results")
     p.add_argument("--only", default=None, help="comma-separated subset of: " + ", ".join(plan(".", ".")))
     args = p.parse_args(argv)

@@ -1,10 +1,15 @@
-"""Shared fixtures: float64 on CPU, the upstream reference data, and the models."""
+"""Shared fixtures: float64 on CPU, the upstream reference data, and the models.
+
+The upstream checkpoints and reference outputs the tests use are vendored in tests/data/upstream/
+(MIT, MLFF-Distiller; its LICENSE and PROVENANCE.md sit beside them): a fresh clone runs every test.
+"""
 
 from __future__ import annotations
 
 import gc
 import os
 import pathlib
+import re
 
 import jax
 import numpy as np
@@ -14,18 +19,36 @@ jax.config.update("jax_enable_x64", True)
 if os.environ.get("MLFF_JAX_TEST_ON_DEVICE") != "1":  # float64 tests run on CPU; set to 1 to run them on a GPU
     jax.config.update("jax_platforms", "cpu")
 
-UPSTREAM = pathlib.Path(os.environ.get("MLFF_JAX_UPSTREAM", pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "upstream"))
+UPSTREAM = pathlib.Path(__file__).resolve().parent / "data" / "upstream"
 MODEL_NAMES = ("ultra-tiny-21k", "tiny-77k", "student-427k")
 
 
 def upstream_path(*parts) -> pathlib.Path:
-    """A file of ../shared/upstream; skips the test when it is absent, but fails under CI=true."""
+    """A vendored upstream file under tests/data/upstream/; a missing one fails the test (never skips)."""
     path = UPSTREAM.joinpath(*parts)
     if not path.exists():
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"upstream test data missing under CI: {path}")
-        pytest.skip(f"upstream test data not found: {path}")
+        pytest.fail(f"vendored upstream test data missing: {path} (see tests/data/upstream/PROVENANCE.md)")
     return path
+
+
+# Import names of the packages of the `test` extra (pyproject.toml; tests/test_repository.py keeps the
+# two lists equal). A test that skips because one of them cannot be imported FAILS instead: CI
+# installs the extra, so a skip there would only hide a missing dependency.
+TEST_EXTRA_MODULES = {
+    "pytest", "hypothesis", "onnx", "optax", "tblite", "rdkit", "jax_md", "nbmake", "nbformat", "nbclient", "ipykernel", "matplotlib",
+}
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Turns a skip from ``pytest.importorskip`` of a test-extra package into a failure."""
+    outcome = yield
+    report = outcome.get_result()
+    if report.skipped and isinstance(report.longrepr, tuple):
+        missing = re.search(r"could not import '([\w.]+)'", str(report.longrepr[2]))
+        if missing and missing.group(1).split(".")[0] in TEST_EXTRA_MODULES:
+            report.outcome = "failed"
+            report.longrepr = f"{report.longrepr[2]}: it belongs to the test extra (pip install -e '.[test]')"
 
 
 class Reference:

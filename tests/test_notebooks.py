@@ -2,23 +2,21 @@
 
 import pathlib
 
+import nbclient
+import nbformat
 import pytest
 
 from conftest import upstream_path
 
 NOTEBOOKS = pathlib.Path(__file__).resolve().parents[1] / "notebooks"
-NEEDS_UPSTREAM = {"01_quickstart", "02_md_with_jax_md"}
+NEEDS_UPSTREAM = {"01_quickstart", "02_md_with_jax_md"}  # they load the vendored tests/data/upstream checkpoints
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(p.stem for p in NOTEBOOKS.glob("*.ipynb")))
 def test_notebook_runs_without_errors(name):
-    nbformat = pytest.importorskip("nbformat")
-    nbclient = pytest.importorskip("nbclient")
     if name in NEEDS_UPSTREAM:
-        upstream_path("checkpoints")  # skips (or fails under CI) without the upstream checkpoints
-    if name == "02_md_with_jax_md":
-        pytest.importorskip("jax_md")
+        upstream_path("checkpoints")  # fails (never skips) without the vendored checkpoints
     notebook = nbformat.read(NOTEBOOKS / f"{name}.ipynb", as_version=4)
     nbclient.NotebookClient(notebook, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(NOTEBOOKS)}}).execute()
     errors = [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.outputs if o.output_type == "error"]
@@ -26,7 +24,6 @@ def test_notebook_runs_without_errors(name):
 
 
 def test_notebooks_are_committed_with_outputs():
-    nbformat = pytest.importorskip("nbformat")
     names = sorted(p.stem for p in NOTEBOOKS.glob("*.ipynb"))
     assert {"01_quickstart", "02_md_with_jax_md", "03_performance"} <= set(names)
     for name in names:

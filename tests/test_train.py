@@ -29,10 +29,6 @@ from mlff_jax.train.trainer import TrainConfig, fit_reference_energies, fresh_pa
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SUBSET = ROOT / "tests" / "data" / "gfn2_xtb_test_subset.npz"
 TINY = PaiNNConfig(hidden_dim=16, num_interactions=2, num_rbf=8, cutoff=5.0, max_z=20)
-needs_teacher = pytest.mark.skipif(
-    importlib.util.find_spec("tblite") is None or importlib.util.find_spec("rdkit") is None,
-    reason="data generation needs tblite and rdkit (pip install 'mlff-jax[train]')",
-)
 
 
 @pytest.fixture(scope="module")
@@ -338,7 +334,7 @@ def test_default_model_loads_from_an_installed_wheel(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------ teacher
-@needs_teacher
+@pytest.mark.slow  # tblite SCF on a few frames: 30-40 s on the 2-core CI machine
 def test_data_generation_is_seeded_and_labels_with_the_teacher():
     from mlff_jax.train.data import GenerationConfig, generate
 
@@ -398,7 +394,7 @@ def test_enumeration_rejects_peroxides_hydrazines_and_charged_molecules():
         assert acceptable(Chem.MolFromSmiles(good), 26), good
 
 
-@needs_teacher
+@pytest.mark.slow  # tblite SCF on a few frames: 30-40 s on the 2-core CI machine
 def test_stretched_water_dimer_is_pulled_apart_and_frames_do_not_depend_on_workers():
     from mlff_jax.train.data import GenerationConfig, generate
 
@@ -419,7 +415,6 @@ def test_stretched_water_dimer_is_pulled_apart_and_frames_do_not_depend_on_worke
     np.testing.assert_allclose(one.energy, two.energy, rtol=0, atol=1e-9)
 
 
-@needs_teacher
 def test_a_dataset_made_before_the_stretch_settings_is_reused_only_with_equal_sampling_settings():
     from mlff_jax.train.data import GenerationConfig, reusable_frames
 

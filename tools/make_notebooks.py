@@ -16,10 +16,11 @@ from nbclient import NotebookClient
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 NOTEBOOKS = ROOT / "notebooks"
 
-FIND_UPSTREAM = '''import os, pathlib
-# The upstream checkpoints are test data kept beside the repository (../shared/upstream), never in it.
-UPSTREAM = pathlib.Path(os.environ.get("MLFF_JAX_UPSTREAM", pathlib.Path.cwd().resolve().parents[1] / "shared" / "upstream"))
-assert UPSTREAM.exists(), f"upstream checkpoints not found at {UPSTREAM} (set MLFF_JAX_UPSTREAM)"
+FIND_UPSTREAM = '''import pathlib
+# Upstream MLFF-Distiller checkpoints (MIT) ship with this repository's tests; for your own copies
+# see docs/getting-started.md ("Where checkpoints come from").
+UPSTREAM = pathlib.Path.cwd().resolve().parent / "tests" / "data" / "upstream"
+assert UPSTREAM.exists(), f"upstream checkpoints not found at {UPSTREAM}: run this notebook from notebooks/ of a clone"
 '''
 
 QUICKSTART = [
