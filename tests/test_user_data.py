@@ -3,6 +3,7 @@ calculator as the teacher, and the worked example of docs/training.md."""
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import os
@@ -249,3 +250,62 @@ def test_docs_worked_example_fine_tunes_the_default_model(tmp_path, monkeypatch)
     z, r, _, _ = read_labelled(data).frame(0)
     energy, forces = tuned.energy_and_forces(r, z)
     assert np.isfinite(float(energy)) and np.all(np.isfinite(np.asarray(forces)))
+
+
+# ------------------------------------------------------------------------------------------ per-atom force weights
+def weighted_batch(dataset: Dataset, config):
+    from mlff_jax.train.batching import Packer, to_batch
+
+    packer = Packer(dataset, config.cutoff)
+    arrays = packer.pack(list(range(dataset.num_frames)), packer.auto_shape(dataset.num_frames), np.float64)
+    return to_batch(arrays)
+
+
+def test_atoms_of_force_weight_zero_do_not_enter_the_force_loss_or_its_gradient(tmp_path):
+    import jax
+
+    from mlff_jax import painn
+    from mlff_jax.config import PaiNNConfig
+    from mlff_jax.train.evaluate import PRECISIONS, energies_and_forces
+    from mlff_jax.train.trainer import fresh_params, mean_squared_errors
+
+    config = PaiNNConfig(hidden_dim=8, num_interactions=1, num_rbf=4, cutoff=5.0, max_z=10)
+    params = painn.cast_params(fresh_params(config, 0), np.float64)
+    ase.io.write(tmp_path / "mine.extxyz", [labelled("CH3OH", k) for k in range(3)])
+    plain = read_labelled(tmp_path / "mine.extxyz")
+    weight = np.tile([1.0, 1.0, 0.0, 0.0, 1.0, 0.0], 3)  # CH3OH: 6 atoms; three of each frame not fitted
+    masked = dataclasses.replace(plain, force_weight=weight)
+    scrambled = dataclasses.replace(masked, forces=np.where(weight[:, None] > 0, masked.forces, 1e3))
+    ones = dataclasses.replace(plain, force_weight=np.ones(len(weight)))
+    precision = PRECISIONS["highest"]
+    force_mse = jax.jit(jax.value_and_grad(lambda p, b: mean_squared_errors(p, config, b, precision)[1]))
+
+    loss_masked, grad_masked = force_mse(params, weighted_batch(masked, config))
+    loss_scrambled, grad_scrambled = force_mse(params, weighted_batch(scrambled, config))
+    assert float(loss_scrambled) == pytest.approx(float(loss_masked), rel=tol.ROUNDOFF_F64)
+    for a, b in zip(jax.tree_util.tree_leaves(grad_masked), jax.tree_util.tree_leaves(grad_scrambled)):
+        np.testing.assert_allclose(a, b, rtol=0, atol=tol.ROUNDOFF_F64)
+    # the masked loss is the mean over the fitted atoms' force components only ...
+    batch = weighted_batch(plain, config)
+    predicted = np.asarray(jax.jit(lambda p, b: energies_and_forces(p, config, b, precision)[1])(params, batch))[: len(weight)]
+    fitted = weight > 0
+    expected = np.mean((predicted[fitted] - plain.forces[fitted]) ** 2)
+    assert float(loss_masked) == pytest.approx(expected, rel=tol.ROUNDOFF_F64)
+    # ... and weights of one everywhere give the plain mean over all of them
+    assert float(force_mse(params, weighted_batch(ones, config))[0]) == pytest.approx(
+        np.mean((predicted - plain.forces) ** 2), rel=tol.ROUNDOFF_F64)
+
+
+def test_force_weights_survive_saving_selecting_and_reading_extxyz(tmp_path):
+    frames = [labelled("H2O", k) for k in range(3)]
+    for k, atoms in enumerate(frames):
+        atoms.arrays["force_weight"] = np.array([1.0, 0.0, float(k)])
+    ase.io.write(tmp_path / "w.extxyz", frames)
+    ds = read_labelled(tmp_path / "w.extxyz")
+    np.testing.assert_array_equal(ds.force_weight, [1, 0, 0, 1, 0, 1, 1, 0, 2])
+    ds.save(tmp_path / "w.npz")
+    np.testing.assert_array_equal(Dataset.load(tmp_path / "w.npz").select([2]).force_weight, [1, 0, 2])
+    frames[0].arrays["force_weight"] = np.array([1.0, -1.0, 1.0])
+    ase.io.write(tmp_path / "bad.extxyz", frames)
+    with pytest.raises(ValueError, match="force_weight"):
+        read_labelled(tmp_path / "bad.extxyz")

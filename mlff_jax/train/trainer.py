@@ -171,6 +171,23 @@ def with_reference(params: dict, refs: np.ndarray) -> dict:
 
 
 # ----------------------------------------------------------------------------------- training step
+def mean_squared_errors(params, config: PaiNNConfig, batch, precision, forces_method: str = "autodiff"):
+    """(mean over frames of (ΔE/N)² eV²/atom², weighted mean over force components of ΔF² eV²/Å²) of one
+    padded batch. Each atom's force counts with its ``batch.force_weight`` (1 normally, 0 for padding
+    and for the buffer atoms of carved clusters), so ΔF² is  Σ w ΔF² / (3 Σ w)."""
+    energies, forces = energies_and_forces(params, config, batch, precision, forces_method)
+    n_structures = jnp.maximum(jnp.sum(batch.structure_mask), 1)
+    weight = jnp.where(batch.atom_mask, batch.force_weight, 0.0)
+    weight_sum = jnp.sum(weight)
+    de = jnp.where(batch.structure_mask, (energies - batch.energy) / jnp.maximum(batch.num_atoms, 1), 0.0)
+    df = jnp.where(batch.atom_mask[:, None], forces - batch.forces, 0.0)
+    e_mse = jnp.sum(de**2) / n_structures
+    # double where: a batch whose atoms all have weight 0 contributes 0, with a finite gradient
+    safe_sum = jnp.where(weight_sum > 0, weight_sum, 1.0)
+    f_mse = jnp.where(weight_sum > 0, jnp.sum(weight[:, None] * df**2) / (3 * safe_sum), 0.0)
+    return e_mse, f_mse
+
+
 def make_train_chunk(config: PaiNNConfig, cfg: TrainConfig, optimizer):
     """A jitted function running ``len(batches)`` optimisation steps inside one ``lax.scan``."""
     import optax
@@ -178,13 +195,7 @@ def make_train_chunk(config: PaiNNConfig, cfg: TrainConfig, optimizer):
     precision = PRECISIONS[cfg.precision]
 
     def loss_fn(params, batch):
-        energies, forces = energies_and_forces(params, config, batch, precision, cfg.forces)
-        n_structures = jnp.maximum(jnp.sum(batch.structure_mask), 1)
-        n_components = 3 * jnp.maximum(jnp.sum(batch.atom_mask), 1)
-        de = jnp.where(batch.structure_mask, (energies - batch.energy) / jnp.maximum(batch.num_atoms, 1), 0.0)
-        df = jnp.where(batch.atom_mask[:, None], forces - batch.forces, 0.0)
-        e_mse = jnp.sum(de**2) / n_structures
-        f_mse = jnp.sum(df**2) / n_components
+        e_mse, f_mse = mean_squared_errors(params, config, batch, precision, cfg.forces)
         return cfg.energy_weight * e_mse + cfg.force_weight * f_mse, (e_mse, f_mse)
 
     def step(carry, arrays):

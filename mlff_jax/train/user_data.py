@@ -19,7 +19,8 @@ Split (train / validation / test) is by *system*: frames with the same ``atoms.i
 (``system_key``) stay together, so correlated frames of one trajectory are not spread over the
 splits; without it every frame is its own system. ``atoms.info["split"]`` ("train", "validation",
 "test") fixes a frame's split; otherwise it comes from a hash of (seed, system name) as for the
-generated data. Energies, forces and positions must be finite, forces [n, 3], elements 1..max_z:
+generated data. An optional per-atom column ``force_weight`` (``atoms.arrays``, >= 0) weights each
+atom's force in the loss (0: the force is not fitted, e.g. the buffer shell of a carved cluster). Energies, forces and positions must be finite, forces [n, 3], elements 1..max_z:
 anything else is a ValueError naming the file and the frame.
 """
 
@@ -70,8 +71,9 @@ def read_labelled(path, *, seed: int = 0, fractions: tuple[float, float] = (0.1,
     scale = ENERGY_UNITS[energy_unit]
     names: dict[str, int] = {}
     splits: list[int] = []
-    numbers, positions, forces, energy, num_atoms, system = [], [], [], [], [], []
-    for i, (z, r, e, f, name, split) in enumerate(frames):
+    numbers, positions, forces, energy, num_atoms, system, weights = [], [], [], [], [], [], []
+    weighted = any(frame[6] is not None for frame in frames)
+    for i, (z, r, e, f, name, split, weight) in enumerate(frames):
         where = f"{path}, frame {i}"
         z, r, f = np.asarray(z), np.asarray(r, np.float64), np.asarray(f, np.float64)
         n = len(z)
@@ -84,6 +86,9 @@ def read_labelled(path, *, seed: int = 0, fractions: tuple[float, float] = (0.1,
             raise ValueError(f"{where}: atomic numbers {bad} outside the model's elements 1..{max_z}")
         if not (np.isfinite(e) and np.all(np.isfinite(r)) and np.all(np.isfinite(f))):
             raise ValueError(f"{where}: non-finite energy, positions or forces")
+        weight = np.ones(n) if weight is None else np.asarray(weight, np.float64).reshape(-1)
+        if weight.shape != (n,) or np.any(weight < 0) or not np.all(np.isfinite(weight)):
+            raise ValueError(f"{where}: force_weight must be {n} finite numbers >= 0")
         if split is not None and split not in SPLITS:
             raise ValueError(f"{where}: split {split!r} is not one of {list(SPLITS)}")
         if name is None:
@@ -99,12 +104,14 @@ def read_labelled(path, *, seed: int = 0, fractions: tuple[float, float] = (0.1,
         energy.append(float(e) * scale)
         num_atoms.append(n)
         system.append(names[name])
+        weights.append(weight)
     return Dataset(
         numbers=np.concatenate(numbers), positions=np.concatenate(positions), forces=np.concatenate(forces),
         energy=np.asarray(energy), num_atoms=np.asarray(num_atoms, np.int32), system=np.asarray(system, np.int32),
         system_name=np.asarray(list(names), dtype=str), system_split=np.asarray(splits, np.int8),
         metadata={"source": path.name, "energy_unit": energy_unit, "seed": seed, "split_fractions": list(fractions),
                   "units": {"energy": "eV", "forces": "eV/Å", "positions": "Å"}},
+        force_weight=np.concatenate(weights) if weighted else None,
     )
 
 
@@ -137,7 +144,8 @@ def _ase_frames(path, index, format, energy_key, forces_key, system_key) -> list
         name = atoms.info.get(system_key)
         split = atoms.info.get("split")
         frames.append((atoms.get_atomic_numbers(), atoms.get_positions(), energy, np.asarray(forces, np.float64),
-                       None if name is None else str(name), None if split is None else str(split)))
+                       None if name is None else str(name), None if split is None else str(split),
+                       atoms.arrays.get("force_weight")))
     return frames
 
 
@@ -162,4 +170,4 @@ def _npz_frames(path) -> list:
     elif z.shape != (num_frames, n):
         raise ValueError(f"{path}: Z must be [{n}] or [{num_frames}, {n}], got {z.shape}")
     e = e.reshape(num_frames)
-    return [(z[i], r[i], float(e[i]), forces[i], None, None) for i in range(num_frames)]
+    return [(z[i], r[i], float(e[i]), forces[i], None, None, None) for i in range(num_frames)]
