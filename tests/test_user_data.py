@@ -309,3 +309,68 @@ def test_force_weights_survive_saving_selecting_and_reading_extxyz(tmp_path):
     ase.io.write(tmp_path / "bad.extxyz", frames)
     with pytest.raises(ValueError, match="force_weight"):
         read_labelled(tmp_path / "bad.extxyz")
+
+
+# ------------------------------------------------------------------------------------------ condensed phase
+def water_box(molecules: int = 16, seed: int = 0):
+    from ase.build import molecule
+
+    from mlff_jax.train.condensed import liquid_box
+
+    return liquid_box([molecule("H2O")], [molecules], 0.997, np.random.default_rng(seed))
+
+
+def test_liquid_box_has_the_density_and_keeps_molecules_apart():
+    box = water_box(32)
+    mass_g = np.sum(box.get_masses()) / 6.02214076e23
+    volume_cm3 = box.get_volume() * 1e-24
+    assert mass_g / volume_cm3 == pytest.approx(0.997, rel=1e-9)
+    assert np.all(box.pbc) and len(box) == 96 and len(np.unique(box.arrays["molecule"])) == 32
+    distances = box.get_all_distances(mic=True)
+    other = box.arrays["molecule"][:, None] != box.arrays["molecule"][None]
+    assert distances[other].min() >= 1.6
+    with pytest.raises(ValueError, match="could not place molecule"):
+        from ase.build import molecule
+
+        from mlff_jax.train.condensed import liquid_box
+
+        liquid_box([molecule("H2O")], [64], 3.0, np.random.default_rng(0), min_distance=2.5, max_tries=50)
+
+
+def test_carved_cluster_holds_whole_molecules_and_weights_only_the_inner_atoms():
+    from mlff_jax.train.condensed import carve_cluster
+
+    box = water_box(16)  # a ~7.8 Å box: a 9 Å sphere needs periodic images as extra molecules
+    centre = box.positions[0]
+    cluster = carve_cluster(box, centre, radius=9.0, inner_radius=2.5)
+    assert not np.any(cluster.pbc) and len(cluster) % 3 == 0 and len(cluster) > len(box)
+    numbers = cluster.numbers.reshape(-1, 3)
+    assert np.all(numbers == [8, 1, 1])  # whole water molecules, in order
+    r = cluster.positions.reshape(-1, 3, 3)
+    oh = np.linalg.norm(r[:, 1:] - r[:, :1], axis=-1)
+    assert oh.max() < 1.1  # no molecule split across the box boundary
+    distance = np.linalg.norm(cluster.positions, axis=1)
+    assert np.min(distance.reshape(-1, 3), axis=1).max() <= 9.0  # every molecule has an atom within the radius
+    np.testing.assert_array_equal(cluster.arrays["force_weight"], (distance <= 2.5).astype(float))
+    assert 3 <= cluster.arrays["force_weight"].sum() < len(cluster)
+    # no two atoms on top of each other (each periodic image is used once)
+    from scipy.spatial.distance import pdist
+
+    assert pdist(cluster.positions).min() > 0.5
+    with pytest.raises(ValueError, match="inner_radius"):
+        carve_cluster(box, centre, radius=2.0, inner_radius=3.0)
+
+
+def test_carved_clusters_are_labelled_with_force_weights_and_seeded():
+    from mlff_jax.train.condensed import carved_liquid
+    from mlff_jax.train.data import teacher_factory
+
+    first = carved_liquid("water", 16, 2, teacher_factory("emt"), seed=1, radius=5.0, inner_radius=2.0)
+    again = carved_liquid("water", 16, 2, teacher_factory("emt"), seed=1, radius=5.0, inner_radius=2.0)
+    np.testing.assert_array_equal(first.positions, again.positions)
+    assert first.num_frames == 2 and first.force_weight is not None
+    assert 0 < first.force_weight.sum() < len(first.numbers)
+    z, r, e, f = first.frame(1)
+    atoms = Atoms(numbers=z, positions=r, calculator=EMT())
+    assert atoms.get_potential_energy() == pytest.approx(e, abs=tol.ROUNDOFF_F64)
+    np.testing.assert_allclose(atoms.get_forces(), f, rtol=0, atol=tol.ROUNDOFF_F64)
