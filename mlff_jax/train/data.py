@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib
 import importlib.metadata
 import importlib.util
 import json
@@ -40,11 +39,14 @@ import pathlib
 import sys
 import time
 import zlib
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
 from mlff_jax.train.dataset import Dataset, assign_split, small_subset
+from mlff_jax.train.teachers import TEACHERS, resolve_teacher, teacher_calculator, teacher_factory, teacher_needs
+
+__all__ = ["GenerationConfig", "generate", "teacher_calculator", "teacher_factory", "TEACHERS"]
 
 ALLOWED_ELEMENTS = frozenset({1, 6, 7, 8, 9, 16, 17})  # H C N O F S Cl
 DEFAULT_SMILES_FILE = pathlib.Path(__file__).with_name("molecules.smi")
@@ -138,68 +140,6 @@ def embed_smiles(smiles: str, seed: int):
     else:
         AllChem.UFFOptimizeMolecule(mol, maxIters=500)
     return Atoms(numbers=numbers, positions=mol.GetConformer().GetPositions())
-
-
-def teacher_calculator(method: str = "GFN2-xTB"):
-    """GFN2-xTB (or ``method``, e.g. "GFN1-xTB") through tblite's ASE calculator (eV, eV/Å)."""
-    from tblite.ase import TBLite
-
-    return TBLite(method=method, verbosity=0)
-
-
-def _emt():
-    from ase.calculators.emt import EMT
-
-    return EMT()
-
-
-# Named teachers of the command line: name -> (factory, description stored in the dataset's metadata).
-TEACHERS: dict[str, tuple[Callable, str]] = {
-    "gfn2": (teacher_calculator, "GFN2-xTB (tblite ASE calculator, default accuracy and electronic temperature)"),
-    "gfn1": (lambda: teacher_calculator("GFN1-xTB"), "GFN1-xTB (tblite ASE calculator, default settings)"),
-    "emt": (_emt, "EMT (ASE's effective-medium toy potential; for demonstrations only)"),
-}
-
-
-def teacher_factory(teacher) -> Callable[[], Any]:
-    """A zero-argument function returning a fresh ASE calculator, from a teacher given as
-
-    - a name of :data:`TEACHERS` ("gfn2", "gfn1", "emt"),
-    - an import path "package.module:factory" (the factory is imported and must be callable),
-    - an ASE calculator object (returned as it is: one calculator labels every system), or
-    - a callable returning a calculator.
-
-    Raises ValueError for an unknown name or an import path that does not resolve to a callable.
-    """
-    if not isinstance(teacher, str):
-        if _is_calculator_object(teacher):
-            return lambda: teacher
-        if callable(teacher):
-            return teacher
-        raise ValueError(f"teacher must be an ASE calculator, a factory of one, or a name; got {type(teacher).__name__}")
-    if teacher in TEACHERS:
-        return TEACHERS[teacher][0]
-    module_name, sep, attribute = teacher.partition(":")
-    if not sep or not module_name or not attribute:
-        raise ValueError(f"unknown teacher {teacher!r}: use one of {sorted(TEACHERS)} or an import path 'package.module:factory'")
-    try:
-        target = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ValueError(f"teacher {teacher!r}: cannot import {module_name!r} ({exc})") from None
-    for part in attribute.split("."):
-        target = getattr(target, part, None)
-    if not callable(target):
-        raise ValueError(f"teacher {teacher!r}: {attribute!r} is not a callable of {module_name!r}")
-    return target
-
-
-def _is_calculator_object(teacher) -> bool:
-    return not isinstance(teacher, type) and hasattr(teacher, "get_potential_energy")
-
-
-def _teacher_needs(teacher) -> tuple[str, ...]:
-    """Packages a teacher needs besides RDKit (checked once, before any system is generated)."""
-    return ("tblite",) if teacher in ("gfn2", "gfn1") else ()
 
 
 def _label(atoms) -> tuple[np.ndarray, float, np.ndarray]:
@@ -434,20 +374,9 @@ def generate(cfg: GenerationConfig, workers: int = 1, log=print, reuse: Dataset 
     partial_path: every ``partial_every`` finished systems, the systems done so far are written there
     (a valid dataset: pass it as ``reuse`` to resume an interrupted run).
     """
-    if isinstance(calculator, str):  # a name or an import path: the same as setting cfg.teacher
-        cfg, calculator = dataclasses.replace(cfg, teacher=calculator), None
-    make_calculator = teacher_factory(calculator if calculator is not None else cfg.teacher)  # fails early on a bad teacher
-    if calculator is None:
-        teacher_text = TEACHERS[cfg.teacher][1] if cfg.teacher in TEACHERS else f"{cfg.teacher} (import path of a calculator factory)"
-    else:
-        if workers > 1 and _is_calculator_object(calculator):
-            raise ValueError("a calculator object cannot be shared by worker processes: use workers=1, or pass a "
-                             "picklable factory (a module-level function or class) or an import path")
-        named = type(calculator) if _is_calculator_object(calculator) else calculator
-        qualified = f"{getattr(named, '__module__', '?')}.{getattr(named, '__qualname__', '?')}"
-        teacher_text = f"{qualified} (ASE calculator given in Python)"
-        cfg = dataclasses.replace(cfg, teacher=f"python:{qualified}")  # in the metadata, and compared by --reuse
-    needed = ("rdkit",) + _teacher_needs(cfg.teacher)
+    teacher, task_calculator, teacher_text = resolve_teacher(cfg.teacher, calculator, workers)
+    cfg = dataclasses.replace(cfg, teacher=teacher)  # in the metadata, and compared by --reuse
+    needed = ("rdkit",) + teacher_needs(cfg.teacher)
     for package in needed:  # fail here, not once per system inside the per-system error handling
         if importlib.util.find_spec(package) is None:
             raise ModuleNotFoundError(f"data generation needs {package}: pip install 'mlff-jax[train]'", name=package)
@@ -457,8 +386,6 @@ def generate(cfg: GenerationConfig, workers: int = 1, log=print, reuse: Dataset 
         old = reusable_frames(cfg, reuse)
         results = {name: old[name] for name, _, _ in systems if name in old}
         log(f"[data] reusing {len(results)} systems of the previous dataset", flush=True)
-    # A named or import-path teacher is resolved inside each worker; a Python object travels with the task.
-    task_calculator = None if calculator is None else make_calculator
     tasks = [(cfg, name, kind, recipe, task_calculator) for name, kind, recipe in systems if name not in results]
     # Clusters first: they are few and cheap, so an interrupted run's partial file already has them all.
     # (The order of work does not change any frame: each system is seeded by its name.)
