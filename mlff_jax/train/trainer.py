@@ -1,10 +1,12 @@
 """Training a PaiNN student on teacher energies and forces (JAX + optax).
 
     python3 -m mlff_jax.train CONFIG.toml [--set training.max_minutes=8 ...]
+    python3 -m mlff_jax.train finetune --data my_data.extxyz --out runs/mine   # your own labelled structures
 
 Steps: load the dataset and its train/validation split; build fresh weights (or load a checkpoint
 to fine-tune); fit per-element reference energies by least squares on what the network does not
-yet explain; then Adam on  w_E * mean((dE/N)^2) + w_F * mean(dF^2)  with forces from the model,
+yet explain; then Adam on  w_E * mean((dE/N)^2) + w_F * mean(dF^2)  with forces from the model
+(the force term weighted per atom when the dataset has force weights),
 a linear warm-up and a cosine decay (over ``max_steps`` or the wall-clock budget, whichever ends
 first), an exponential moving average (EMA) of the weights, validation every ``eval_every`` steps,
 early stopping, and the best EMA weights written as our safetensors checkpoint with the reference
