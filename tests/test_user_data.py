@@ -374,3 +374,16 @@ def test_carved_clusters_are_labelled_with_force_weights_and_seeded():
     atoms = Atoms(numbers=z, positions=r, calculator=EMT())
     assert atoms.get_potential_energy() == pytest.approx(e, abs=tol.ROUNDOFF_F64)
     np.testing.assert_allclose(atoms.get_forces(), f, rtol=0, atol=tol.ROUNDOFF_F64)
+
+
+def test_solvated_molecule_clusters_are_centred_on_the_solute():
+    from mlff_jax.train.condensed import carved_liquid
+    from mlff_jax.train.data import teacher_factory
+
+    ds = carved_liquid("water", 12, 2, teacher_factory("emt"), seed=0, radius=4.0, inner_radius=1.5, solute="C")
+    assert ds.num_frames == 2 and list(ds.system_name) == ["carved:water+C:12#0", "carved:water+C:12#1"]
+    for i in range(2):
+        z, r, _, _ = ds.frame(i)
+        weight = ds.force_weight[ds.offsets[i] : ds.offsets[i + 1]]
+        assert 6 in z[weight > 0]  # the methane carbon sits at the centre and is fitted
+        assert np.sum(z == 6) >= 1

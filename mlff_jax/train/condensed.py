@@ -74,7 +74,8 @@ def liquid_box(monomers: list, counts: list[int], density_g_cm3: float, rng: np.
 
     Molecules are placed one at a time at a random position and orientation until no atom is closer
     than ``min_distance`` Å (minimum image) to an atom of another molecule. The result has
-    ``arrays["molecule"]`` [N] (index of each atom's molecule) and ``pbc = True``.
+    ``arrays["molecule"]`` [N] (index of each atom's molecule), ``arrays["species"]`` [N] (index into
+    ``monomers``) and ``pbc = True``. A solvated molecule: ``liquid_box([solute, water], [1, 63], ...)``.
     Raises ValueError if a molecule cannot be placed in ``max_tries`` attempts (lower the density
     or ``min_distance``), or for non-positive density or counts.
     """
@@ -87,7 +88,7 @@ def liquid_box(monomers: list, counts: list[int], density_g_cm3: float, rng: np.
     order = np.concatenate([np.full(c, i) for i, c in enumerate(counts)])
     rng.shuffle(order)
     placed_positions = np.zeros((0, 3))
-    numbers, molecule = [], []
+    numbers, molecule, species = [], [], []
     for index, kind in enumerate(order.tolist()):
         local = monomers[kind].positions - monomers[kind].positions.mean(0)
         for _ in range(max_tries):
@@ -104,8 +105,10 @@ def liquid_box(monomers: list, counts: list[int], density_g_cm3: float, rng: np.
         placed_positions = np.concatenate([placed_positions, trial])
         numbers.extend(monomers[kind].numbers.tolist())
         molecule.extend([index] * len(local))
+        species.extend([kind] * len(local))
     box = Atoms(numbers=numbers, positions=placed_positions, cell=np.eye(3) * length, pbc=True)
     box.arrays["molecule"] = np.asarray(molecule, np.int64)
+    box.arrays["species"] = np.asarray(species, np.int64)
     return box
 
 
@@ -180,22 +183,32 @@ def label_clusters(clusters: list, names: list[str], make_calculator, seed: int 
 
 
 def carved_liquid(liquid: str, molecules: int, clusters: int, make_calculator, seed: int = 0, radius: float = 11.0,
-                  inner_radius: float = 2.0, min_distance: float = 1.6, teacher: str = "") -> Dataset:
+                  inner_radius: float = 2.0, min_distance: float = 1.6, teacher: str = "", solute: str | None = None) -> Dataset:
     """``clusters`` clusters carved from one seeded box of ``molecules`` molecules of ``liquid`` (a name of
-    :data:`LIQUIDS`), each centred on a random molecule's centre, labelled by the teacher."""
+    :data:`LIQUIDS`), each centred on a random molecule's centre, labelled by the teacher. With a
+    ``solute`` (SMILES), one solute molecule is added to the box (one box per cluster, seeded) and
+    every cluster is centred on it (the density is the liquid's, the box a little larger)."""
     if liquid not in LIQUIDS:
         raise ValueError(f"unknown liquid {liquid!r}: one of {sorted(LIQUIDS)}")
     smiles, density = LIQUIDS[liquid]
-    rng = np.random.default_rng([seed, zlib.crc32(liquid.encode()), molecules])
+    tag = f"{liquid}+{solute}" if solute else liquid
+    rng = np.random.default_rng([seed, zlib.crc32(tag.encode()), molecules])
     monomers = [monomer(s, seed + i) for i, s in enumerate(smiles)]
     counts = [molecules // len(smiles) + (i < molecules % len(smiles)) for i in range(len(smiles))]
-    box = liquid_box(monomers, counts, density, rng, min_distance)
+    if solute:
+        monomers, counts = [monomer(solute, seed + len(smiles))] + monomers, [1] + counts
+    if solute:  # one solute molecule per box: a fresh box for every cluster, centred on the solute
+        boxes = [liquid_box(monomers, counts, density, rng, min_distance) for _ in range(clusters)]
+        centred = [int(b.arrays["molecule"][b.arrays["species"] == 0][0]) for b in boxes]
+    else:  # one box, clusters around random molecules
+        boxes = [liquid_box(monomers, counts, density, rng, min_distance)] * clusters
+        centred = rng.choice(molecules, clusters, replace=clusters > molecules).tolist()
     carved, names = [], []
-    for k, m in enumerate(rng.choice(molecules, clusters, replace=clusters > molecules).tolist()):
+    for k, (box, m) in enumerate(zip(boxes, centred)):
         centre = box.positions[box.arrays["molecule"] == m].mean(0)
         carved.append(carve_cluster(box, centre, radius, inner_radius))
-        names.append(f"carved:{liquid}:{molecules}#{k}")
-    metadata = {"generator": "mlff_jax.train.condensed", "teacher": teacher, "liquid": liquid, "molecules": molecules,
+        names.append(f"carved:{tag}:{molecules}#{k}")
+    metadata = {"generator": "mlff_jax.train.condensed", "teacher": teacher, "liquid": liquid, "solute": solute, "molecules": molecules,
                 "density_g_cm3": density, "box_A": float(box.cell[0, 0]), "radius_A": radius, "inner_radius_A": inner_radius,
                 "min_distance_A": min_distance, "seed": seed,
                 "units": {"energy": "eV", "forces": "eV/Å", "positions": "Å"}}
@@ -210,6 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True, help="output dataset .npz")
     parser.add_argument("--liquid", default="water", choices=sorted(LIQUIDS))
     parser.add_argument("--molecules", type=int, default=64, help="molecules in the periodic box")
+    parser.add_argument("--solute", default=None, metavar="SMILES", help="one solute molecule in each box; clusters centred on it")
     parser.add_argument("--clusters", type=int, default=3, help="clusters carved and labelled")
     parser.add_argument("--radius", type=float, default=11.0, help="Å: whole molecules with an atom this close to the centre")
     parser.add_argument("--inner-radius", type=float, default=2.0, help="Å: atoms whose forces are fitted (weight 1)")
@@ -221,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
     from mlff_jax.train.data import teacher_factory
 
     dataset = carved_liquid(args.liquid, args.molecules, args.clusters, teacher_factory(args.teacher), args.seed,
-                            args.radius, args.inner_radius, args.min_distance, teacher=args.teacher)
+                            args.radius, args.inner_radius, args.min_distance, teacher=args.teacher, solute=args.solute)
     pathlib.Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     dataset.save(args.out)
     fitted = int(np.sum(dataset.force_weight > 0))
