@@ -20,7 +20,8 @@ Split (train / validation / test) is by *system*: frames with the same ``atoms.i
 splits; without it every frame is its own system. ``atoms.info["split"]`` ("train", "validation",
 "test") fixes a frame's split; otherwise it comes from a hash of (seed, system name) as for the
 generated data. An optional per-atom column ``force_weight`` (``atoms.arrays``, >= 0) weights each
-atom's force in the loss (0: the force is not fitted, e.g. the buffer shell of a carved cluster). Energies, forces and positions must be finite, forces [n, 3], elements 1..max_z:
+atom's force in the loss (0: the force is not fitted, e.g. the buffer shell of a carved cluster).
+Energies, forces and positions must be finite, forces [n, 3], elements 1..max_z:
 anything else is a ValueError naming the file and the frame.
 """
 
