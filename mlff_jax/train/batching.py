@@ -34,6 +34,7 @@ class Batch:
       edges: :class:`Edges` with E slots.
       energy: [B] eV, teacher energies (0 for padding slots).
       forces: [N, 3] eV/Å, teacher forces (0 for padding atoms).
+      force_weight: [N], weight of each atom's force in the loss (0 for padding atoms; see Dataset).
       num_atoms: [B] float, atoms of each frame (0 for padding slots).
       structure_mask: [B] bool.
     """
@@ -47,6 +48,7 @@ class Batch:
     forces: jax.Array
     num_atoms: jax.Array
     structure_mask: jax.Array
+    force_weight: jax.Array
 
     @property
     def max_structures(self) -> int:
@@ -160,6 +162,7 @@ class Packer:
             "edge_mask": np.zeros(nb * E, bool),
             "energy": np.zeros(nb * B, np.float64),
             "forces": np.zeros((nb * A, 3), dtype),
+            "force_weight": np.zeros(nb * A, dtype),
             "num_atoms": np.zeros(nb * B, dtype),
             "structure_mask": np.zeros(nb * B, bool),
         }
@@ -168,6 +171,7 @@ class Packer:
         out["atom_mask"][atom_at] = True
         out["structure"][atom_at] = np.repeat(slot, n_atoms)
         out["forces"][atom_at] = ds.forces[src_atoms]
+        out["force_weight"][atom_at] = ds.atom_force_weights()[src_atoms]
         out["edge_senders"][edge_at] = self.senders[src_edges] + edge_shift
         out["edge_receivers"][edge_at] = self.receivers[src_edges] + edge_shift
         out["edge_mask"][edge_at] = True
@@ -206,5 +210,7 @@ def to_batch(arrays: dict, energy_dtype=None) -> Batch:
         shifts = jnp.zeros(arrays["edge_senders"].shape + (3,), arrays["positions"].dtype)
     edges = Edges(arrays["edge_senders"], arrays["edge_receivers"], shifts, arrays["edge_mask"])
     energy = arrays["energy"] if energy_dtype is None else arrays["energy"].astype(energy_dtype)
+    # arrays packed before per-atom weights existed: every real atom has weight 1
+    force_weight = arrays["force_weight"] if "force_weight" in arrays else arrays["atom_mask"].astype(arrays["positions"].dtype)
     return Batch(arrays["positions"], arrays["numbers"], arrays["atom_mask"], arrays["structure"], edges, energy,
-                 arrays["forces"], arrays["num_atoms"], arrays["structure_mask"])
+                 arrays["forces"], arrays["num_atoms"], arrays["structure_mask"], force_weight)

@@ -1,8 +1,16 @@
-"""Seeded generation of a distillation set: GFN2-xTB (tblite) energies and forces of small organic
-molecules, dimers and clusters.
+"""Seeded generation of a distillation set: teacher energies and forces of small organic molecules,
+dimers and clusters. The teacher is GFN2-xTB (tblite) by default, or any ASE calculator.
 
     python3 -m mlff_jax.train.data --out .device/data/gfn2_xtb_v2.npz [--workers N]   # full set (~1 core-hour)
     python3 -m mlff_jax.train.data --out small.npz --max-molecules 10 --no-clusters
+    python3 -m mlff_jax.train.data --out emt.npz --teacher emt --max-molecules 5 --no-clusters
+    python3 -m mlff_jax.train.data --from-structures mine.extxyz --out mine.npz   # a user's labelled frames
+
+Teachers (``--teacher``): ``gfn2`` (default), ``gfn1`` (tblite), ``emt`` (ASE's EMT: a toy for
+demonstrations, not chemistry), or ``package.module:factory``, an import path to a callable that
+returns an ASE calculator (it is imported, and called once per system, in every worker process;
+nothing is evaluated from the string). From Python, ``generate(cfg, calculator=...)`` takes any
+ASE calculator object or a factory of them.
 
 Sampling, per molecule (``molecules.smi``, RDKit ETKDG embedding + MMFF pre-optimisation):
 two Langevin MD segments with the teacher, one at a low (300-500 K) and one at a high (600-1000 K)
@@ -16,7 +24,7 @@ up to beyond the 5 Å cutoff, so that the student sees weak binding and dissocia
 Every random choice of a system is seeded by (seed, hash of the system's name), so a system's
 frames do not depend on which other systems are generated or on the number of worker processes;
 the split (train/validation/test) is decided the same way (:func:`dataset.assign_split`).
-Needs ``pip install 'mlff-jax[train]'`` (tblite, rdkit).
+Needs ``pip install 'mlff-jax[train]'`` (tblite, rdkit; RDKit only with another teacher).
 """
 
 from __future__ import annotations
@@ -36,6 +44,9 @@ from typing import Any
 import numpy as np
 
 from mlff_jax.train.dataset import Dataset, assign_split, small_subset
+from mlff_jax.train.teachers import TEACHERS, resolve_teacher, teacher_calculator, teacher_factory, teacher_needs
+
+__all__ = ["GenerationConfig", "generate", "teacher_calculator", "teacher_factory", "TEACHERS"]
 
 ALLOWED_ELEMENTS = frozenset({1, 6, 7, 8, 9, 16, 17})  # H C N O F S Cl
 DEFAULT_SMILES_FILE = pathlib.Path(__file__).with_name("molecules.smi")
@@ -49,6 +60,7 @@ class GenerationConfig:
     """Settings of :func:`generate` (all sizes are per system)."""
 
     seed: int = 0
+    teacher: str = "gfn2"  # a name of TEACHERS or "package.module:factory" (see teacher_factory)
     smiles_file: str = str(DEFAULT_SMILES_FILE)
     max_molecules: int | None = None  # first N lines of the SMILES file (None: all)
     low_temperature_K: tuple[float, float] = (300.0, 500.0)
@@ -130,13 +142,6 @@ def embed_smiles(smiles: str, seed: int):
     return Atoms(numbers=numbers, positions=mol.GetConformer().GetPositions())
 
 
-def teacher_calculator():
-    """GFN2-xTB through tblite's ASE calculator (eV, eV/Å)."""
-    from tblite.ase import TBLite
-
-    return TBLite(method="GFN2-xTB", verbosity=0)
-
-
 def _label(atoms) -> tuple[np.ndarray, float, np.ndarray]:
     return atoms.get_positions().copy(), float(atoms.get_potential_energy()), atoms.get_forces().copy()
 
@@ -162,10 +167,11 @@ def _md_frames(atoms, rng, temperature_K: float, cfg: GenerationConfig, num_fram
     return frames
 
 
-def sample_molecule(atoms, rng, cfg: GenerationConfig) -> list[tuple[np.ndarray, float, np.ndarray]]:
-    """Frames of one molecule: low-T MD, high-T MD, and displaced copies of random MD frames."""
+def sample_molecule(atoms, rng, cfg: GenerationConfig, make_calculator=None) -> list[tuple[np.ndarray, float, np.ndarray]]:
+    """Frames of one molecule: low-T MD, high-T MD, and displaced copies of random MD frames.
+    make_calculator: the teacher (a calculator factory; default: that of ``cfg.teacher``)."""
     atoms = atoms.copy()
-    atoms.calc = teacher_calculator()
+    atoms.calc = (make_calculator or teacher_factory(cfg.teacher))()
     low = rng.uniform(*cfg.low_temperature_K)
     high = rng.uniform(*cfg.high_temperature_K)
     frames = _md_frames(atoms, rng, low, cfg, cfg.frames_per_segment, equilibrate=True, hot_start=True)
@@ -210,18 +216,18 @@ def build_cluster(monomers: list, rng):
     return cluster
 
 
-def sample_cluster(atoms, rng, cfg: GenerationConfig):
+def sample_cluster(atoms, rng, cfg: GenerationConfig, make_calculator=None):
     """Frames of a cluster: a short teacher relaxation (no frames), then MD at 200-400 K."""
     from ase.optimize import FIRE
 
     atoms = atoms.copy()
-    atoms.calc = teacher_calculator()
+    atoms.calc = (make_calculator or teacher_factory(cfg.teacher))()
     FIRE(atoms, logfile=None).run(fmax=0.3, steps=15)
     temperature = rng.uniform(*cfg.cluster_temperature_K)
     return _md_frames(atoms, rng, temperature, cfg, cfg.cluster_frames, equilibrate=True, hot_start=True)
 
 
-def sample_stretched(atoms, sizes: list[int], rng, cfg: GenerationConfig):
+def sample_stretched(atoms, sizes: list[int], rng, cfg: GenerationConfig, make_calculator=None):
     """Frames of a cluster pulled apart: a teacher relaxation (no frames), then ``stretch_frames``
     geometries, alternately one random molecule moved out along the line from the centre of the rest
     (by ``stretch_pull_A``) and all molecular centres scaled about the cluster centre (by
@@ -229,7 +235,7 @@ def sample_stretched(atoms, sizes: list[int], rng, cfg: GenerationConfig):
     from ase.optimize import FIRE
 
     atoms = atoms.copy()
-    atoms.calc = teacher_calculator()
+    atoms.calc = (make_calculator or teacher_factory(cfg.teacher))()
     FIRE(atoms, logfile=None).run(fmax=0.1, steps=cfg.stretch_relax_steps)
     relaxed = atoms.get_positions().copy()
     bounds = np.concatenate([[0], np.cumsum(sizes)])
@@ -293,21 +299,24 @@ def system_list(cfg: GenerationConfig) -> list[tuple[str, str, Any]]:
     return systems
 
 
-def generate_system(cfg: GenerationConfig, name: str, kind: str, recipe) -> list[tuple[np.ndarray, np.ndarray, float, np.ndarray]]:
-    """Labelled frames (numbers, positions, energy, forces) of one system; [] if the teacher fails."""
+def generate_system(cfg: GenerationConfig, name: str, kind: str, recipe,
+                    make_calculator=None) -> list[tuple[np.ndarray, np.ndarray, float, np.ndarray]]:
+    """Labelled frames (numbers, positions, energy, forces) of one system; [] if the teacher fails.
+    make_calculator: the teacher (a calculator factory; default: that of ``cfg.teacher``)."""
+    make_calculator = make_calculator or teacher_factory(cfg.teacher)
     rng = _system_rng(cfg.seed, name)
     embed_seed = int(rng.integers(2**31 - 1))
     try:
         if kind == "molecule":
             atoms = embed_smiles(recipe, embed_seed)
-            frames = sample_molecule(atoms, rng, cfg)
+            frames = sample_molecule(atoms, rng, cfg, make_calculator)
         else:
             monomers = [embed_smiles(s, embed_seed + i) for i, s in enumerate(recipe)]
             atoms = build_cluster(monomers, rng)
             if kind == "stretch":
-                frames = sample_stretched(atoms, [len(m) for m in monomers], rng, cfg)
+                frames = sample_stretched(atoms, [len(m) for m in monomers], rng, cfg, make_calculator)
             else:
-                frames = sample_cluster(atoms, rng, cfg)
+                frames = sample_cluster(atoms, rng, cfg, make_calculator)
     except Exception as exc:  # SCF failures, embedding failures: skip the system, say so
         print(f"  skipped {name}: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
         return []
@@ -316,9 +325,9 @@ def generate_system(cfg: GenerationConfig, name: str, kind: str, recipe) -> list
 
 
 def _worker(args):
-    cfg, name, kind, recipe = args
+    cfg, name, kind, recipe, make_calculator = args
     t0 = time.perf_counter()
-    return name, generate_system(cfg, name, kind, recipe), time.perf_counter() - t0
+    return name, generate_system(cfg, name, kind, recipe, make_calculator), time.perf_counter() - t0
 
 
 # Settings that do not change the frames of a given system (they only choose which systems exist).
@@ -333,7 +342,7 @@ def reusable_frames(cfg: GenerationConfig, previous: Dataset) -> dict[str, list]
     """Frames of ``previous`` (a file made by this generator) by system name, if it was made with the
     same sampling settings: a system's frames depend only on (seed, name, settings), so reusing them
     gives exactly the file a full regeneration would. Raises ValueError if the settings differ."""
-    old = previous.metadata.get("config", {})
+    old = {"teacher": "gfn2", **previous.metadata.get("config", {})}  # files made before the choice of teacher: GFN2
     new = dataclasses.asdict(cfg)
     has_stretch = any(str(n).startswith("stretch:") for n in previous.system_name)
     # A file made before the stretch settings existed has no stretch systems: its other frames compare
@@ -354,14 +363,21 @@ def reusable_frames(cfg: GenerationConfig, previous: Dataset) -> dict[str, list]
 
 
 def generate(cfg: GenerationConfig, workers: int = 1, log=print, reuse: Dataset | None = None,
-             partial_path=None, partial_every: int = 200) -> Dataset:
+             partial_path=None, partial_every: int = 200, calculator=None) -> Dataset:
     """Generates every system of :func:`system_list` and returns the labelled, split dataset.
+
+    calculator: the teacher, overriding ``cfg.teacher``: any ASE calculator object, or a factory of
+    them (see :func:`teacher_factory`). With ``workers`` > 1 it must be picklable (a module-level
+    function or class); a calculator object cannot be shared by processes, so it needs ``workers=1``.
 
     reuse: a dataset made earlier with the same settings; its systems are copied, not recomputed.
     partial_path: every ``partial_every`` finished systems, the systems done so far are written there
     (a valid dataset: pass it as ``reuse`` to resume an interrupted run).
     """
-    for package in ("tblite", "rdkit"):  # fail here, not once per system inside the per-system error handling
+    teacher, task_calculator, teacher_text = resolve_teacher(cfg.teacher, calculator, workers)
+    cfg = dataclasses.replace(cfg, teacher=teacher)  # in the metadata, and compared by --reuse
+    needed = ("rdkit",) + teacher_needs(cfg.teacher)
+    for package in needed:  # fail here, not once per system inside the per-system error handling
         if importlib.util.find_spec(package) is None:
             raise ModuleNotFoundError(f"data generation needs {package}: pip install 'mlff-jax[train]'", name=package)
     systems = system_list(cfg)
@@ -370,7 +386,7 @@ def generate(cfg: GenerationConfig, workers: int = 1, log=print, reuse: Dataset 
         old = reusable_frames(cfg, reuse)
         results = {name: old[name] for name, _, _ in systems if name in old}
         log(f"[data] reusing {len(results)} systems of the previous dataset", flush=True)
-    tasks = [(cfg, name, kind, recipe) for name, kind, recipe in systems if name not in results]
+    tasks = [(cfg, name, kind, recipe, task_calculator) for name, kind, recipe in systems if name not in results]
     # Clusters first: they are few and cheap, so an interrupted run's partial file already has them all.
     # (The order of work does not change any frame: each system is seeded by its name.)
     tasks.sort(key=lambda task: task[2] == "molecule")
@@ -381,7 +397,7 @@ def generate(cfg: GenerationConfig, workers: int = 1, log=print, reuse: Dataset 
         _progress(log, i + 1, len(tasks), t0)
         if partial_path is not None and (i + 1) % partial_every == 0 and i + 1 < len(tasks):
             tmp = pathlib.Path(partial_path).with_suffix(".tmp.npz")
-            _assemble(cfg, systems, results, workers, len(systems) - len(tasks), t0).save(tmp)
+            _assemble(cfg, systems, results, workers, len(systems) - len(tasks), t0, teacher_text).save(tmp)
             os.replace(tmp, partial_path)  # atomic: a reader never sees a half-written partial file
 
     if workers > 1:
@@ -394,10 +410,10 @@ def generate(cfg: GenerationConfig, workers: int = 1, log=print, reuse: Dataset 
         for i, task in enumerate(tasks):
             name, frames, _ = _worker(task)
             finished(i, name, frames)
-    return _assemble(cfg, systems, results, workers, len(systems) - len(tasks), t0)
+    return _assemble(cfg, systems, results, workers, len(systems) - len(tasks), t0, teacher_text)
 
 
-def _assemble(cfg: GenerationConfig, systems, results: dict, workers: int, reused: int, t0: float) -> Dataset:
+def _assemble(cfg: GenerationConfig, systems, results: dict, workers: int, reused: int, t0: float, teacher: str) -> Dataset:
     """The dataset of the systems in ``results`` (in the order of ``systems``; missing ones left out)."""
     numbers, positions, forces, energy, num_atoms, system, names, splits = [], [], [], [], [], [], [], []
     for name, _, _ in systems:  # fixed order, whatever order the workers finished in
@@ -415,7 +431,7 @@ def _assemble(cfg: GenerationConfig, systems, results: dict, workers: int, reuse
             num_atoms.append(len(z))
             system.append(index)
     metadata = {
-        "teacher": "GFN2-xTB (tblite ASE calculator, default accuracy and electronic temperature)",
+        "teacher": teacher,
         "units": {"energy": "eV", "forces": "eV/Å", "positions": "Å"},
         "generator": "mlff_jax.train.data",
         "config": dataclasses.asdict(cfg) | {"smiles_file": pathlib.Path(cfg.smiles_file).name},
@@ -455,6 +471,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mlff-jax data", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default=None, help="output .npz file (required unless --from-dataset)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--teacher", default="gfn2", help=f"teacher: one of {', '.join(TEACHERS)} (default gfn2), or an import "
+                        "path package.module:factory of a function or class that returns an ASE calculator")
     parser.add_argument("--smiles", default=str(DEFAULT_SMILES_FILE), help="SMILES file (default: the bundled list)")
     parser.add_argument("--max-molecules", type=int, default=None, help="use the first N molecules only")
     parser.add_argument("--no-clusters", action="store_true", help="molecules only (no water clusters, dimers, mixed clusters)")
@@ -464,6 +482,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--float32-out", default=None, help="also write a copy with float32 positions and forces here "
                         "(half the size; for carrying to a GPU machine)")
     parser.add_argument("--from-dataset", default=None, help="skip generation: cut --subset-out / --float32-out from this existing dataset")
+    parser.add_argument("--from-structures", default=None, metavar="FILE",
+                        help="skip generation: convert your labelled structures (extxyz or any file ASE reads, with energies "
+                        "and forces; or an .npz of R, Z, E, F arrays) to a dataset written to --out (see mlff_jax.train.user_data)")
     parser.add_argument("--reuse", default=None, help="copy the systems of this earlier dataset (same settings) instead of recomputing them")
     parser.add_argument("--partial-every", type=int, default=200,
                         help="write the systems done so far to OUT.partial.npz every N systems (resume with --reuse)")
@@ -472,11 +493,18 @@ def main(argv: list[str] | None = None) -> int:
 
     if not args.out and not args.from_dataset:
         parser.error("--out is required (or --from-dataset to cut a subset or a float32 copy from an existing file)")
-    if args.from_dataset:
+    if args.from_structures:
+        from mlff_jax.train.user_data import read_labelled
+
+        dataset = read_labelled(args.from_structures, seed=args.seed)
+        pathlib.Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        dataset.save(args.out)
+        print(f"[data] wrote {args.out}: {json.dumps(dataset.summary())}")
+    elif args.from_dataset:
         dataset = Dataset.load(args.from_dataset)
         print(f"[data] {args.from_dataset}: {json.dumps(dataset.summary())}")
     else:
-        cfg = GenerationConfig(seed=args.seed, smiles_file=args.smiles, max_molecules=args.max_molecules)
+        cfg = GenerationConfig(seed=args.seed, teacher=args.teacher, smiles_file=args.smiles, max_molecules=args.max_molecules)
         if args.no_clusters:
             cfg = dataclasses.replace(cfg, water_cluster_sizes=(), dimers=0, mixed_clusters=0, more_dimers=0,
                                       more_mixed_clusters=0, stretch_water_sizes=(), stretch_dimers=0)

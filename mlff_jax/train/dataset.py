@@ -16,6 +16,8 @@ Arrays (A = total atoms over all frames, F frames, S systems)::
     system_name   [S] str     canonical SMILES, or a cluster description
     system_split  [S] int8    0 train, 1 validation, 2 test
     metadata   JSON string    teacher, seed, generator settings, versions
+    force_weight  [A] f64     optional: weight of each atom's force in the loss and the force errors
+                              (absent: 1 for every atom; 0 for the buffer atoms of carved clusters)
 """
 
 from __future__ import annotations
@@ -58,6 +60,7 @@ class Dataset:
     system_name: np.ndarray
     system_split: np.ndarray
     metadata: dict[str, Any] = dataclasses.field(default_factory=dict)
+    force_weight: np.ndarray | None = None  # [A], None: every atom's force has weight 1
 
     def __post_init__(self):
         a, f = int(np.sum(self.num_atoms)), len(self.energy)
@@ -70,6 +73,9 @@ class Dataset:
             problems.append("system_name and system_split differ in length")
         if f and (self.system.min() < 0 or self.system.max() >= len(self.system_name)):
             problems.append("system index out of range")
+        if self.force_weight is not None and (np.shape(self.force_weight) != (a,) or np.any(self.force_weight < 0)
+                                              or not np.all(np.isfinite(self.force_weight))):
+            problems.append(f"force_weight must be [{a}], finite and >= 0")
         if problems:
             raise ValueError("inconsistent dataset: " + "; ".join(problems))
 
@@ -106,6 +112,7 @@ class Dataset:
             energy=self.energy[frames],
             num_atoms=self.num_atoms[frames],
             system=self.system[frames],
+            force_weight=None if self.force_weight is None else self.force_weight[atoms],
         )
 
     def compact(self) -> "Dataset":
@@ -122,6 +129,10 @@ class Dataset:
 
     def elements(self) -> list[int]:
         return sorted(set(np.unique(self.numbers).tolist()))
+
+    def atom_force_weights(self) -> np.ndarray:
+        """[A] weight of every atom's force (ones when the dataset has none)."""
+        return np.ones(len(self.numbers)) if self.force_weight is None else self.force_weight
 
     def composition(self, max_z: int) -> np.ndarray:
         """[F, max_z + 1] count of each element in each frame."""
@@ -146,6 +157,7 @@ class Dataset:
         energies stay float64). :meth:`load` reads both as float64."""
         label = np.float32 if float32 else np.float64
         metadata = {**self.metadata, "stored_float32": True} if float32 else self.metadata
+        optional = {} if self.force_weight is None else {"force_weight": self.force_weight.astype(np.float64)}
         np.savez_compressed(
             path,
             numbers=self.numbers.astype(np.uint8),
@@ -157,6 +169,7 @@ class Dataset:
             system_name=np.asarray(self.system_name, dtype=str),
             system_split=self.system_split.astype(np.int8),
             metadata=np.asarray(json.dumps(metadata)),
+            **optional,
         )
 
     @classmethod
@@ -178,6 +191,7 @@ class Dataset:
                 system_name=f["system_name"].astype(str),
                 system_split=f["system_split"].astype(np.int8),
                 metadata=json.loads(str(f["metadata"])) if "metadata" in f.files else {},
+                force_weight=f["force_weight"].astype(np.float64) if "force_weight" in f.files else None,
             )
 
     @classmethod
@@ -188,6 +202,8 @@ class Dataset:
             systems.append(p.system + shift)
             shift += len(p.system_name)
         cat = lambda name: np.concatenate([getattr(p, name) for p in parts])  # noqa: E731
+        weighted = any(p.force_weight is not None for p in parts)
+        weights = [p.force_weight if p.force_weight is not None else np.ones(len(p.numbers)) for p in parts]
         return cls(
             numbers=cat("numbers"),
             positions=cat("positions").reshape(-1, 3),
@@ -198,6 +214,7 @@ class Dataset:
             system_name=cat("system_name"),
             system_split=cat("system_split"),
             metadata=metadata if metadata is not None else (parts[0].metadata if parts else {}),
+            force_weight=np.concatenate(weights) if weighted else None,
         )
 
 

@@ -93,18 +93,20 @@ class Predictor:
 
 
 def error_metrics(dataset: Dataset, energies: np.ndarray, forces: np.ndarray) -> dict[str, float]:
-    """Energy errors per atom (eV/atom) and force component errors (eV/Å) against the teacher."""
+    """Energy errors per atom (eV/atom) and force component errors (eV/Å) against the teacher; force
+    errors are means weighted by the dataset's per-atom force weights (atoms of weight 0 do not count)."""
     de = (energies - dataset.energy) / dataset.num_atoms
     df = forces - dataset.forces
+    w = np.repeat(dataset.atom_force_weights(), 3) / max(3 * float(np.sum(dataset.atom_force_weights())), 1e-300)
     return {
         "frames": int(dataset.num_frames),
         "systems": int(len(np.unique(dataset.system))),
         "energy_mae_per_atom": float(np.mean(np.abs(de))),
         "energy_rmse_per_atom": float(np.sqrt(np.mean(de**2))),
-        "force_mae": float(np.mean(np.abs(df))),
-        "force_rmse": float(np.sqrt(np.mean(df**2))),
+        "force_mae": float(np.sum(w * np.abs(df).ravel())),
+        "force_rmse": float(np.sqrt(np.sum(w * (df**2).ravel()))),
         "energy_mse_per_atom": float(np.mean(de**2)),
-        "force_mse": float(np.mean(df**2)),
+        "force_mse": float(np.sum(w * (df**2).ravel())),
     }
 
 

@@ -1,10 +1,12 @@
 """Training a PaiNN student on teacher energies and forces (JAX + optax).
 
     python3 -m mlff_jax.train CONFIG.toml [--set training.max_minutes=8 ...]
+    python3 -m mlff_jax.train finetune --data my_data.extxyz --out runs/mine   # your own labelled structures
 
 Steps: load the dataset and its train/validation split; build fresh weights (or load a checkpoint
 to fine-tune); fit per-element reference energies by least squares on what the network does not
-yet explain; then Adam on  w_E * mean((dE/N)^2) + w_F * mean(dF^2)  with forces from the model,
+yet explain; then Adam on  w_E * mean((dE/N)^2) + w_F * mean(dF^2)  with forces from the model
+(the force term weighted per atom when the dataset has force weights),
 a linear warm-up and a cosine decay (over ``max_steps`` or the wall-clock budget, whichever ends
 first), an exponential moving average (EMA) of the weights, validation every ``eval_every`` steps,
 early stopping, and the best EMA weights written as our safetensors checkpoint with the reference
@@ -39,6 +41,7 @@ from mlff_jax.train.batching import Packer, to_batch
 from mlff_jax.train.dataset import Dataset
 from mlff_jax.train.evaluate import FORCE_METHODS, PRECISIONS, Predictor, energies_and_forces, error_metrics
 from mlff_jax.train.progress import ProgressReporter
+from mlff_jax.train.user_data import load_training_data
 
 DEFAULT_CONFIG = pathlib.Path(__file__).with_name("configs") / "default.toml"
 
@@ -47,7 +50,13 @@ DEFAULT_CONFIG = pathlib.Path(__file__).with_name("configs") / "default.toml"
 class TrainConfig:
     """Every setting of a run (TOML sections [data], [model], [training], [output] are merged)."""
 
-    data: str = ""  # dataset .npz (mlff_jax.train.data)
+    data: str = ""  # dataset .npz (mlff_jax.train.data), or your labelled structures (mlff_jax.train.user_data)
+    # for your own structures (an extxyz or any file ASE reads, or an .npz of R, Z, E, F):
+    validation_fraction: float = 0.1  # of the systems, by a hash of (seed, name), unless a frame's info says its split
+    test_fraction: float = 0.1
+    energy_key: str = "energy"  # atoms.info key (or calculator result) holding the energy
+    forces_key: str = "forces"  # atoms.arrays key (or calculator result) holding the forces
+    energy_unit: str = "eV"  # of the file's energies; forces are in this unit per Å
     out_dir: str = "runs/default"
     init: str = ""  # checkpoint to fine-tune ("default" or a path); "" = fresh weights
     # model shape (ignored when fine-tuning: the checkpoint's shape is used)
@@ -164,6 +173,23 @@ def with_reference(params: dict, refs: np.ndarray) -> dict:
 
 
 # ----------------------------------------------------------------------------------- training step
+def mean_squared_errors(params, config: PaiNNConfig, batch, precision, forces_method: str = "autodiff"):
+    """(mean over frames of (ΔE/N)² eV²/atom², weighted mean over force components of ΔF² eV²/Å²) of one
+    padded batch. Each atom's force counts with its ``batch.force_weight`` (1 normally, 0 for padding
+    and for the buffer atoms of carved clusters), so ΔF² is  Σ w ΔF² / (3 Σ w)."""
+    energies, forces = energies_and_forces(params, config, batch, precision, forces_method)
+    n_structures = jnp.maximum(jnp.sum(batch.structure_mask), 1)
+    weight = jnp.where(batch.atom_mask, batch.force_weight, 0.0)
+    weight_sum = jnp.sum(weight)
+    de = jnp.where(batch.structure_mask, (energies - batch.energy) / jnp.maximum(batch.num_atoms, 1), 0.0)
+    df = jnp.where(batch.atom_mask[:, None], forces - batch.forces, 0.0)
+    e_mse = jnp.sum(de**2) / n_structures
+    # double where: a batch whose atoms all have weight 0 contributes 0, with a finite gradient
+    safe_sum = jnp.where(weight_sum > 0, weight_sum, 1.0)
+    f_mse = jnp.where(weight_sum > 0, jnp.sum(weight[:, None] * df**2) / (3 * safe_sum), 0.0)
+    return e_mse, f_mse
+
+
 def make_train_chunk(config: PaiNNConfig, cfg: TrainConfig, optimizer):
     """A jitted function running ``len(batches)`` optimisation steps inside one ``lax.scan``."""
     import optax
@@ -171,13 +197,7 @@ def make_train_chunk(config: PaiNNConfig, cfg: TrainConfig, optimizer):
     precision = PRECISIONS[cfg.precision]
 
     def loss_fn(params, batch):
-        energies, forces = energies_and_forces(params, config, batch, precision, cfg.forces)
-        n_structures = jnp.maximum(jnp.sum(batch.structure_mask), 1)
-        n_components = 3 * jnp.maximum(jnp.sum(batch.atom_mask), 1)
-        de = jnp.where(batch.structure_mask, (energies - batch.energy) / jnp.maximum(batch.num_atoms, 1), 0.0)
-        df = jnp.where(batch.atom_mask[:, None], forces - batch.forces, 0.0)
-        e_mse = jnp.sum(de**2) / n_structures
-        f_mse = jnp.sum(df**2) / n_components
+        e_mse, f_mse = mean_squared_errors(params, config, batch, precision, cfg.forces)
         return cfg.energy_weight * e_mse + cfg.force_weight * f_mse, (e_mse, f_mse)
 
     def step(carry, arrays):
@@ -228,8 +248,13 @@ def train(cfg: TrainConfig, log=print) -> dict:
     budget = cfg.max_minutes * 60 if cfg.max_minutes > 0 else math.inf
     out_dir = pathlib.Path(cfg.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    dataset = Dataset.load(cfg.data)
+    dataset = load_training_data(cfg.data, seed=cfg.seed, fractions=(cfg.validation_fraction, cfg.test_fraction),
+                                 energy_key=cfg.energy_key, forces_key=cfg.forces_key, energy_unit=cfg.energy_unit,
+                                 max_z=cfg.max_z)
     train_set, val_set, test_set = dataset.split("train"), dataset.split("validation"), dataset.split("test")
+    if train_set.num_frames == 0:
+        raise ValueError(f"{cfg.data}: no training frames ({dataset.summary()['systems']} systems, all in validation or test): "
+                         "give more systems, lower validation_fraction / test_fraction, or set atoms.info['split']")
     if cfg.max_frames:
         train_set = train_set.select(np.arange(min(cfg.max_frames, train_set.num_frames)))
     if val_set.num_frames == 0:  # tiny datasets: validate on the training frames (said in the log)
@@ -390,12 +415,26 @@ def _print_summary(s: dict, log) -> None:
 def main(argv: list[str] | None = None) -> int:
     """``mlff-jax train CONFIG`` / ``python3 -m mlff_jax.train CONFIG``."""
     parser = argparse.ArgumentParser(prog="mlff-jax train", description="Train or fine-tune a PaiNN student (see mlff_jax.train.trainer).")
-    parser.add_argument("config", nargs="?", default=str(DEFAULT_CONFIG), help=f"TOML file (default: {DEFAULT_CONFIG.name}, bundled)")
+    bundled = sorted(p.stem for p in DEFAULT_CONFIG.parent.glob("*.toml"))
+    parser.add_argument("config", nargs="?", default=str(DEFAULT_CONFIG),
+                        help=f"TOML file, or the name of a bundled one ({', '.join(bundled)}; default: {DEFAULT_CONFIG.stem})")
+    parser.add_argument("--data", default=None, metavar="FILE", help="training data: a dataset .npz, or your labelled structures "
+                        "(extxyz or any file ASE reads, with energies and forces; or an .npz of R, Z, E, F); same as --set data.path=FILE")
+    parser.add_argument("--init", default=None, metavar="CHECKPOINT", help='fine-tune this checkpoint ("default" or a path); '
+                        "same as --set model.init=CHECKPOINT")
+    parser.add_argument("--out", default=None, metavar="DIR", help="output directory; same as --set output.dir=DIR")
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override a setting (repeatable)")
     args = parser.parse_args(argv)
-    cfg = TrainConfig.from_toml(args.config, args.set)
+    config_path = pathlib.Path(args.config)
+    if not config_path.is_file() and args.config in bundled:
+        config_path = DEFAULT_CONFIG.parent / f"{args.config}.toml"
+    if not config_path.is_file():
+        raise FileNotFoundError(f"no config file {args.config} (bundled configs: {', '.join(bundled)})")
+    flags = [f"{key}={json.dumps(value)}" for key, value in
+             (("data.path", args.data), ("model.init", args.init), ("output.dir", args.out)) if value is not None]
+    cfg = TrainConfig.from_toml(config_path, flags + args.set)
     if not cfg.data:
-        raise SystemExit("no dataset: set [data] path in the config or --set data.path=FILE.npz")
+        raise SystemExit("no dataset: set [data] path in the config, or --data FILE")
     train(cfg, log=lambda *a, **k: print(*a, **k, flush=True))
     return 0
 

@@ -1,0 +1,247 @@
+"""Condensed-phase training data from molecular teachers: liquid boxes, and clusters carved from them.
+
+Why carve: a periodic GFN2-xTB calculation is not the molecular GFN2-xTB of the rest of the data
+(tblite 0.8.0: 0.18 eV offset for a 32-water cluster in 30 Å of vacuum; forces in a water box differ
+from those at the centre of 9-12 Å liquid spheres by 112 meV/Å), and mixing both would teach two
+potentials. So a liquid is learned from clusters cut out of a periodic box and labelled in vacuum:
+whole molecules within ``radius`` of a centre are kept, and only the atoms within ``inner_radius``
+have their forces fitted (force weight 1); the buffer shell around them (weight 0) gives those atoms
+a liquid-like environment of at least ``radius - inner_radius`` (9 Å by default) and is not fitted.
+
+    python3 -m mlff_jax.train.condensed --out carved_water.npz --liquid water --molecules 64 --clusters 3
+
+Steps: :func:`liquid_box` packs molecules at random (random orientations, a minimum distance
+between atoms of different molecules) into a cubic periodic box of the given density;
+:func:`carve_cluster` cuts a cluster around a centre (periodic images of the box are separate
+molecules, so a cluster may be larger than the box); :func:`label_clusters` labels the clusters with
+a teacher (any ASE calculator, see :func:`mlff_jax.train.data.teacher_factory`) and returns a
+:class:`Dataset` with per-atom force weights. Every random choice is seeded.
+
+Not done yet: sampling the boxes by MD (teacher MD is not affordable for boxes labelled by carving;
+the student's own MD with the teacher labelling the visited frames is the plan). A randomly packed
+box is relaxed only by the minimum distance, so its clusters are rougher than a liquid's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import sys
+import zlib
+
+import numpy as np
+
+from mlff_jax.train.dataset import Dataset, assign_split
+
+# name -> (SMILES of the molecules, density g/cm^3 at ~298 K); a mixture lists several SMILES
+LIQUIDS = {
+    "water": (("O",), 0.997),
+    "methanol": (("CO",), 0.792),
+    "ethanol": (("CCO",), 0.789),
+    "acetonitrile": (("CC#N",), 0.786),
+    "benzene": (("c1ccccc1",), 0.876),
+    "water-methanol": (("O", "CO"), 0.92),  # equimolar by count; density roughly interpolated
+}
+AMU_PER_A3_PER_G_CM3 = 0.602214076  # 1 g/cm^3 = 0.6022 amu/Å^3
+
+
+def _rotation(rng) -> np.ndarray:
+    q, r = np.linalg.qr(rng.normal(size=(3, 3)))
+    q = q * np.sign(np.diag(r))
+    return q if np.linalg.det(q) > 0 else -q
+
+
+def monomer(smiles: str, seed: int = 0):
+    """ase.Atoms of one molecule: RDKit conformer (mlff_jax.train.data.embed_smiles), or, without
+    RDKit, ASE's geometry for water ("O") only."""
+    import importlib.util
+
+    if importlib.util.find_spec("rdkit") is None:
+        if smiles == "O":
+            from ase.build import molecule
+
+            return molecule("H2O")
+        raise ModuleNotFoundError(f"building {smiles!r} needs RDKit: pip install 'mlff-jax[train]'", name="rdkit")
+    from mlff_jax.train.data import embed_smiles
+
+    return embed_smiles(smiles, seed)
+
+
+def liquid_box(monomers: list, counts: list[int], density_g_cm3: float, rng: np.random.Generator,
+               min_distance: float = 1.6, max_tries: int = 2000):
+    """A cubic periodic box of ``counts[i]`` copies of ``monomers[i]`` (ase.Atoms) at a density.
+
+    Molecules are placed one at a time at a random position and orientation until no atom is closer
+    than ``min_distance`` Å (minimum image) to an atom of another molecule. The result has
+    ``arrays["molecule"]`` [N] (index of each atom's molecule), ``arrays["species"]`` [N] (index into
+    ``monomers``) and ``pbc = True``. A solvated molecule: ``liquid_box([solute, water], [1, 63], ...)``.
+    Raises ValueError if a molecule cannot be placed in ``max_tries`` attempts (lower the density
+    or ``min_distance``), or for non-positive density or counts.
+    """
+    from ase import Atoms
+
+    if density_g_cm3 <= 0 or len(monomers) != len(counts) or any(c < 0 for c in counts) or sum(counts) == 0:
+        raise ValueError("liquid_box needs a positive density and one non-negative count per monomer (not all 0)")
+    mass = sum(c * float(np.sum(m.get_masses())) for m, c in zip(monomers, counts))
+    length = (mass / (density_g_cm3 * AMU_PER_A3_PER_G_CM3)) ** (1 / 3)
+    order = np.concatenate([np.full(c, i) for i, c in enumerate(counts)])
+    rng.shuffle(order)
+    placed_positions = np.zeros((0, 3))
+    numbers, molecule, species = [], [], []
+    for index, kind in enumerate(order.tolist()):
+        local = monomers[kind].positions - monomers[kind].positions.mean(0)
+        for _ in range(max_tries):
+            trial = local @ _rotation(rng).T + rng.uniform(0, length, 3)
+            if len(placed_positions) == 0:
+                break
+            d = trial[:, None, :] - placed_positions[None]
+            d -= length * np.round(d / length)
+            if np.min(np.einsum("ijk,ijk->ij", d, d)) >= min_distance**2:
+                break
+        else:
+            raise ValueError(f"could not place molecule {index + 1} of {len(order)} in a {length:.2f} Å box with atoms "
+                             f"{min_distance} Å apart after {max_tries} tries: lower the density or min_distance")
+        placed_positions = np.concatenate([placed_positions, trial])
+        numbers.extend(monomers[kind].numbers.tolist())
+        molecule.extend([index] * len(local))
+        species.extend([kind] * len(local))
+    box = Atoms(numbers=numbers, positions=placed_positions, cell=np.eye(3) * length, pbc=True)
+    box.arrays["molecule"] = np.asarray(molecule, np.int64)
+    box.arrays["species"] = np.asarray(species, np.int64)
+    return box
+
+
+def carve_cluster(box, centre, radius: float, inner_radius: float):
+    """The non-periodic cluster of the whole molecules of ``box`` with an atom within ``radius`` Å of
+    ``centre`` [3] Å, centred at the origin, with ``arrays["force_weight"]`` 1 for atoms within
+    ``inner_radius`` Å of the centre and 0 for the buffer shell.
+
+    Periodic images of the box are separate molecules (a cluster may be wider than the box).
+    box: ase.Atoms with a cell, pbc and ``arrays["molecule"]`` (as from :func:`liquid_box`).
+    Raises ValueError if 0 < inner_radius <= radius does not hold, or the box lacks molecule indices.
+    """
+    from ase import Atoms
+
+    if not 0 < inner_radius <= radius:
+        raise ValueError(f"need 0 < inner_radius <= radius, got inner_radius={inner_radius}, radius={radius}")
+    if "molecule" not in box.arrays:
+        raise ValueError("the box needs arrays['molecule'] (the molecule of each atom), as liquid_box makes")
+    cell = np.asarray(box.cell.array)
+    inverse = np.linalg.inv(cell)
+    centre = np.asarray(centre, np.float64)
+    molecule = box.arrays["molecule"]
+    # each molecule made whole (atoms as the nearest images of its first atom), then shifted so that
+    # its first atom is the image nearest to the centre
+    whole = []
+    for m in np.unique(molecule):
+        r = box.positions[molecule == m]
+        d = r - r[0]
+        r = r[0] + d - np.round(d @ inverse) @ cell
+        s = r[0] - centre
+        whole.append((box.numbers[molecule == m], r - np.round(s @ inverse) @ cell))
+    # images within reach: the sphere spans at most radius + molecule size + one cell
+    heights = 1.0 / np.linalg.norm(inverse, axis=0)  # distances between opposite faces
+    reach = np.ceil((radius + max(np.ptp(r, axis=0).max() for _, r in whole)) / heights).astype(int)
+    shifts = np.array(np.meshgrid(*[np.arange(-k, k + 1) for k in reach], indexing="ij")).reshape(3, -1).T @ cell
+    numbers, positions = [], []
+    for z, r in whole:
+        for shift in shifts:
+            rr = r + shift
+            if np.min(np.linalg.norm(rr - centre, axis=1)) <= radius:
+                numbers.append(z)
+                positions.append(rr - centre)
+    positions = np.concatenate(positions)
+    cluster = Atoms(numbers=np.concatenate(numbers), positions=positions, pbc=False)
+    cluster.arrays["force_weight"] = (np.linalg.norm(positions, axis=1) <= inner_radius).astype(np.float64)
+    return cluster
+
+
+def label_clusters(clusters: list, names: list[str], make_calculator, seed: int = 0,
+                   fractions: tuple[float, float] = (0.1, 0.1), metadata: dict | None = None) -> Dataset:
+    """Teacher energies and forces of non-periodic clusters (with ``arrays["force_weight"]``), as a
+    :class:`Dataset` whose ``force_weight`` masks the buffer atoms. One system per name."""
+    numbers, positions, forces, energy, weights, system, system_names = [], [], [], [], [], [], []
+    for cluster, name in zip(clusters, names):
+        atoms = cluster.copy()
+        atoms.calc = make_calculator()
+        energy.append(float(atoms.get_potential_energy()))
+        forces.append(np.asarray(atoms.get_forces(), np.float64))
+        numbers.append(atoms.numbers.astype(np.int32))
+        positions.append(atoms.positions.copy())
+        weights.append(cluster.arrays.get("force_weight", np.ones(len(cluster))))
+        if name not in system_names:
+            system_names.append(name)
+        system.append(system_names.index(name))
+    return Dataset(
+        numbers=np.concatenate(numbers), positions=np.concatenate(positions), forces=np.concatenate(forces),
+        energy=np.asarray(energy), num_atoms=np.asarray([len(z) for z in numbers], np.int32),
+        system=np.asarray(system, np.int32), system_name=np.asarray(system_names, dtype=str),
+        system_split=np.asarray([assign_split(n, seed, fractions) for n in system_names], np.int8),
+        metadata=metadata or {}, force_weight=np.concatenate(weights),
+    )
+
+
+def carved_liquid(liquid: str, molecules: int, clusters: int, make_calculator, seed: int = 0, radius: float = 11.0,
+                  inner_radius: float = 2.0, min_distance: float = 1.6, teacher: str = "", solute: str | None = None) -> Dataset:
+    """``clusters`` clusters carved from one seeded box of ``molecules`` molecules of ``liquid`` (a name of
+    :data:`LIQUIDS`), each centred on a random molecule's centre, labelled by the teacher. With a
+    ``solute`` (SMILES), one solute molecule is added to the box (one box per cluster, seeded) and
+    every cluster is centred on it (the density is the liquid's, the box a little larger)."""
+    if liquid not in LIQUIDS:
+        raise ValueError(f"unknown liquid {liquid!r}: one of {sorted(LIQUIDS)}")
+    smiles, density = LIQUIDS[liquid]
+    tag = f"{liquid}+{solute}" if solute else liquid
+    rng = np.random.default_rng([seed, zlib.crc32(tag.encode()), molecules])
+    monomers = [monomer(s, seed + i) for i, s in enumerate(smiles)]
+    counts = [molecules // len(smiles) + (i < molecules % len(smiles)) for i in range(len(smiles))]
+    if solute:
+        monomers, counts = [monomer(solute, seed + len(smiles))] + monomers, [1] + counts
+    if solute:  # one solute molecule per box: a fresh box for every cluster, centred on the solute
+        boxes = [liquid_box(monomers, counts, density, rng, min_distance) for _ in range(clusters)]
+        centred = [int(b.arrays["molecule"][b.arrays["species"] == 0][0]) for b in boxes]
+    else:  # one box, clusters around random molecules
+        boxes = [liquid_box(monomers, counts, density, rng, min_distance)] * clusters
+        centred = rng.choice(molecules, clusters, replace=clusters > molecules).tolist()
+    carved, names = [], []
+    for k, (box, m) in enumerate(zip(boxes, centred)):
+        centre = box.positions[box.arrays["molecule"] == m].mean(0)
+        carved.append(carve_cluster(box, centre, radius, inner_radius))
+        names.append(f"carved:{tag}:{molecules}#{k}")
+    metadata = {"generator": "mlff_jax.train.condensed", "teacher": teacher, "liquid": liquid, "solute": solute, "molecules": molecules,
+                "density_g_cm3": density, "box_A": float(box.cell[0, 0]), "radius_A": radius, "inner_radius_A": inner_radius,
+                "min_distance_A": min_distance, "seed": seed,
+                "units": {"energy": "eV", "forces": "eV/Å", "positions": "Å"}}
+    return label_clusters(carved, names, make_calculator, seed, metadata=metadata)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python3 -m mlff_jax.train.condensed``: a small seeded set of carved, labelled liquid clusters."""
+    import os
+
+    parser = argparse.ArgumentParser(prog="python3 -m mlff_jax.train.condensed", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", required=True, help="output dataset .npz")
+    parser.add_argument("--liquid", default="water", choices=sorted(LIQUIDS))
+    parser.add_argument("--molecules", type=int, default=64, help="molecules in the periodic box")
+    parser.add_argument("--solute", default=None, metavar="SMILES", help="one solute molecule in each box; clusters centred on it")
+    parser.add_argument("--clusters", type=int, default=3, help="clusters carved and labelled")
+    parser.add_argument("--radius", type=float, default=11.0, help="Å: whole molecules with an atom this close to the centre")
+    parser.add_argument("--inner-radius", type=float, default=2.0, help="Å: atoms whose forces are fitted (weight 1)")
+    parser.add_argument("--min-distance", type=float, default=1.6, help="Å between atoms of different molecules in the box")
+    parser.add_argument("--teacher", default="gfn2", help="as for mlff-jax data: gfn2 (default), gfn1, emt, or package.module:factory")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    from mlff_jax.train.data import teacher_factory
+
+    dataset = carved_liquid(args.liquid, args.molecules, args.clusters, teacher_factory(args.teacher), args.seed,
+                            args.radius, args.inner_radius, args.min_distance, teacher=args.teacher, solute=args.solute)
+    pathlib.Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    dataset.save(args.out)
+    fitted = int(np.sum(dataset.force_weight > 0))
+    print(f"[condensed] wrote {args.out}: {json.dumps(dataset.summary())}; {fitted} of {len(dataset.numbers)} atoms fitted")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
