@@ -101,7 +101,8 @@ class PaiNNStudent:
         c = self.config
         return (
             f"PaiNNStudent(hidden_dim={c.hidden_dim}, num_interactions={c.num_interactions}, num_rbf={c.num_rbf}, "
-            f"cutoff={c.cutoff}, parameters={c.num_parameters}, dtype={self.dtype})"
+            f"cutoff={c.cutoff}, filter_envelope={c.filter_envelope!r}, vector_mixing={c.vector_mixing!r}, "
+            f"parameters={c.num_parameters}, dtype={self.dtype})"
         )
 
     def compress(self, spacing: float | None = None) -> "PaiNNStudent":

@@ -232,3 +232,100 @@ def test_recomputed_and_chunked_filters_match_autodiff(envelope, mixing):
     for options in (dict(store_filters=False), dict(chunk_size=16)):
         result = analytic.energy_forces_virial(params, config, *args[:2], graph, args[2], args[3], 1, **options)
         np.testing.assert_allclose(np.asarray(result.forces), np.asarray(forces_ad), rtol=0, atol=tol.ANALYTIC_VS_AUTODIFF_F64, err_msg=str(options))
+
+
+# ------------------------------------------------------------------------------ every path
+def student(config, params, **options):
+    from mlff_jax.model import PaiNNStudent
+
+    return PaiNNStudent(config, params, dtype="float64", implementation=options.pop("implementation", "xla"), **options)
+
+
+def test_periodic_energy_forces_and_stress_analytic_match_autodiff_and_are_rotation_invariant():
+    """A triclinic water box thinner than 2 rc (atoms see their own images): the analytic sweep's
+    forces and stress equal autodiff's, and rotating positions and cell together rotates them."""
+    from periodic_systems import water_box
+
+    config = PaiNNConfig(**SMALL, **SMOOTH)
+    model = student(config, make_params(config, seed=10))
+    cell = np.array([[6.25, 0.0, 0.0], [0.6, 6.2, 0.0], [-0.4, 0.5, 6.3]])
+    positions, numbers = water_box(2, cell, seed=3)
+    energy, forces, stress = model.energy_forces_stress(positions, numbers, cell=cell)
+    energy_ad, forces_ad, stress_ad = model.energy_forces_stress(positions, numbers, cell=cell, method="autodiff")
+    np.testing.assert_allclose(float(energy), float(energy_ad), rtol=0, atol=tol.ANALYTIC_VS_AUTODIFF_F64)
+    np.testing.assert_allclose(np.asarray(forces), np.asarray(forces_ad), rtol=0, atol=tol.ANALYTIC_VS_AUTODIFF_F64)
+    np.testing.assert_allclose(np.asarray(stress), np.asarray(stress_ad), rtol=0, atol=tol.ANALYTIC_VS_AUTODIFF_F64)
+    rotation = random_rotation(11)
+    energy_r, forces_r, stress_r = model.energy_forces_stress(positions @ rotation.T, numbers, cell=cell @ rotation.T)
+    np.testing.assert_allclose(float(energy_r), float(energy), rtol=0, atol=tol.ROUNDOFF_F64)
+    np.testing.assert_allclose(np.asarray(forces_r), np.asarray(forces) @ rotation.T, rtol=0, atol=tol.ROUNDOFF_F64)
+    np.testing.assert_allclose(np.asarray(stress_r), rotation @ np.asarray(stress) @ rotation.T, rtol=0, atol=tol.ROUNDOFF_F64)
+    assert np.abs(np.asarray(stress)).max() > 1e-4
+
+
+@pytest.mark.parametrize("compressed", [False, True])
+def test_kernel_model_with_the_options_matches_the_xla_model(compressed):
+    """The fused Pallas kernels (interpret mode) with envelope + channel mixing, network filters
+    and compressed tables, against the edge-list XLA model on the same parameters."""
+    from mlff_jax.kernels.message_passing import layout
+    from mlff_jax.kernels.message_passing.model import energy_and_forces_kernel
+
+    config = PaiNNConfig(**SMALL, **SMOOTH)
+    params = make_params(config, seed=12)
+    if compressed:
+        params = compress_params(params, config, spacing=0.05)
+    positions, numbers = molecule(seed=13, n=8)
+    args = inputs(positions, numbers)
+    energy_ad, forces_ad = autodiff_energy_forces(params, config, *args)
+    nbr, shifts = layout.all_pairs_dense(positions, config.cutoff)
+    run = jax.jit(functools.partial(energy_and_forces_kernel, config=config, num_structures=1, implementation="pallas", interpret=True))
+    energies, forces = run(params, positions=args[0], atomic_numbers=args[1], neighbors_idx=jnp.asarray(nbr),
+                           shifts=jnp.asarray(shifts, jnp.float64), atom_mask=args[2], batch=args[3])  # fmt: skip
+    np.testing.assert_allclose(float(energies[0]), float(energy_ad), rtol=0, atol=tol.ROUNDOFF_F64)
+    np.testing.assert_allclose(np.asarray(forces), np.asarray(forces_ad), rtol=0, atol=tol.ROUNDOFF_F64)
+
+
+def test_compressed_tables_hold_the_enveloped_filter_within_tolerance():
+    """compress() tabulates env(d) W(e(d)): the table is zero at rc, and energies and forces of the
+    compressed model stay within the compressed-filter tolerances of the exact one."""
+    config = PaiNNConfig(**SMALL, **SMOOTH)
+    params = make_params(config, seed=14)
+    compressed = compress_params(params, config)
+    table = compressed["interactions_0"]["filter_table"]
+    assert np.all(np.asarray(table["values"])[-1] == 0.0) and np.all(np.asarray(table["slopes"])[-1] == 0.0)
+    positions, numbers = molecule(seed=15, n=10)
+    args = inputs(positions, numbers)
+    energy, forces = analytic_energy_forces(params, config, *args)
+    energy_c, forces_c = analytic_energy_forces(compressed, config, *args)
+    assert abs(float(energy_c) - float(energy)) / len(numbers) <= tol.COMPRESSED_ENERGY_PER_ATOM
+    np.testing.assert_allclose(np.asarray(forces_c), np.asarray(forces), rtol=0, atol=tol.COMPRESSED_FORCES)
+    _, forces_ad = autodiff_energy_forces(compressed, config, *args)
+    np.testing.assert_allclose(np.asarray(forces_c), np.asarray(forces_ad), rtol=0, atol=tol.ANALYTIC_VS_AUTODIFF_F64)
+
+
+def test_options_round_trip_through_our_checkpoint_and_show_in_repr(tmp_path):
+    import mlff_jax
+    from mlff_jax.io import write_checkpoint
+
+    config = PaiNNConfig(**SMALL, filter_envelope="polynomial", vector_mixing="channels")
+    params = make_params(config, seed=16)
+    path = tmp_path / "smooth.safetensors"
+    write_checkpoint(path, config, painn.flatten(params))
+    model = mlff_jax.load(path, dtype="float64", implementation="xla")
+    assert model.config == config
+    assert "filter_envelope='polynomial'" in repr(model) and "vector_mixing='channels'" in repr(model)
+    np.testing.assert_array_equal(np.asarray(model.params["interactions_1"]["channel_mixing"]), np.asarray(params["interactions_1"]["channel_mixing"]))
+    positions, numbers = molecule(seed=17, n=6)
+    energy, _ = model.energy_and_forces(positions, numbers)
+    np.testing.assert_allclose(float(energy), float(analytic_energy_forces(params, config, *inputs(positions, numbers))[0]), rtol=0, atol=tol.ROUNDOFF_F64)
+
+
+def test_train_config_passes_the_options_to_the_model():
+    from mlff_jax.train.trainer import TrainConfig, fresh_params
+
+    cfg = TrainConfig(hidden_dim=16, num_interactions=2, num_rbf=8, max_z=10, filter_envelope="polynomial", vector_mixing="channels")
+    assert cfg.model_config.filter_envelope == "polynomial" and cfg.model_config.vector_mixing == "channels"
+    assert TrainConfig().model_config.is_upstream_architecture
+    params = fresh_params(cfg.model_config, seed=0)
+    np.testing.assert_array_equal(np.asarray(params["interactions_0"]["channel_mixing"]), np.eye(16))
+    assert "mixing_matrix" not in params["interactions_0"]
