@@ -374,3 +374,29 @@ def test_nve_of_a_dense_periodic_box_conserves_energy_with_the_smooth_model_and_
     # measured (CPU, float64): drift 1.3e-8 eV/atom smooth, 9e-2 eV/atom upstream architecture
     assert energy_drift_per_atom(smooth.total_energy, num_atoms) <= tol.MD_SMOOTH_BOX_ENERGY_DRIFT_PER_ATOM
     assert energy_drift_per_atom(upstream.total_energy, num_atoms) > tol.MD_SMOOTH_BOX_ENERGY_DRIFT_PER_ATOM
+
+
+def test_ase_calculator_and_jax_md_energy_use_the_options():
+    """The ASE calculator and the JAX-MD energy of a smooth model equal the analytic sweep."""
+    from ase import Atoms
+
+    from mlff_jax.calculator import MLFFCalculator
+
+    jax_md = pytest.importorskip("jax_md")
+    from mlff_jax.jax_md import energy_neighbor_list
+
+    config = PaiNNConfig(**SMALL, **SMOOTH)
+    params = make_params(config, seed=18)
+    model = student(config, params)
+    positions, numbers = molecule(seed=19, n=7)
+    energy, forces = analytic_energy_forces(params, config, *inputs(positions, numbers))
+    atoms = Atoms(numbers=numbers, positions=positions)
+    atoms.calc = MLFFCalculator(model, dtype="float64")
+    np.testing.assert_allclose(atoms.get_potential_energy(), float(energy), rtol=0, atol=tol.ROUNDOFF_F64)
+    np.testing.assert_allclose(atoms.get_forces(), np.asarray(forces), rtol=0, atol=tol.ROUNDOFF_F64)
+    displacement_fn, _ = jax_md.space.free()
+    neighbor_fn, energy_fn = energy_neighbor_list(model, displacement_fn, 100.0, numbers, disable_cell_list=True)
+    nbrs = neighbor_fn.allocate(jnp.asarray(positions))
+    jax_md_energy, grad = jax.value_and_grad(energy_fn)(jnp.asarray(positions), nbrs)
+    np.testing.assert_allclose(float(jax_md_energy), float(energy), rtol=0, atol=tol.ROUNDOFF_F64)
+    np.testing.assert_allclose(-np.asarray(grad), np.asarray(forces), rtol=0, atol=tol.ROUNDOFF_F64)
