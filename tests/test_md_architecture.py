@@ -400,3 +400,23 @@ def test_ase_calculator_and_jax_md_energy_use_the_options():
     jax_md_energy, grad = jax.value_and_grad(energy_fn)(jnp.asarray(positions), nbrs)
     np.testing.assert_allclose(float(jax_md_energy), float(energy), rtol=0, atol=tol.ROUNDOFF_F64)
     np.testing.assert_allclose(-np.asarray(grad), np.asarray(forces), rtol=0, atol=tol.ROUNDOFF_F64)
+
+
+def test_parameter_gradient_of_a_force_matching_loss_is_the_same_through_the_analytic_sweep():
+    """Training with the options: the parameter gradient of a loss on energies and forces, through
+    the analytic sweep, equals the one through autodiff forces (channel_mixing and the envelope included)."""
+    config = PaiNNConfig(**SMALL, **SMOOTH)
+    params = make_params(config, seed=21)
+    args = inputs(*molecule(seed=22, n=6))
+    target = jnp.asarray(np.random.default_rng(0).normal(size=(6, 3)))
+
+    def loss(p, method):
+        run = analytic_energy_forces if method == "analytic" else autodiff_energy_forces
+        energy, forces = run(p, config, *args)
+        return (energy - 1.0) ** 2 + jnp.sum((forces - target) ** 2)
+
+    grad_analytic = jax.grad(loss)(params, "analytic")
+    grad_autodiff = jax.grad(loss)(params, "autodiff")
+    for path, value in painn.flatten(grad_autodiff).items():
+        np.testing.assert_allclose(np.asarray(painn.flatten(grad_analytic)[path]), np.asarray(value), rtol=0, atol=tol.PARAM_GRAD_F64, err_msg=path)
+    assert np.abs(np.asarray(grad_autodiff["interactions_0"]["channel_mixing"])).max() > 1e-6  # the map is trained
