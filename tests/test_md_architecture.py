@@ -420,3 +420,10 @@ def test_parameter_gradient_of_a_force_matching_loss_is_the_same_through_the_ana
     for path, value in painn.flatten(grad_autodiff).items():
         np.testing.assert_allclose(np.asarray(painn.flatten(grad_analytic)[path]), np.asarray(value), rtol=0, atol=tol.PARAM_GRAD_F64, err_msg=path)
     assert np.abs(np.asarray(grad_autodiff["interactions_0"]["channel_mixing"])).max() > 1e-6  # the map is trained
+
+
+def test_converting_an_upstream_state_dict_with_the_options_raises_value_error():
+    from mlff_jax.io.convert import state_dict_to_params
+
+    with pytest.raises(ValueError, match="upstream architecture"):
+        state_dict_to_params({}, PaiNNConfig(**SMALL, vector_mixing="channels"))
