@@ -304,8 +304,9 @@ def _backward_edges(ops, graph, geom, rbf, block, bt: BlockTape, gs, gv, first_b
     table = "filter_table" in block
 
     def edge_pass(graph_c, geom_c, rbf_c, w_net):
-        if table:
-            w = tabulated_filter(block["filter_table"], geom_c.d, cutoff) * geom_c.within[:, None]
+        if table:  # recompute; the barrier stops XLA from merging this with the forward's W (and keeping it)
+            d_c = jax.lax.optimization_barrier(geom_c.d)
+            w = tabulated_filter(block["filter_table"], d_c, cutoff) * geom_c.within[:, None]
         else:
             if w_net is None:  # recompute; the barrier stops XLA from merging this with the forward's W (and keeping it)
                 rbf_c = jax.lax.optimization_barrier(rbf_c)
