@@ -472,16 +472,17 @@ def _abstract_gpu():
     return jax.sharding.use_abstract_mesh(jax.sharding.AbstractMesh((1,), ("x",), abstract_device=device))
 
 
-@pytest.mark.parametrize("dtype, precision", [(jnp.float32, "highest"), (jnp.float32, "tf32x3"), (jnp.float64, "highest")])
-def test_pallas_kernels_lower_to_triton_for_cuda(system64, dtype, precision):
+@pytest.mark.parametrize("dtype, precision, envelope", [(jnp.float32, "highest", None), (jnp.float32, "tf32x3", None), (jnp.float64, "highest", None),
+                                                       (jnp.float32, "highest", "polynomial")])  # fmt: skip
+def test_pallas_kernels_lower_to_triton_for_cuda(system64, dtype, precision, envelope):
     """Catches ops without a Triton lowering on a CPU machine: forward and backward lower to Triton."""
     nbr, args = system64
     args = jax.tree.map(lambda x: x.astype(dtype), args)
 
     def forward_and_vjp(a):
         out, pullback = jax.vjp(lambda s, v, d, u: message_block(
-            s, v, nbr, d, u, a["block"], a["centers"], a["widths"], cutoff=CUTOFF, implementation="pallas", precision=precision),
-            a["s"], a["v"], a["distances"], a["directions"])  # fmt: skip
+            s, v, nbr, d, u, a["block"], a["centers"], a["widths"], cutoff=CUTOFF, implementation="pallas", precision=precision,
+            envelope=envelope), a["s"], a["v"], a["distances"], a["directions"])  # fmt: skip
         return out, pullback(out)
 
     try:
@@ -495,13 +496,14 @@ def test_pallas_kernels_lower_to_triton_for_cuda(system64, dtype, precision):
 @pytest.mark.skipif(jax.default_backend() != "gpu", reason="needs a GPU (run with MLFF_JAX_TEST_ON_DEVICE=1 on one)")
 @pytest.mark.parametrize("implementation", ["pallas", "triton"])
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
-def test_compiled_kernels_on_gpu_match_reference(system64, implementation, dtype):
+@pytest.mark.parametrize("envelope", [None, "polynomial"])
+def test_compiled_kernels_on_gpu_match_reference(system64, implementation, dtype, envelope):
     """The real kernels (not interpret mode): values and gradients against the float64 reference."""
     if implementation == "triton":
         pytest.importorskip("jax_triton")
     nbr, args64 = system64
-    value64, grads64 = loss_and_grads("xla", nbr, args64)
-    value, grads = loss_and_grads(implementation, nbr, jax.tree.map(lambda x: x.astype(dtype), args64))
+    value64, grads64 = loss_and_grads("xla", nbr, args64, envelope=envelope)
+    value, grads = loss_and_grads(implementation, nbr, jax.tree.map(lambda x: x.astype(dtype), args64), envelope=envelope)
     rel = tol.ROUNDOFF_F64 if dtype == jnp.float64 else tol.KERNEL_VS_REFERENCE_F32
     assert_close(value, value64, rel=rel)
     for actual, desired in zip(jax.tree.leaves(grads), jax.tree.leaves(grads64)):

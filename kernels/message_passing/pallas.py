@@ -305,7 +305,6 @@ def _backward_kernel(
                 g_dot_w = gs_own_ref[...] * s_ref[idx, :] * ws
                 for i in range(3):
                     g_dot_w = g_dot_w + gv_own_ref[i] * (v_ref[i, idx, :] * wv1 + u[i] * wv2)
-                g_envelope = denv[:, 0] * jnp.sum(g_dot_w, axis=1)
                 ws, wv1, wv2 = ws * env, wv1 * env, wv2 * env
             # (ii) reverse edge: sender cotangents gathered from the neighbours' rows.
             acc_s = acc_s + gs_ref[idx, :] * ws
@@ -329,9 +328,10 @@ def _backward_kernel(
             pre = cfg.dot(e, w1_ref[...]) + b1_ref[...]
             sig = jax.nn.sigmoid(pre)
             dh_dd = sig * (1.0 + pre * (1.0 - sig)) * cfg.dot(de, w1_ref[...])
-            g_d = jnp.sum(g_h * dh_dd, axis=1)
-            if cfg.envelope is not None:  # g_h above is dL/d(hidden) of env W_net: scale by env
-                g_d = env[:, 0] * g_d + g_envelope
+            g_dd = g_h * dh_dd
+            if cfg.envelope is not None:  # g_h above is dL/d(hidden) of env W_net: scale by env ([B, 1] columns, no indexing)
+                g_dd = env * g_dd + denv * g_dot_w
+            g_d = jnp.sum(g_dd, axis=1)
             return (acc_s, *acc_v), (g_d, *g_dir)
 
         return _backward_slot(k, any_within, slot_gradients, carry, gd_ref, gu_ref, gs_out_ref.dtype)

@@ -175,14 +175,14 @@ def _backward_kernel(
             u1 = tl.load(u_ptr + (CAPACITY + j) * N_PAD + rows)[:, None]
             u2 = tl.load(u_ptr + (2 * CAPACITY + j) * N_PAD + rows)[:, None]
             env = tl.full((BLOCK, 1), 1.0, dtype)
-            g_envelope = tl.zeros((BLOCK,), dtype)
+            denv = tl.zeros((BLOCK, 1), dtype)
+            g_dot_w = tl.zeros((BLOCK, H), dtype)
             if ENVELOPE:  # W = env(d) W_net: dL/dd gains env' (dL/dW . W_net), taken while W_net is at hand
                 env, denv = _envelope(d[:, None], CUTOFF)
                 g_dot_w = tl.load(gs_ptr + own) * tl.load(s_ptr + gather) * ws
                 g_dot_w += tl.load(gv_ptr + own) * (tl.load(v_ptr + gather) * wv1 + u0 * wv2)
                 g_dot_w += tl.load(gv_ptr + N_PAD * H + own) * (tl.load(v_ptr + N_PAD * H + gather) * wv1 + u1 * wv2)
                 g_dot_w += tl.load(gv_ptr + 2 * N_PAD * H + own) * (tl.load(v_ptr + 2 * N_PAD * H + gather) * wv1 + u2 * wv2)
-                g_envelope = tl.sum(g_dot_w, axis=1) * denv[:, 0]
                 ws = ws * env
                 wv1 = wv1 * env
                 wv2 = wv2 * env
@@ -216,8 +216,10 @@ def _backward_kernel(
             w1 = tl.load(w1_ptr + kc[:, None] * H + hc[None, :])
             pre = _mm(e, w1, PRECISION) + b1
             sig = tl.sigmoid(pre)
-            g_d = tl.sum(g_h * (sig * (1.0 + pre * (1.0 - sig))) * _mm(de, w1, PRECISION), axis=1)
-            g_d = g_d * env[:, 0] + g_envelope  # g_h is dL/d(hidden) of env W_net: scaled by env (1 without envelope)
+            g_dd = g_h * (sig * (1.0 + pre * (1.0 - sig))) * _mm(de, w1, PRECISION)
+            if ENVELOPE:  # g_h is dL/d(hidden) of env W_net: scaled by env ([B, 1] columns: no indexing in Triton)
+                g_dd = g_dd * env + g_dot_w * denv
+            g_d = tl.sum(g_dd, axis=1)
         tl.store(gd_ptr + j * N_PAD + rows, g_d)
         tl.store(gu_ptr + j * N_PAD + rows, g_u0)
         tl.store(gu_ptr + (CAPACITY + j) * N_PAD + rows, g_u1)
