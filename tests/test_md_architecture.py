@@ -427,3 +427,26 @@ def test_converting_an_upstream_state_dict_with_the_options_raises_value_error()
 
     with pytest.raises(ValueError, match="upstream architecture"):
         state_dict_to_params({}, PaiNNConfig(**SMALL, vector_mixing="channels"))
+
+
+@pytest.mark.slow
+def test_several_devices_equal_one_device_with_the_options():
+    """Sharded batches and the slab decomposition of a periodic box (4 faked CPU devices, in a
+    subprocess: tests/parallel_checks.py) with envelope + channel mixing equal one device."""
+    import json
+    import os
+    import pathlib
+    import subprocess
+    import sys
+
+    root = pathlib.Path(__file__).resolve().parents[1]
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
+    env["PYTHONPATH"] = os.pathsep.join([str(root), str(root / "tests")] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+    proc = subprocess.run([sys.executable, str(root / "tests" / "parallel_checks.py"), "smooth"], env=env, capture_output=True, text=True, timeout=1200)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+    assert proc.returncode == 0 and lines, f"parallel checks failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+    result = json.loads(lines[-1][len("RESULT "):])
+    assert result["devices"] == 4
+    for key in ("batch_dense", "batch_periodic", "domain_4", "domain_2_model", "domain_3_edges"):
+        energy, forces = result[key]
+        assert energy < tol.ROUNDOFF_F64 and forces < tol.ROUNDOFF_F64, key
