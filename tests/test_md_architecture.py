@@ -15,10 +15,10 @@ import pytest
 
 import tolerances as tol
 from mlff_jax import analytic, painn
-from mlff_jax.analytic_graph import all_pairs_graph, fold_symmetric_edges
+from mlff_jax.analytic_graph import all_pairs_graph
 from mlff_jax.compress import compress_params
 from mlff_jax.config import FILTER_ENVELOPES, VECTOR_MIXINGS, PaiNNConfig
-from mlff_jax.graph import Edges, all_pairs_edges
+from mlff_jax.graph import all_pairs_edges
 
 SMALL = dict(hidden_dim=16, num_interactions=2, num_rbf=8, max_z=10)
 SMOOTH = dict(filter_envelope="polynomial", vector_mixing="channels")
