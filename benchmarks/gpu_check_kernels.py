@@ -127,23 +127,28 @@ INTERPRET = False  # --interpret: smoke-test this script on CPU (Pallas interpre
 def check_blocks(implementations, rows, failures, quick=False):
     sizes = [("benzene", 64, 12), ("odd", 32, 10)] + ([] if INTERPRET else [("water-1k", 128, 20)])
     launches = [dict()] + ([] if quick else [dict(block_atoms=16, num_warps=4), dict(block_atoms=32), dict(block_atoms=64), dict(k_chunk=32), dict(slot_splits=1)])
-    for (kind, hidden, num_rbf), compressed in [(size, False) for size in sizes] + [(size, True) for size in sizes]:
+    variants = [(size, "network") for size in sizes] + [(size, "compressed") for size in sizes] + [(size, "envelope") for size in sizes]
+    for (kind, hidden, num_rbf), variant in variants:
+        compressed = variant == "compressed"
+        model_options = dict(envelope="polynomial") if variant == "envelope" else {}  # the filter envelope (docs/model.md)
         nbr, args64, ct64 = block_inputs(kind, hidden, num_rbf, compressed=compressed)
-        ref_out, ref_grads = value_and_vjp("xla", nbr, args64, ct64)(args64, ct64)
+        ref_out, ref_grads = value_and_vjp("xla", nbr, args64, ct64, **model_options)(args64, ct64)
         args32, ct32 = cast(args64, jnp.float32), cast(ct64, jnp.float32)
-        xla32 = value_and_vjp("xla", nbr, args32, ct32)(args32, ct32)
+        xla32 = value_and_vjp("xla", nbr, args32, ct32, **model_options)(args32, ct32)
         floor = (relative_errors(xla32[0], ref_out), relative_errors(xla32[1], ref_grads))
         for impl in implementations:
             cases = [("float64", "highest", {})]
             cases += [("float32", p, launch) for p in ("highest", "tf32x3", "tf32", "bf16") for launch in (launches if kind == "water-1k" and p == "highest" else [{}])]
             if compressed:  # the table kernels have no matmul: precision modes and k_chunk do not apply
                 cases = [("float64", "highest", {}), ("float32", "highest", {}), ("float32", "highest", dict(slot_splits=1))]
+            if model_options:  # the envelope: a few multiply-adds on top of the network kernels
+                cases = [("float64", "highest", {}), ("float32", "highest", {}), ("float32", "tf32x3", {})]
             for dtype, precision, launch in cases:
                 args, ct = (args64, ct64) if dtype == "float64" else (args32, ct32)
                 row = dict(check="block", system=kind, N=int(nbr.shape[0]), C=int(nbr.shape[1]), H=hidden, implementation=impl,
-                           compressed=compressed, dtype=dtype, precision=precision, launch=launch or "default")  # fmt: skip
+                           compressed=compressed, dtype=dtype, precision=precision, launch=launch or "default", **model_options)  # fmt: skip
                 try:
-                    run = value_and_vjp(impl, nbr, args, ct, precision, **launch, **({"interpret": True} if INTERPRET and impl == "pallas" else {}))
+                    run = value_and_vjp(impl, nbr, args, ct, precision, **launch, **model_options, **({"interpret": True} if INTERPRET and impl == "pallas" else {}))
                     start = time.perf_counter()
                     out, grads = jax.block_until_ready(run(args, ct))
                     row["compile_and_run_s"] = round(time.perf_counter() - start, 2)
@@ -211,7 +216,7 @@ def check_models(implementations, rows, failures):
                 print_row(row)
 
 
-COLUMNS = ("status", "check", "system", "implementation", "compressed", "dtype", "precision", "launch", "value_error", "grad_error",
+COLUMNS = ("status", "check", "system", "implementation", "compressed", "envelope", "dtype", "precision", "launch", "value_error", "grad_error",
            "xla_f32_value_error", "force_error_eV_A", "energy_error_eV_per_atom", "run_ms")  # fmt: skip
 
 

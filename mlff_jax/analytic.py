@@ -51,6 +51,7 @@ class EdgeGeometry(NamedTuple):
     direction: jax.Array  # [U, 3]
     within: jax.Array  # [U] bool, mask & d <= rc
     mask: jax.Array  # [U] bool
+    envelope: Any = None  # (env [U], env' [U] 1/Å) of the filter envelope, or None (upstream: none)
 
 
 class BlockTape(NamedTuple):
@@ -58,7 +59,7 @@ class BlockTape(NamedTuple):
 
     s_in: jax.Array  # [N, H] block input s
     v_in: jax.Array  # [N, 3, H] block input v
-    filters: Any  # [U, 3H] W, or None when the backward sweep recomputes it
+    filters: Any  # [U, 3H] the network's W before the envelope, or None when the backward sweep recomputes it
     v_mid: jax.Array  # [N, 3, H] v after the message
     norm: jax.Array  # [N, H] ||v_mid||
     update_pre: jax.Array  # [N, H] pre-activation of the update net's first layer
@@ -129,11 +130,20 @@ def table_slope(table, d, cutoff: float):
     return jnp.where(inside[:, None], dw_dt / h, 0.0)
 
 
-def block_filter(block, rbf, d, within, cutoff: float, precision):
-    """W [U, 3H] of one block: the network, or its compressed table (``filter_table``, mlff_jax.compress)."""
+def with_envelope(w_net, envelope):
+    """env(d) W [U, 3H] (W itself when the model has no envelope)."""
+    return w_net if envelope is None else w_net * envelope[0][:, None]
+
+
+def block_filter(block, rbf, geom: EdgeGeometry, cutoff: float, precision):
+    """(W [U, 3H], W_net) of one block: W = env(d) W_net(e(d)) with W_net the filter network
+    (``W_net`` is returned too: the backward sweep needs it for the envelope's derivative), or W
+    read from the compressed table (``filter_table``, mlff_jax.compress; it tabulates env W
+    itself), then W_net is None."""
     if "filter_table" in block:
-        return tabulated_filter(block["filter_table"], d, cutoff) * within[:, None]
-    return filter_forward(block, rbf, within, precision)[0]
+        return tabulated_filter(block["filter_table"], geom.d, cutoff) * geom.within[:, None], None
+    w_net = filter_forward(block, rbf, geom.within, precision)[0]
+    return with_envelope(w_net, geom.envelope), w_net
 
 
 def filter_backward(block, rbf, gw, within, precision):
@@ -150,19 +160,34 @@ def mix_axes(matrix, v):
     return matrix[None, :, 0, None] * v[:, 0:1, :] + matrix[None, :, 1, None] * v[:, 1:2, :] + matrix[None, :, 2, None] * v[:, 2:3, :]
 
 
-def update_forward(block, s_mid, v_mid, precision):
+def mix_vectors(block, v, vector_mixing: str, precision, transpose: bool = False):
+    """The update's vector mixing [N, 3, H] (``painn.mix_vectors``), or its transpose (the reverse
+    sweep's: M^T on the axes, C^T on the channels); None for vector_mixing="none"."""
+    if vector_mixing == "cartesian":
+        return mix_axes(block["mixing_matrix"].T if transpose else block["mixing_matrix"], v)
+    if vector_mixing == "channels":
+        matrix = block["channel_mixing"]
+        return jnp.dot(v, matrix.T if transpose else matrix, precision=precision)
+    return painn.mix_vectors(block, v, vector_mixing, precision)  # "none" -> None; anything else raises
+
+
+def update_forward(block, s_mid, v_mid, precision, vector_mixing: str = "cartesian"):
     """The update step (``painn.update``), keeping what its reverse needs."""
     hidden = s_mid.shape[-1]
     norm = painn.safe_norm(v_mid, axis=1)
     pre = painn.dense(jnp.concatenate([s_mid, norm], axis=-1), block["update_in"], precision)
     out = painn.dense(jax.nn.silu(pre), block["update_out"], precision)
     a, g1, g2 = out[:, :hidden], out[:, hidden : 2 * hidden], out[:, 2 * hidden :]
-    mixed = mix_axes(block["mixing_matrix"], v_mid)
-    return s_mid + a, v_mid * g1[:, None, :] + mixed * g2[:, None, :], norm, pre, out
+    mixed = mix_vectors(block, v_mid, vector_mixing, precision)
+    v_out = v_mid * g1[:, None, :]
+    if mixed is not None:
+        v_out = v_out + mixed * g2[:, None, :]
+    return s_mid + a, v_out, norm, pre, out
 
 
-def update_backward(block, tape: BlockTape, gs_out, gv_out, precision):
-    """Reverse of s' = s + a, v' = v g1 + (M v) g2, (a, g1, g2) = U(s, ||v||).
+def update_backward(block, tape: BlockTape, gs_out, gv_out, precision, vector_mixing: str = "cartesian"):
+    """Reverse of s' = s + a, v' = v g1 + mix(v) g2, (a, g1, g2) = U(s, ||v||); mix(v) is M v
+    (cartesian), v C (channels) or absent (none), and its reverse applies M^T or C^T.
 
     gv_out is None for the last block (its v never reaches the energy). The norm's gradient
     v / ||v|| is taken as 0 where ||v|| = 0 (PyTorch's convention; double ``where``, no NaN).
@@ -172,8 +197,9 @@ def update_backward(block, tape: BlockTape, gs_out, gv_out, precision):
     if gv_out is None:
         g_out = jnp.concatenate([gs_out, jnp.zeros_like(gs_out), jnp.zeros_like(gs_out)], axis=-1)
     else:
-        mixed = mix_axes(block["mixing_matrix"], v)
-        g_out = jnp.concatenate([gs_out, jnp.sum(gv_out * v, axis=1), jnp.sum(gv_out * mixed, axis=1)], axis=-1)
+        mixed = mix_vectors(block, v, vector_mixing, precision)
+        g_g2 = jnp.zeros_like(gs_out) if mixed is None else jnp.sum(gv_out * mixed, axis=1)
+        g_out = jnp.concatenate([gs_out, jnp.sum(gv_out * v, axis=1), g_g2], axis=-1)
     _, slope = silu_with_slope(tape.update_pre)
     g_pre = dense_transpose(g_out, block["update_out"], precision) * slope
     g_in = dense_transpose(g_pre, block["update_in"], precision)
@@ -184,7 +210,9 @@ def update_backward(block, tape: BlockTape, gs_out, gv_out, precision):
     if gv_out is not None:
         g1, g2 = tape.update_out[:, hidden : 2 * hidden], tape.update_out[:, 2 * hidden :]
         gv_mid = gv_mid + gv_out * g1[:, None, :]
-        gv_mid = gv_mid + mix_axes(block["mixing_matrix"].T, gv_out * g2[:, None, :])
+        mixed_back = mix_vectors(block, gv_out * g2[:, None, :], vector_mixing, precision, transpose=True)
+        if mixed_back is not None:
+            gv_mid = gv_mid + mixed_back
     return gs_mid, gv_mid
 
 
@@ -252,17 +280,18 @@ def _chunk_plan(graph, chunk_size: int | None):
 
 
 def _forward_edges(ops, graph, geom, rbf, block, s, v, first_block, cutoff, precision, num_chunks, keep_filters):
-    """Filter W [U, 3H] and message increments (ds, dv) of one block, in num_chunks sequential
-    chunks of unique edges when num_chunks > 1 (per-edge temporaries bounded by the chunk)."""
+    """The filter network's W_net [U, 3H] (None for a table block) and message increments (ds, dv)
+    of one block, in num_chunks sequential chunks of unique edges when num_chunks > 1 (per-edge
+    temporaries bounded by the chunk)."""
     if num_chunks == 1:
-        w = block_filter(block, rbf, geom.d, geom.within, cutoff, precision)
-        return (w,) + tuple(ops.message(graph, s, v, w, geom.direction, first_block))
+        w, w_net = block_filter(block, rbf, geom, cutoff, precision)
+        return (w_net,) + tuple(ops.message(graph, s, v, w, geom.direction, first_block))
 
     def step(carry, chunk):
         graph_c, geom_c, rbf_c = chunk
-        w = block_filter(block, rbf_c, geom_c.d, geom_c.within, cutoff, precision)
+        w, w_net = block_filter(block, rbf_c, geom_c, cutoff, precision)
         ds, dv = ops.message(graph_c, s, v, w, geom_c.direction, first_block)
-        return (carry[0] + ds, carry[1] + dv), (w if keep_filters else None)
+        return (carry[0] + ds, carry[1] + dv), (w_net if keep_filters else None)
 
     (ds, dv), w = jax.lax.scan(step, (jnp.zeros_like(s), jnp.zeros_like(v)), _chunked((graph, geom, rbf), num_chunks))
     return (None if w is None else _unchunked(w)), ds, dv
@@ -270,34 +299,43 @@ def _forward_edges(ops, graph, geom, rbf, block, s, v, first_block, cutoff, prec
 
 def _backward_edges(ops, graph, geom, rbf, block, bt: BlockTape, gs, gv, first_block, cutoff, precision, num_chunks):
     """Reverse of :func:`_forward_edges`: increments of the block inputs' adjoints (None in block 0),
-    dE/ddir [U, 3], and dE/de [U, K] (network blocks) or dE/dd [U] (table blocks)."""
+    dE/ddir [U, 3], dE/de [U, K] (network blocks; else None) and dE/dd [U] (table blocks, and the
+    envelope's term env' W_net . dE/dW of network blocks; else None)."""
     table = "filter_table" in block
 
-    def edge_pass(graph_c, geom_c, rbf_c, w):
-        if w is None:  # recompute; the barrier stops XLA from merging this with the forward's W (and keeping it)
-            rbf_c, d_c = jax.lax.optimization_barrier((rbf_c, geom_c.d))
-            w = block_filter(block, rbf_c, d_c, geom_c.within, cutoff, precision)
+    def edge_pass(graph_c, geom_c, rbf_c, w_net):
+        if table:  # recompute; the barrier stops XLA from merging this with the forward's W (and keeping it)
+            d_c = jax.lax.optimization_barrier(geom_c.d)
+            w = tabulated_filter(block["filter_table"], d_c, cutoff) * geom_c.within[:, None]
+        else:
+            if w_net is None:  # recompute; the barrier stops XLA from merging this with the forward's W (and keeping it)
+                rbf_c = jax.lax.optimization_barrier(rbf_c)
+                w_net = filter_forward(block, rbf_c, geom_c.within, precision)[0]
+            w = with_envelope(w_net, geom_c.envelope)
         dgs, dgv, gw, gdir = ops.message_backward(graph_c, gs, gv, bt.s_in, bt.v_in, w, geom_c.direction, first_block)
         if table:
             slope = table_slope(block["filter_table"], geom_c.d, cutoff)
-            g_radial = jnp.where(geom_c.within, jnp.sum(gw * slope, axis=-1), 0.0)
-        else:
-            g_radial = filter_backward(block, rbf_c, gw, geom_c.within, precision)
-        return dgs, dgv, gdir, g_radial
+            return dgs, dgv, gdir, None, jnp.where(geom_c.within, jnp.sum(gw * slope, axis=-1), 0.0)
+        g_d = None
+        if geom_c.envelope is not None:  # W = env(d) W_net: dE/dd += env' (dE/dW . W_net), dE/dW_net = env dE/dW
+            env, denv = geom_c.envelope
+            g_d = denv * jnp.sum(gw * w_net, axis=-1)
+            gw = gw * env[:, None]
+        return dgs, dgv, gdir, filter_backward(block, rbf_c, gw, geom_c.within, precision), g_d
 
     if num_chunks == 1:
         return edge_pass(graph, geom, rbf, bt.filters)
 
     def step(carry, chunk):
-        dgs, dgv, gdir, g_radial = edge_pass(*chunk)
+        dgs, dgv, *per_edge = edge_pass(*chunk)
         if first_block:
-            return carry, (gdir, g_radial)
-        return (carry[0] + dgs, carry[1] + dgv), (gdir, g_radial)
+            return carry, tuple(per_edge)
+        return (carry[0] + dgs, carry[1] + dgv), tuple(per_edge)
 
     chunks = _chunked((graph, geom, rbf, bt.filters), num_chunks)
-    carry, (gdir, g_radial) = jax.lax.scan(step, () if first_block else (jnp.zeros_like(gs), jnp.zeros_like(gv)), chunks)
+    carry, per_edge = jax.lax.scan(step, () if first_block else (jnp.zeros_like(gs), jnp.zeros_like(gv)), chunks)
     dgs, dgv = (None, None) if first_block else carry
-    return dgs, dgv, _unchunked(gdir), _unchunked(g_radial)
+    return (dgs, dgv) + tuple(_unchunked(per_edge))
 
 
 def forward_sweep(params, config: PaiNNConfig, positions, atomic_numbers, graph, atom_mask, precision=HIGHEST, store_filters: bool = True,
@@ -305,6 +343,7 @@ def forward_sweep(params, config: PaiNNConfig, positions, atomic_numbers, graph,
     """Per-atom energies [N] eV (0 on padding atoms) and the tape for :func:`backward_sweep`."""
     ops = ops_for(graph)
     geom = edge_geometry(*ops.edge_vectors(positions, graph), config.cutoff)
+    geom = geom._replace(envelope=painn.filter_envelope(geom.d, config))
     rbf = painn.radial_features(geom.d, params["rbf"]["centers"], params["rbf"]["widths"], config.cutoff)
     s = params["embedding"]["embedding"][atomic_numbers]
     v = jnp.zeros((s.shape[0], 3, s.shape[1]), s.dtype)
@@ -314,7 +353,7 @@ def forward_sweep(params, config: PaiNNConfig, positions, atomic_numbers, graph,
         keep = store_filters and "filter_table" not in block  # a table lookup is cheaper to redo than to store
         w, ds, dv = _forward_edges(ops, graph, geom, rbf, block, s, v, t == 0, config.cutoff, precision, num_chunks, keep)
         s_mid, v_mid = s + ds, v + dv
-        s_out, v_out, norm, pre, out = update_forward(block, s_mid, v_mid, precision)
+        s_out, v_out, norm, pre, out = update_forward(block, s_mid, v_mid, precision, config.vector_mixing)
         tapes.append(BlockTape(s, v, w if keep else None, v_mid, norm, pre, out))
         s, v = s_out, v_out
     per_atom = painn.readout(params, s, precision) + _reference_energies(params, atomic_numbers)
@@ -330,19 +369,19 @@ def backward_sweep(params, config: PaiNNConfig, graph, tape, seed, precision=HIG
     gs = readout_backward(params["readout"], s_final, seed, precision)
     gv = None
     g_rbf = jnp.zeros_like(rbf)  # dE/de, from blocks with a filter network
-    gd = jnp.zeros_like(geom.d)  # dE/dd, from blocks with a filter table
+    gd = jnp.zeros_like(geom.d)  # dE/dd, from blocks with a filter table and from the envelope
     gdir = jnp.zeros_like(geom.direction)
     for t in reversed(range(config.num_interactions)):
         block, bt = params[f"interactions_{t}"], blocks[t]
-        gs, gv = update_backward(block, bt, gs, gv, precision)
-        dgs, dgv, gdir_t, g_radial = _backward_edges(ops, graph, geom, rbf, block, bt, gs, gv, t == 0, config.cutoff, precision, num_chunks)
+        gs, gv = update_backward(block, bt, gs, gv, precision, config.vector_mixing)
+        dgs, dgv, gdir_t, g_rbf_t, gd_t = _backward_edges(ops, graph, geom, rbf, block, bt, gs, gv, t == 0, config.cutoff, precision, num_chunks)
         if t > 0:
             gs, gv = gs + dgs, gv + dgv
         gdir = gdir + gdir_t
-        if "filter_table" in block:
-            gd = gd + g_radial
-        else:
-            g_rbf = g_rbf + g_radial
+        if g_rbf_t is not None:
+            g_rbf = g_rbf + g_rbf_t
+        if gd_t is not None:
+            gd = gd + gd_t
     gd = gd + radial_backward(geom.d, g_rbf, params["rbf"]["centers"], params["rbf"]["widths"], config.cutoff)
     return geometry_backward(geom, gd, gdir)
 

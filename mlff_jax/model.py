@@ -108,7 +108,8 @@ class PaiNNStudent:
         c = self.config
         return (
             f"PaiNNStudent(hidden_dim={c.hidden_dim}, num_interactions={c.num_interactions}, num_rbf={c.num_rbf}, "
-            f"cutoff={c.cutoff}, parameters={c.num_parameters}, dtype={self.dtype}, elements={self._elements_text()})"
+            f"cutoff={c.cutoff}, filter_envelope={c.filter_envelope!r}, vector_mixing={c.vector_mixing!r}, "
+            f"parameters={c.num_parameters}, dtype={self.dtype}, elements={self._elements_text()})"
         )
 
     def _elements_text(self) -> str:

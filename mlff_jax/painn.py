@@ -12,7 +12,8 @@ Parameter pytree (Flax layout: ``Dense`` kernels are [in, out], i.e. the transpo
     interactions_t/filter_out    Dense H -> 3H
     interactions_t/update_in     Dense 2H -> H
     interactions_t/update_out    Dense H -> 3H
-    interactions_t/mixing_matrix [3, 3]
+    interactions_t/mixing_matrix [3, 3]       (vector_mixing="cartesian", upstream)
+    interactions_t/channel_mixing [H, H]      (vector_mixing="channels"; "none" has neither)
     readout/dense_0, dense_1, dense_2   Dense H -> H/2 -> H/4 -> 1
     atom_reference/energies      [max_z + 1] eV  (optional, ours only: see ATOM_REFERENCE)
 
@@ -83,10 +84,38 @@ def radial_features(d: jax.Array, centers: jax.Array, widths: jax.Array, cutoff:
     return phi * fc[:, None]
 
 
-def filter_weights(block: Params, rbf: jax.Array, within: jax.Array, precision) -> jax.Array:
-    """W = Linear2(SiLU(Linear1(e))), zeroed on edges outside the cutoff: [E, 3H]."""
+def polynomial_envelope(d: jax.Array, cutoff: float):
+    """env(d) = 1 - 28 x^6 + 48 x^7 - 21 x^8 for x = d / rc < 1, else 0, and its derivative [E] (1/Å).
+
+    DimeNet's p = 6 envelope without its 1/x term: env' = -168 x^5 (1 - x)^2 / rc, so env, env' and
+    env'' vanish at rc (a double root of env'), and env = 1 - O(x^6) leaves short pairs untouched.
+    """
+    x = d / cutoff
+    inside = x < 1.0
+    # Factored form (1 - x)^3 (1 + 3x + 6x^2 + 10x^3 + 15x^4 + 21x^5): exact zeros at rc, and no
+    # cancellation near it (the expanded polynomial would leave ~1e-15, or 1e-7 in float32, at rc).
+    one_minus = 1.0 - x
+    env = one_minus**3 * (1.0 + x * (3.0 + x * (6.0 + x * (10.0 + x * (15.0 + 21.0 * x)))))
+    x2 = x * x
+    denv = -168.0 * x2 * x2 * x * one_minus**2 / cutoff
+    return jnp.where(inside, env, 0.0), jnp.where(inside, denv, 0.0)
+
+
+def filter_envelope(d: jax.Array, config: PaiNNConfig):
+    """(env [E], env' [E] 1/Å) of the config's filter envelope, or None when it has none (upstream)."""
+    if config.filter_envelope is None:
+        return None
+    return polynomial_envelope(d, config.cutoff)
+
+
+def filter_weights(block: Params, rbf: jax.Array, within: jax.Array, precision, envelope: jax.Array | None = None) -> jax.Array:
+    """W = env(d) Linear2(SiLU(Linear1(e))), zeroed on edges outside the cutoff: [E, 3H].
+
+    envelope: env(d) [E], or None (upstream: no envelope).
+    """
     hidden = jax.nn.silu(dense(rbf, block["filter_in"], precision))
-    return dense(hidden, block["filter_out"], precision) * within[:, None]
+    w = dense(hidden, block["filter_out"], precision) * within[:, None]
+    return w if envelope is None else w * envelope[:, None]
 
 
 def message(s, v, w, direction, edges: Edges):
@@ -102,14 +131,32 @@ def message(s, v, w, direction, edges: Edges):
     return s + ds, v + dv
 
 
-def update(block: Params, s, v, precision):
-    """U = Linear2(SiLU(Linear1([s, |v|]))) = (a, g1, g2); s += a; v = v g1 + (M v) g2."""
+def mix_vectors(block: Params, v: jax.Array, vector_mixing: str, precision) -> jax.Array | None:
+    """The mixed vector features [N, 3, H] of the update, or None for vector_mixing="none".
+
+    "cartesian" (upstream): (M v)[n, i, h] = sum_j M[i, j] v[n, j, h] (M: mixing_matrix [3, 3]);
+    "channels": (v C)[n, i, h] = sum_k v[n, i, k] C[k, h] (C: channel_mixing [H, H]), which acts on
+    the channels only and so commutes with any rotation of the xyz axes.
+    """
+    if vector_mixing == "cartesian":
+        return jnp.einsum("ij,njh->nih", block["mixing_matrix"], v, precision=precision)
+    if vector_mixing == "channels":
+        return jnp.einsum("nik,kh->nih", v, block["channel_mixing"], precision=precision)
+    if vector_mixing == "none":
+        return None
+    raise ValueError(f"vector_mixing must be 'cartesian', 'channels' or 'none', got {vector_mixing!r}")
+
+
+def update(block: Params, s, v, precision, vector_mixing: str = "cartesian"):
+    """U = Linear2(SiLU(Linear1([s, |v|]))) = (a, g1, g2); s += a; v = v g1 + mix(v) g2
+    (mix: :func:`mix_vectors`; with vector_mixing="none", v = v g1 and g2 is unused)."""
     hidden = s.shape[-1]
     norm = safe_norm(v, axis=1)
     u = dense(jax.nn.silu(dense(jnp.concatenate([s, norm], axis=-1), block["update_in"], precision)), block["update_out"], precision)
     a, g1, g2 = u[:, :hidden], u[:, hidden : 2 * hidden], u[:, 2 * hidden :]
-    mixed = jnp.einsum("ij,njh->nih", block["mixing_matrix"], v, precision=precision)
-    return s + a, v * g1[:, None, :] + mixed * g2[:, None, :]
+    mixed = mix_vectors(block, v, vector_mixing, precision)
+    v_new = v * g1[:, None, :]
+    return s + a, v_new if mixed is None else v_new + mixed * g2[:, None, :]
 
 
 def readout(params: Params, s, precision) -> jax.Array:
@@ -135,16 +182,17 @@ def atomic_energies(
     """
     _, d, direction, within = edge_geometry(positions, edges, config.cutoff)
     rbf = radial_features(d, params["rbf"]["centers"], params["rbf"]["widths"], config.cutoff)  # unused (DCE) when tabulated
+    envelope = filter_envelope(d, config)
     s = params["embedding"]["embedding"][atomic_numbers]
     v = jnp.zeros((s.shape[0], 3, s.shape[1]), s.dtype)
     for t in range(config.num_interactions):
         block = params[f"interactions_{t}"]
-        if "filter_table" in block:  # compressed model (mlff_jax.compress)
+        if "filter_table" in block:  # compressed model (mlff_jax.compress): the table holds env * W already
             w = tabulated_filter(block["filter_table"], d, config.cutoff) * within[:, None]
         else:
-            w = filter_weights(block, rbf, within, precision)
+            w = filter_weights(block, rbf, within, precision, None if envelope is None else envelope[0])
         s, v = message(s, v, w, direction, edges)
-        s, v = update(block, s, v, precision)
+        s, v = update(block, s, v, precision, config.vector_mixing)
     energies = readout(params, s, precision)
     if ATOM_REFERENCE in params:  # optional per-element reference energies (our distilled models; upstream has none)
         energies = energies + params[ATOM_REFERENCE]["energies"][atomic_numbers]
@@ -180,7 +228,10 @@ def param_shapes(config: PaiNNConfig, table_rows: int | None = None) -> dict[str
         for name, (fan_in, fan_out) in layers.items():
             shapes[f"interactions_{t}/{name}/kernel"] = (fan_in, fan_out)
             shapes[f"interactions_{t}/{name}/bias"] = (fan_out,)
-        shapes[f"interactions_{t}/mixing_matrix"] = (3, 3)
+        if config.vector_mixing == "cartesian":
+            shapes[f"interactions_{t}/mixing_matrix"] = (3, 3)
+        elif config.vector_mixing == "channels":
+            shapes[f"interactions_{t}/channel_mixing"] = (h, h)
         if table_rows is not None:
             shapes[f"interactions_{t}/filter_table/values"] = (table_rows, 3 * h)
             shapes[f"interactions_{t}/filter_table/slopes"] = (table_rows, 3 * h)
@@ -237,13 +288,16 @@ class PaiNN(nn.Module):
 
 def _init_leaf(key, path: str, shape, config: PaiNNConfig, dtype):
     """PyTorch-like defaults: U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for Linear, N(0, 1) embedding,
-    identity mixing matrices, and upstream's fixed radial basis."""
+    identity mixing matrices (3 x 3 or H x H: at initialisation "channels" mixes like upstream's M = I),
+    and upstream's fixed radial basis."""
     if path == "rbf/centers":
         return jnp.linspace(0.0, config.cutoff, config.num_rbf, dtype=dtype)
     if path == "rbf/widths":
         return jnp.full(shape, config.cutoff / config.num_rbf, dtype)
     if path.endswith("mixing_matrix"):
         return jnp.eye(3, dtype=dtype)
+    if path.endswith("channel_mixing"):
+        return jnp.eye(shape[0], dtype=dtype)
     if path == "embedding/embedding":
         return jax.random.normal(key, shape, dtype)
     fan_in = shape[0] if path.endswith("kernel") else _kernel_fan_in(path, config)

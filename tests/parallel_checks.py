@@ -1,6 +1,6 @@
 """Multi-device checks run in a subprocess with faked CPU devices (see tests/test_parallel.py).
 
-    XLA_FLAGS=--xla_force_host_platform_device_count=4 JAX_PLATFORMS=cpu python3 tests/parallel_checks.py fast|md MODEL_PATH
+    XLA_FLAGS=--xla_force_host_platform_device_count=4 JAX_PLATFORMS=cpu python3 tests/parallel_checks.py fast|md MODEL_PATH  (or: smooth)
 
 Prints one JSON object of measured differences (float64); the tests assert on them. Faked devices
 must be configured before JAX initialises, which the pytest process already did with one device.
@@ -162,8 +162,21 @@ def md_checks(model):
     }
 
 
+def smooth_model():
+    """A random-weight model with the MD-ready options (docs/model.md): envelope + channel mixing."""
+    from test_md_architecture import SMALL, SMOOTH, make_params, student
+
+    from mlff_jax.config import PaiNNConfig
+
+    config = PaiNNConfig(**SMALL, **SMOOTH)
+    return student(config, make_params(config, seed=30))
+
+
 def main():
     what = sys.argv[1] if len(sys.argv) > 1 else "fast"
+    if what == "smooth":  # the fast checks on a model with the architecture options (no checkpoint needed)
+        print("RESULT " + json.dumps(fast_checks(smooth_model())))
+        return
     model = mlff_jax.load(sys.argv[2], dtype="float64")
     result = fast_checks(model) if what == "fast" else md_checks(model)
     print("RESULT " + json.dumps(result))

@@ -175,6 +175,42 @@ def test_slot_splits_change_nothing_but_roundoff(system32, slot_splits):
         assert_close(actual, desired, rel=tol.KERNEL_VS_REFERENCE_F32)
 
 
+# ----------------------------------------------------------------------------- filter envelope
+def test_reference_with_envelope_equals_edge_list_model_filter(system64):
+    """envelope="polynomial": the reference multiplies the filter by env(d), as painn.filter_weights does."""
+    nbr, args = system64
+    edges = layout.dense_to_edges(nbr, jnp.zeros((*nbr.shape, 3)))
+    d = args["distances"].reshape(-1)
+    within = edges.mask & (d <= CUTOFF)
+    rbf = painn.radial_features(d, args["centers"], args["widths"], CUTOFF)
+    env = painn.polynomial_envelope(jnp.where(edges.mask, d, CUTOFF), CUTOFF)[0]
+    w = painn.filter_weights(args["block"], rbf, within, jax.lax.Precision.HIGHEST, env)
+    s_new, v_new = painn.message(args["s"], args["v"], w, args["directions"].reshape(-1, 3), edges)
+    ds, dv = run("xla", nbr, args, envelope="polynomial")
+    assert_close(ds, s_new - args["s"], tol.ROUNDOFF_F64)
+    assert_close(dv, v_new - args["v"], tol.ROUNDOFF_F64)
+    assert np.abs(np.asarray(ds) - np.asarray(run("xla", nbr, args)[0])).max() > 1e-3  # the envelope does something
+
+
+def test_pallas_with_envelope_matches_reference_float64(system64):
+    """Forward and every gradient of the envelope kernels (interpret mode) against the reference."""
+    nbr, args = system64
+    for actual, desired in zip(run("pallas", nbr, args, envelope="polynomial"), run("xla", nbr, args, envelope="polynomial")):
+        assert_close(actual, desired, tol.ROUNDOFF_F64)
+    (value_x, grad_x), (value_p, grad_p) = (loss_and_grads(impl, nbr, args, envelope="polynomial") for impl in ("xla", "pallas"))
+    assert_close(value_p, value_x, tol.ROUNDOFF_F64)
+    for name in DIFF_ARGS:
+        for actual, desired in zip(jax.tree.leaves(grad_p[name]), jax.tree.leaves(grad_x[name])):
+            assert np.all(np.isfinite(actual))
+            assert_close(actual, desired, tol.ROUNDOFF_F64, err_msg=name)
+
+
+def test_unknown_envelope_raises_value_error(system64):
+    nbr, args = system64
+    with pytest.raises(ValueError, match="envelope"):
+        run("xla", nbr, args, envelope="cosine")
+
+
 def test_gradients_vanish_on_padding_atoms_empty_slots_and_beyond_cutoff(system64, grads64):
     nbr, args = system64
     _, grad = grads64["pallas"]
@@ -436,16 +472,17 @@ def _abstract_gpu():
     return jax.sharding.use_abstract_mesh(jax.sharding.AbstractMesh((1,), ("x",), abstract_device=device))
 
 
-@pytest.mark.parametrize("dtype, precision", [(jnp.float32, "highest"), (jnp.float32, "tf32x3"), (jnp.float64, "highest")])
-def test_pallas_kernels_lower_to_triton_for_cuda(system64, dtype, precision):
+@pytest.mark.parametrize("dtype, precision, envelope", [(jnp.float32, "highest", None), (jnp.float32, "tf32x3", None), (jnp.float64, "highest", None),
+                                                       (jnp.float32, "highest", "polynomial")])  # fmt: skip
+def test_pallas_kernels_lower_to_triton_for_cuda(system64, dtype, precision, envelope):
     """Catches ops without a Triton lowering on a CPU machine: forward and backward lower to Triton."""
     nbr, args = system64
     args = jax.tree.map(lambda x: x.astype(dtype), args)
 
     def forward_and_vjp(a):
         out, pullback = jax.vjp(lambda s, v, d, u: message_block(
-            s, v, nbr, d, u, a["block"], a["centers"], a["widths"], cutoff=CUTOFF, implementation="pallas", precision=precision),
-            a["s"], a["v"], a["distances"], a["directions"])  # fmt: skip
+            s, v, nbr, d, u, a["block"], a["centers"], a["widths"], cutoff=CUTOFF, implementation="pallas", precision=precision,
+            envelope=envelope), a["s"], a["v"], a["distances"], a["directions"])  # fmt: skip
         return out, pullback(out)
 
     try:
@@ -459,13 +496,14 @@ def test_pallas_kernels_lower_to_triton_for_cuda(system64, dtype, precision):
 @pytest.mark.skipif(jax.default_backend() != "gpu", reason="needs a GPU (run with MLFF_JAX_TEST_ON_DEVICE=1 on one)")
 @pytest.mark.parametrize("implementation", ["pallas", "triton"])
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
-def test_compiled_kernels_on_gpu_match_reference(system64, implementation, dtype):
+@pytest.mark.parametrize("envelope", [None, "polynomial"])
+def test_compiled_kernels_on_gpu_match_reference(system64, implementation, dtype, envelope):
     """The real kernels (not interpret mode): values and gradients against the float64 reference."""
     if implementation == "triton":
         pytest.importorskip("jax_triton")
     nbr, args64 = system64
-    value64, grads64 = loss_and_grads("xla", nbr, args64)
-    value, grads = loss_and_grads(implementation, nbr, jax.tree.map(lambda x: x.astype(dtype), args64))
+    value64, grads64 = loss_and_grads("xla", nbr, args64, envelope=envelope)
+    value, grads = loss_and_grads(implementation, nbr, jax.tree.map(lambda x: x.astype(dtype), args64), envelope=envelope)
     rel = tol.ROUNDOFF_F64 if dtype == jnp.float64 else tol.KERNEL_VS_REFERENCE_F32
     assert_close(value, value64, rel=rel)
     for actual, desired in zip(jax.tree.leaves(grads), jax.tree.leaves(grads64)):

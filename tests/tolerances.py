@@ -40,3 +40,10 @@ MODEL_CARD_METRICS_REL = 1e-3
 # previous step's wavefunction, so forces differ by the SCF convergence (~2e-5 eV/Å; energies ~1e-9 eV)
 TEACHER_RELABEL_ENERGY = 1e-6  # eV
 TEACHER_RELABEL_FORCES = 1e-4  # eV/Å
+# a pair swept through the cutoff with the polynomial filter envelope, |E(rc - δ) - E(rc + δ)| at
+# δ = 1e-7 Å (env ~ δ³ there), and the largest force-component jump (env' ~ δ²)
+CUTOFF_CONTINUITY_ENERGY = 1e-8  # eV
+CUTOFF_CONTINUITY_FORCES = 1e-8  # eV/Å
+# MD: total-energy drift (block means) of NVE of a dense periodic box with the smooth architecture
+# (filter envelope + channel mixing), float64, 0.25 fs, 2,000 steps, pairs crossing rc all the time
+MD_SMOOTH_BOX_ENERGY_DRIFT_PER_ATOM = 1e-5  # eV/atom

@@ -29,6 +29,7 @@ import numpy as np
 from jax.custom_derivatives import SymbolicZero
 
 from mlff_jax.analytic import unwrap_primals
+from mlff_jax.config import FILTER_ENVELOPES
 
 from . import pallas as pallas_kernels
 from .reference import check_precision, message_block_reference
@@ -112,6 +113,7 @@ def message_block(
     num_stages: int = 1,
     k_chunk: int | None = None,
     slot_splits: int | None = None,
+    envelope: str | None = None,
 ):
     """Message increments of one PaiNN block (the op of :mod:`.reference`).
 
@@ -134,6 +136,8 @@ def message_block(
         ``pallas.KernelConfig``; default ``pallas.default_k_chunk``).
       slot_splits: programs per block of receivers, each with a share of the slots (see
         ``pallas.KernelConfig``; default ``pallas.default_slot_splits``: more for small systems).
+      envelope: the model's ``filter_envelope`` (None: upstream; "polynomial": the network's filter
+        is multiplied by env(d); a compressed block's table holds env W already).
     Returns:
       (ds [N, H], dv [N, 3, H]).
     """
@@ -142,8 +146,10 @@ def message_block(
     check_precision(precision)
     filt = _filter_params(block)
     check_inputs(s, v, neighbors, distances, directions, filt, rbf_centers, rbf_widths)
+    if envelope not in FILTER_ENVELOPES:
+        raise ValueError(f"envelope must be one of {FILTER_ENVELOPES}, got {envelope!r}")
     if implementation == "xla":
-        return message_block_reference(s, v, neighbors, distances, directions, filt, rbf_centers, rbf_widths, cutoff, precision)
+        return message_block_reference(s, v, neighbors, distances, directions, filt, rbf_centers, rbf_widths, cutoff, precision, envelope=envelope)
     if interpret and implementation != "pallas":
         raise ValueError("interpret=True runs Pallas kernels only: use implementation='pallas'")
     n, h = s.shape
@@ -175,6 +181,7 @@ def message_block(
         k_chunk=k_chunk,
         slot_splits=slot_splits,
         table_intervals=filt["filter_table"]["values"].shape[0] - 1 if "filter_table" in filt else 0,
+        envelope=None if "filter_table" in filt else envelope,
     )
     _backend(implementation)  # fail early (ValueError) if the backend cannot be imported
     return _fused(cfg, implementation, s, v, neighbors, distances, directions, filt, rbf_centers, rbf_widths)
@@ -231,7 +238,7 @@ def _fused_bwd(cfg, backend, residuals, cotangents):
 
     # Filter-network and basis parameters: the reference's VJP (XLA).
     def by_params(f, c, w):
-        return message_block_reference(s, v, neighbors, distances, directions, f, c, w, cfg.cutoff, cfg.precision)
+        return message_block_reference(s, v, neighbors, distances, directions, f, c, w, cfg.cutoff, cfg.precision, envelope=cfg.envelope)
 
     _, params_vjp = jax.vjp(by_params, filt, centers, widths)
     g_filt, g_centers, g_widths = params_vjp((g_ds, g_dv))

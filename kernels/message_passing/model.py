@@ -2,7 +2,8 @@
 
 Same model as ``mlff_jax.painn`` (shared/design/painn-student.md); the message step of every block
 goes through :func:`..api.message_block` (the chosen implementation), update and readout are the
-XLA code of ``mlff_jax.painn``. Compressed blocks (``filter_table``) evaluate their table inside the
+XLA code of ``mlff_jax.painn`` (with the config's vector mixing; the filter envelope, when the
+config has one, is applied inside the message kernels). Compressed blocks (``filter_table``) evaluate their table inside the
 kernels (:mod:`.pallas_table`). Forces are ``-jax.grad`` of the energy; through the kernel paths
 the message blocks differentiate with the fused backward kernel (custom VJP) and the per-slot
 geometry (distances, directions) differentiates back to positions in XLA.
@@ -84,9 +85,10 @@ def atomic_energies_kernel(
         block = params[f"interactions_{t}"]
         ds, dv = message_block(
             s, v, neighbors, distances, directions, block, centers, widths,
-            cutoff=config.cutoff, implementation=implementation, interpret=interpret, precision=precision, **kernel_options,
+            cutoff=config.cutoff, implementation=implementation, interpret=interpret, precision=precision,
+            envelope=config.filter_envelope, **kernel_options,
         )  # fmt: skip
-        s, v = painn.update(block, s + ds, v + dv, _DENSE_PRECISION)
+        s, v = painn.update(block, s + ds, v + dv, _DENSE_PRECISION, config.vector_mixing)
     energies = painn.readout(params, s, _DENSE_PRECISION)
     if painn.ATOM_REFERENCE in params:  # optional per-element reference energies, as in painn.atomic_energies
         energies = energies + params[painn.ATOM_REFERENCE]["energies"][atomic_numbers]

@@ -72,6 +72,8 @@ class KernelConfig:
       table_intervals: G > 0 for a compressed block: the filter W(d) (and dW/dd in the backward) is
         read from its cubic Hermite table of G intervals over [0, cutoff] (:mod:`.pallas_table`)
         instead of evaluating the network; 0 (default): the filter network.
+      envelope: None (upstream) or "polynomial": the network's filter is multiplied by
+        ``painn.polynomial_envelope`` (a table already holds the enveloped filter: ignored there).
     """
 
     num_atoms: int
@@ -84,6 +86,7 @@ class KernelConfig:
     k_chunk: int = 16
     slot_splits: int = 1
     table_intervals: int = 0
+    envelope: str | None = None
 
     def dot(self, x, w):
         """x @ w in this launch's precision mode (TF32 modes need tensor cores: not in interpret mode)."""
@@ -187,6 +190,18 @@ def _radial(d, mu, width, cutoff):
     return phi * fc, dphi * fc + phi * dfc
 
 
+def _envelope(d, cutoff):
+    """env(d) and env'(d) [B, 1] of ``painn.polynomial_envelope`` (same factored form, plain multiplies)."""
+    x = d / cutoff
+    inside = x < 1.0
+    one_minus = 1.0 - x
+    cube = one_minus * one_minus * one_minus
+    env = cube * (1.0 + x * (3.0 + x * (6.0 + x * (10.0 + x * (15.0 + 21.0 * x)))))
+    x2 = x * x
+    denv = -168.0 / cutoff * (x2 * x2 * x) * (one_minus * one_minus)
+    return jnp.where(inside, env, 0.0), jnp.where(inside, denv, 0.0)
+
+
 def _slot(nbr_ref, d_ref, k, num_atoms, cutoff):
     nbr = nbr_ref[k, :]
     d = d_ref[k, :]
@@ -255,6 +270,9 @@ def _forward_kernel(nbr_ref, d_ref, u_ref, s_ref, v_ref, w1_ref, b1_ref, w2_ref,
             ds, dv0, dv1, dv2 = carry
             e, _ = _radial(d, mu, width, cfg.cutoff)
             ws, wv1, wv2 = _filter(e, within, w1_ref, b1_ref, w2_ref, b2_ref, cfg)
+            if cfg.envelope is not None:
+                env, _ = _envelope(d, cfg.cutoff)
+                ws, wv1, wv2 = ws * env, wv1 * env, wv2 * env
             ds = ds + s_ref[idx, :] * ws
             dv = [acc + v_ref[i, idx, :] * wv1 + u_ref[i, k, :][:, None] * wv2 for i, acc in enumerate((dv0, dv1, dv2))]
             return (ds, *dv)
@@ -279,12 +297,20 @@ def _backward_kernel(
             acc_s, acc_v0, acc_v1, acc_v2 = carry
             e, de = _radial(d, mu, width, cfg.cutoff)
             ws, wv1, wv2 = _filter(e, within, w1_ref, b1_ref, w2_ref, b2_ref, cfg)
+            u = [u_ref[i, k, :][:, None] for i in range(3)]
+            if cfg.envelope is not None:
+                # W = env(d) W_net: dL/dd gains env' (dL/dW . W_net), taken here while W_net is at hand
+                # (full-width elementwise products; W_net is zero outside the cutoff already).
+                env, denv = _envelope(d, cfg.cutoff)
+                g_dot_w = gs_own_ref[...] * s_ref[idx, :] * ws
+                for i in range(3):
+                    g_dot_w = g_dot_w + gv_own_ref[i] * (v_ref[i, idx, :] * wv1 + u[i] * wv2)
+                ws, wv1, wv2 = ws * env, wv1 * env, wv2 * env
             # (ii) reverse edge: sender cotangents gathered from the neighbours' rows.
             acc_s = acc_s + gs_ref[idx, :] * ws
             acc_v = [acc + gv_ref[i, idx, :] * wv1 for i, acc in enumerate((acc_v0, acc_v1, acc_v2))]
             # (i) this slot's edge a -> b: the direction's cotangent ...
             g_dir = [jnp.sum(gv_own_ref[i] * wv2, axis=1) for i in range(3)]
-            u = [u_ref[i, k, :][:, None] for i in range(3)]
             # ... and g_h = dL/d(hidden layer) = g_W @ W2^T, contracting over H in chunks of the
             # cotangent of W = (Ws, Wv1, Wv2), which is built chunk by chunk from memory.
             g_h = None
@@ -302,7 +328,10 @@ def _backward_kernel(
             pre = cfg.dot(e, w1_ref[...]) + b1_ref[...]
             sig = jax.nn.sigmoid(pre)
             dh_dd = sig * (1.0 + pre * (1.0 - sig)) * cfg.dot(de, w1_ref[...])
-            g_d = jnp.sum(g_h * dh_dd, axis=1)
+            g_dd = g_h * dh_dd
+            if cfg.envelope is not None:  # g_h above is dL/d(hidden) of env W_net: scale by env ([B, 1] columns, no indexing)
+                g_dd = env * g_dd + denv * g_dot_w
+            g_d = jnp.sum(g_dd, axis=1)
             return (acc_s, *acc_v), (g_d, *g_dir)
 
         return _backward_slot(k, any_within, slot_gradients, carry, gd_ref, gu_ref, gs_out_ref.dtype)

@@ -4,6 +4,7 @@ For each receiver b and slot j with sender a = neighbors[b, j] (layout in :mod:`
 
     e      = rbf(d[b, j])                                   [K]   Gaussians x cosine cutoff
     W      = Linear2(SiLU(Linear1(e))) * within[b, j]        [3H]  = (Ws, Wv1, Wv2)
+             (times env(d[b, j]) with the optional filter envelope)
     ds_b  += s_a * Ws
     dv_b  += v_a * Wv1 + dir[b, j] (x) Wv2                   [3, H]
 
@@ -18,7 +19,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from mlff_jax.painn import radial_features
+from mlff_jax.painn import polynomial_envelope, radial_features
 from mlff_jax.radial_table import tabulated_filter
 
 PRECISIONS = ("highest", "tf32x3", "tf32", "bf16")
@@ -77,6 +78,7 @@ def message_block_reference(
     cutoff: float,
     precision: str = "highest",
     tensor_cores: bool | None = None,
+    envelope: str | None = None,
 ):
     """The message increments of one block.
 
@@ -87,6 +89,8 @@ def message_block_reference(
         or, when present, ``filter_table`` {values, slopes} [G + 1, 3H] instead).
       rbf_centers, rbf_widths: [K] Å; cutoff: rc in Å.
       precision, tensor_cores: float32 matmul mode (see :func:`matmul`).
+      envelope: None (upstream) or "polynomial": the network's filter is multiplied by env(d)
+        (``mlff_jax.painn.polynomial_envelope``); a table holds the enveloped filter already.
     Returns:
       (ds [N, H], dv [N, 3, H]): the model then sets s += ds, v += dv.
     """
@@ -99,6 +103,8 @@ def message_block_reference(
     else:
         rbf = radial_features(safe_d.reshape(-1), rbf_centers, rbf_widths, cutoff)
         w = filter_network(block, rbf, precision, tensor_cores).reshape(*neighbors.shape, 3 * hidden)
+        if envelope is not None:
+            w = w * polynomial_envelope(safe_d, cutoff)[0][..., None]
     w = jnp.where(within[..., None], w, 0.0)
     ws, wv1, wv2 = w[..., :hidden], w[..., hidden : 2 * hidden], w[..., 2 * hidden :]
     senders = jnp.where(valid, neighbors, 0)

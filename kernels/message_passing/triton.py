@@ -47,6 +47,18 @@ def _radial(d, mu, width, CUTOFF: tl.constexpr):
 
 
 @triton.jit
+def _envelope(d, CUTOFF: tl.constexpr):
+    """env(d) and env'(d) for d [B, 1] (``painn.polynomial_envelope``, same factored form)."""
+    x = d / CUTOFF
+    inside = x < 1.0
+    one_minus = 1.0 - x
+    env = one_minus * one_minus * one_minus * (1.0 + x * (3.0 + x * (6.0 + x * (10.0 + x * (15.0 + 21.0 * x)))))
+    x2 = x * x
+    denv = (-168.0 / CUTOFF) * (x2 * x2 * x) * (one_minus * one_minus)
+    return tl.where(inside, env, 0.0), tl.where(inside, denv, 0.0)
+
+
+@triton.jit
 def _filter(e, m, w1_ptr, b1_ptr, w2_ptr, b2_ptr, H: tl.constexpr, K: tl.constexpr, KC: tl.constexpr, PRECISION: tl.constexpr):
     """(Ws, Wv1, Wv2) [B, H], masked by m: the hidden layer in chunks of KC units, so that no
     matmul contracts over more than KC (see ``pallas.KernelConfig.k_chunk``)."""
@@ -75,7 +87,7 @@ def _forward_kernel(
     nbr_ptr, d_ptr, u_ptr, s_ptr, v_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr, mu_ptr, width_ptr,
     ds_ptr, dv_ptr,
     N_PAD: tl.constexpr, CAPACITY: tl.constexpr, SLOTS: tl.constexpr, NUM_ATOMS: tl.constexpr, CUTOFF: tl.constexpr,
-    BLOCK: tl.constexpr, H: tl.constexpr, K: tl.constexpr, KC: tl.constexpr, PRECISION: tl.constexpr,
+    BLOCK: tl.constexpr, H: tl.constexpr, K: tl.constexpr, KC: tl.constexpr, PRECISION: tl.constexpr, ENVELOPE: tl.constexpr,
 ):  # fmt: skip
     rows = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     split = tl.program_id(1)  # this program reads slots [split * SLOTS, (split + 1) * SLOTS)
@@ -100,6 +112,11 @@ def _forward_kernel(
             gather = tl.where(valid, nbr, 0)[:, None] * H + hc[None, :]
             e, _ = _radial(d[:, None], mu, width, CUTOFF)
             ws, wv1, wv2 = _filter(e, within[:, None], w1_ptr, b1_ptr, w2_ptr, b2_ptr, H, K, KC, PRECISION)
+            if ENVELOPE:
+                env, _ = _envelope(d[:, None], CUTOFF)
+                ws = ws * env
+                wv1 = wv1 * env
+                wv2 = wv2 * env
             ds += tl.load(s_ptr + gather) * ws
             u0 = tl.load(u_ptr + j * N_PAD + rows)[:, None]
             u1 = tl.load(u_ptr + (CAPACITY + j) * N_PAD + rows)[:, None]
@@ -120,7 +137,7 @@ def _backward_kernel(
     mu_ptr, width_ptr,
     gs_out_ptr, gv_out_ptr, gd_ptr, gu_ptr,
     N_PAD: tl.constexpr, CAPACITY: tl.constexpr, SLOTS: tl.constexpr, NUM_ATOMS: tl.constexpr, CUTOFF: tl.constexpr,
-    BLOCK: tl.constexpr, H: tl.constexpr, K: tl.constexpr, KC: tl.constexpr, PRECISION: tl.constexpr,
+    BLOCK: tl.constexpr, H: tl.constexpr, K: tl.constexpr, KC: tl.constexpr, PRECISION: tl.constexpr, ENVELOPE: tl.constexpr,
 ):  # fmt: skip
     rows = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     split = tl.program_id(1)  # this program reads slots [split * SLOTS, (split + 1) * SLOTS)
@@ -154,6 +171,21 @@ def _backward_kernel(
             gather = idx[:, None] * H + hc[None, :]
             e, de = _radial(d[:, None], mu, width, CUTOFF)
             ws, wv1, wv2 = _filter(e, m, w1_ptr, b1_ptr, w2_ptr, b2_ptr, H, K, KC, PRECISION)
+            u0 = tl.load(u_ptr + j * N_PAD + rows)[:, None]
+            u1 = tl.load(u_ptr + (CAPACITY + j) * N_PAD + rows)[:, None]
+            u2 = tl.load(u_ptr + (2 * CAPACITY + j) * N_PAD + rows)[:, None]
+            env = tl.full((BLOCK, 1), 1.0, dtype)
+            denv = tl.zeros((BLOCK, 1), dtype)
+            g_dot_w = tl.zeros((BLOCK, H), dtype)
+            if ENVELOPE:  # W = env(d) W_net: dL/dd gains env' (dL/dW . W_net), taken while W_net is at hand
+                env, denv = _envelope(d[:, None], CUTOFF)
+                g_dot_w = tl.load(gs_ptr + own) * tl.load(s_ptr + gather) * ws
+                g_dot_w += tl.load(gv_ptr + own) * (tl.load(v_ptr + gather) * wv1 + u0 * wv2)
+                g_dot_w += tl.load(gv_ptr + N_PAD * H + own) * (tl.load(v_ptr + N_PAD * H + gather) * wv1 + u1 * wv2)
+                g_dot_w += tl.load(gv_ptr + 2 * N_PAD * H + own) * (tl.load(v_ptr + 2 * N_PAD * H + gather) * wv1 + u2 * wv2)
+                ws = ws * env
+                wv1 = wv1 * env
+                wv2 = wv2 * env
             # (ii) the reverse edge: sender cotangents gathered from the neighbours' rows
             acc_s += tl.load(gs_ptr + gather) * ws
             acc_v0 += tl.load(gv_ptr + gather) * wv1
@@ -163,9 +195,6 @@ def _backward_kernel(
             g_u0 = tl.sum(tl.load(gv_ptr + own) * wv2, axis=1)
             g_u1 = tl.sum(tl.load(gv_ptr + N_PAD * H + own) * wv2, axis=1)
             g_u2 = tl.sum(tl.load(gv_ptr + 2 * N_PAD * H + own) * wv2, axis=1)
-            u0 = tl.load(u_ptr + j * N_PAD + rows)[:, None]
-            u1 = tl.load(u_ptr + (CAPACITY + j) * N_PAD + rows)[:, None]
-            u2 = tl.load(u_ptr + (2 * CAPACITY + j) * N_PAD + rows)[:, None]
             # ... and of the hidden layer, g_h = g_W @ W2^T contracted in chunks of KC (built from memory)
             g_h = tl.zeros((BLOCK, H), dtype)
             for c in tl.static_range(H // KC):
@@ -187,7 +216,10 @@ def _backward_kernel(
             w1 = tl.load(w1_ptr + kc[:, None] * H + hc[None, :])
             pre = _mm(e, w1, PRECISION) + b1
             sig = tl.sigmoid(pre)
-            g_d = tl.sum(g_h * (sig * (1.0 + pre * (1.0 - sig))) * _mm(de, w1, PRECISION), axis=1)
+            g_dd = g_h * (sig * (1.0 + pre * (1.0 - sig))) * _mm(de, w1, PRECISION)
+            if ENVELOPE:  # g_h is dL/d(hidden) of env W_net: scaled by env ([B, 1] columns: no indexing in Triton)
+                g_dd = g_dd * env + g_dot_w * denv
+            g_d = tl.sum(g_dd, axis=1)
         tl.store(gd_ptr + j * N_PAD + rows, g_d)
         tl.store(gu_ptr + j * N_PAD + rows, g_u0)
         tl.store(gu_ptr + (CAPACITY + j) * N_PAD + rows, g_u1)
@@ -356,7 +388,7 @@ def _constants(packed: Packed, s_pad, cfg: KernelConfig):
         precision = "f64"
     else:
         precision = {"highest": "ieee", "tf32x3": "tf32x3", "tf32": "tf32", "bf16": "bf16"}[cfg.precision]
-    return dict(common, K=packed.w1.shape[0], KC=cfg.k_chunk, PRECISION=precision)
+    return dict(common, K=packed.w1.shape[0], KC=cfg.k_chunk, PRECISION=precision, ENVELOPE=int(cfg.envelope is not None))
 
 
 def _launch(kernel, name, args, out_shape, packed, s_pad, cfg):

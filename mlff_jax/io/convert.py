@@ -96,6 +96,9 @@ def state_dict_to_params(state_dict: Mapping[str, Any], config: PaiNNConfig) -> 
     drop it) and fills the identity. Any other missing, unexpected or mis-shaped tensor is collected,
     and one ValueError lists them all.
     """
+    if not config.is_upstream_architecture:  # upstream has neither option: its tensors would be misread
+        raise ValueError(f"upstream checkpoints have the upstream architecture (filter_envelope=None, vector_mixing='cartesian'), "
+                         f"got filter_envelope={config.filter_envelope!r}, vector_mixing={config.vector_mixing!r}")
     expected = param_shapes(config)
     params: dict[str, np.ndarray] = {}
     unexpected, misshaped = [], []

@@ -65,6 +65,8 @@ class TrainConfig:
     num_rbf: int = 12
     cutoff: float = 5.0
     max_z: int = 100
+    filter_envelope: str = ""  # "" (upstream: none) or "polynomial" (smooth at the cutoff; docs/model.md)
+    vector_mixing: str = "cartesian"  # "cartesian" (upstream), "channels" (rotation invariant) or "none"
     # optimisation
     seed: int = 0
     batch_structures: int = 32
@@ -102,7 +104,8 @@ class TrainConfig:
 
     @property
     def model_config(self) -> PaiNNConfig:
-        return PaiNNConfig(self.hidden_dim, self.num_interactions, self.num_rbf, self.cutoff, self.max_z)
+        return PaiNNConfig(self.hidden_dim, self.num_interactions, self.num_rbf, self.cutoff, self.max_z,
+                           filter_envelope=self.filter_envelope or None, vector_mixing=self.vector_mixing)
 
     @classmethod
     def from_toml(cls, path, overrides: list[str] = ()) -> "TrainConfig":
