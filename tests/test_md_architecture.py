@@ -306,7 +306,7 @@ def test_options_round_trip_through_our_checkpoint_and_show_in_repr(tmp_path):
     import mlff_jax
     from mlff_jax.io import write_checkpoint
 
-    config = PaiNNConfig(**SMALL, filter_envelope="polynomial", vector_mixing="channels")
+    config = PaiNNConfig(**SMALL, filter_envelope="polynomial", vector_mixing="channels", elements=(1, 6, 7, 8))
     params = make_params(config, seed=16)
     path = tmp_path / "smooth.safetensors"
     write_checkpoint(path, config, painn.flatten(params))
