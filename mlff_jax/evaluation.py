@@ -126,9 +126,12 @@ def batched_energy_and_forces(params, config, precision: str, implementation: st
 # ----------------------------------------------------------------------------- host coordinates
 def prepare_positions(positions, batch, num_structures: int, cell=None, pbc=None) -> np.ndarray:
     """Positions [N, 3] float64 Å of the same structures, placed where float32 differences are exact
-    enough: each structure translated so that its centroid is at the origin, then, along periodic
-    directions, each atom moved by whole cell vectors into the cell (fractional coordinates in
-    [0, 1)). All in float64, before any cast to the model's dtype.
+    enough, computed in float64 before any cast to the model's dtype:
+
+    - along periodic directions, each atom moved by whole cell vectors into the cell (fractional
+      coordinate in [0, 1)): a structure translated by whole cells lands where it was;
+    - along the other directions, each structure translated so that its centroid is at 0 (a
+      molecule: its centroid at the origin).
 
     Energies, forces (atom by atom) and stress are unchanged: a translation and lattice vectors.
     positions: [N, 3] float64 (validated); batch: [N] int in 0 .. num_structures-1; cell, pbc: as
@@ -136,16 +139,12 @@ def prepare_positions(positions, batch, num_structures: int, cell=None, pbc=None
     """
     positions = np.asarray(positions, np.float64)
     batch = np.asarray(batch, np.int64)
-    counts = np.bincount(batch, minlength=num_structures)
-    centroids = np.stack([np.bincount(batch, weights=positions[:, k], minlength=num_structures) for k in range(3)], axis=1)
-    centroids /= np.maximum(counts, 1)[:, None]
-    centred = positions - centroids[batch]
     pbc = cell_lib.normalize_pbc(pbc, cell)
-    if not any(pbc):
-        return centred
-    cells = cell_lib.validate_cells(cell, pbc, num_structures)  # [B, 3, 3]; a [3, 3] cell is shared
-    frames = cell_lib.binning_frame(cells, pbc)  # [B, 3, 3]: periodic rows are the cell vectors
+    # Frames [B, 3, 3]: periodic rows are the cell vectors, the others orthonormal (identity without a cell).
+    frames = cell_lib.binning_frame(cell_lib.validate_cells(cell, pbc, num_structures), pbc)
     frame = frames[batch]
-    fractional = np.einsum("ni,nij->nj", centred, np.linalg.inv(frames)[batch])
-    whole_cells = np.where(np.asarray(pbc), np.floor(fractional), 0.0)
-    return centred - np.einsum("ni,nij->nj", whole_cells, frame)
+    fractional = np.einsum("ni,nij->nj", positions, np.linalg.inv(frames)[batch])
+    counts = np.maximum(np.bincount(batch, minlength=num_structures), 1)
+    centroids = np.stack([np.bincount(batch, weights=fractional[:, k], minlength=num_structures) for k in range(3)], axis=1) / counts[:, None]
+    offsets = np.where(np.asarray(pbc), np.floor(fractional), centroids[batch])
+    return positions - np.einsum("ni,nij->nj", offsets, frame)
