@@ -18,7 +18,7 @@ from ase.calculators.calculator import Calculator, PropertyNotImplementedError, 
 
 from mlff_jax import painn
 from mlff_jax.graph import all_pairs_edges
-from mlff_jax.evaluation import PRECISIONS, bucket_size
+from mlff_jax.evaluation import PRECISIONS, bucket_size, prepare_positions
 from mlff_jax.model import PaiNNStudent
 
 
@@ -107,6 +107,7 @@ def atomic_energies(model: PaiNNStudent, positions, atomic_numbers) -> np.ndarra
     Padded to the model's size buckets (one compiled program per bucket), like ``energy_and_forces``.
     """
     positions, atomic_numbers, _, _ = model._validate(positions, atomic_numbers, None)
+    positions = prepare_positions(positions, np.zeros(len(positions), np.int64), 1)  # centred in float64, as energy_and_forces
     n = positions.shape[0]
     n_pad = bucket_size(n)
     dtype = jnp.dtype(model.dtype)

@@ -259,6 +259,8 @@ def domain_nve(model, cell, pbc=None, timestep: float = 0.5, skin: float = 0.5, 
                capacity_multiplier: float = 1.25) -> DomainNVE:
     """Velocity-Verlet MD of one periodic system over ``devices`` (default: all visible; >= 2).
 
+    Positions given to ``init``/``prepare`` are cast to the model's dtype as they are: in float32 keep
+    them within a few cells of the origin (:func:`decomposed_energy_and_forces` wraps them first).
     cell [3, 3] Å (fixed), timestep fs, skin Å (Verlet skin of halos and neighbour lists; rebuilds
     happen when an atom moved more than skin / 2), capacity_multiplier: margin on the measured atom
     counts per device, halo and neighbour slots.
