@@ -140,11 +140,20 @@ def prepare_positions(positions, batch, num_structures: int, cell=None, pbc=None
     positions = np.asarray(positions, np.float64)
     batch = np.asarray(batch, np.int64)
     pbc = cell_lib.normalize_pbc(pbc, cell)
-    # Frames [B, 3, 3]: periodic rows are the cell vectors, the others orthonormal (identity without a cell).
+    if not any(pbc):  # molecules (the common, latency-bound case): centroids only
+        return positions - _structure_means(positions, batch, num_structures)[batch]
+    # Frames [B, 3, 3]: periodic rows are the cell vectors, the others orthonormal.
     frames = cell_lib.binning_frame(cell_lib.validate_cells(cell, pbc, num_structures), pbc)
-    frame = frames[batch]
-    fractional = np.einsum("ni,nij->nj", positions, np.linalg.inv(frames)[batch])
+    inverses = np.linalg.inv(frames)
+    shared = num_structures == 1 or np.ndim(cell) == 2  # one frame: plain matmuls, no per-atom 3x3
+    fractional = positions @ inverses[0] if shared else np.einsum("ni,nij->nj", positions, inverses[batch])
+    offsets = np.where(np.asarray(pbc), np.floor(fractional), _structure_means(fractional, batch, num_structures)[batch])
+    return positions - (offsets @ frames[0] if shared else np.einsum("ni,nij->nj", offsets, frames[batch]))
+
+
+def _structure_means(values, batch, num_structures: int) -> np.ndarray:
+    """[B, 3] mean of values [N, 3] over each structure's atoms (host, float64)."""
+    if num_structures == 1:
+        return values.mean(axis=0, keepdims=True)
     counts = np.maximum(np.bincount(batch, minlength=num_structures), 1)
-    centroids = np.stack([np.bincount(batch, weights=fractional[:, k], minlength=num_structures) for k in range(3)], axis=1) / counts[:, None]
-    offsets = np.where(np.asarray(pbc), np.floor(fractional), centroids[batch])
-    return positions - np.einsum("ni,nij->nj", offsets, frame)
+    return np.stack([np.bincount(batch, weights=values[:, k], minlength=num_structures) for k in range(3)], axis=1) / counts[:, None]
