@@ -53,7 +53,7 @@ def sharded_phases(model, system, devices, repeats, warmup):
     import jax
 
     from mlff_jax import periodic
-    from mlff_jax.model import _DTYPES, ALL_PAIRS_MAX_ATOMS
+    from mlff_jax.evaluation import ALL_PAIRS_MAX_ATOMS, DTYPES
     from mlff_jax.neighbors import cell as cell_lib
     from mlff_jax.parallel import batch as batch_lib
     from mlff_jax.parallel.mesh import device_mesh, put_sharded, to_host
@@ -65,7 +65,7 @@ def sharded_phases(model, system, devices, repeats, warmup):
     plan, ms["plan_shards"] = timed(lambda: batch_lib.plan_shards(b, num, len(devices)), repeats, warmup)
     pbc = cell_lib.normalize_pbc(None, None)
     cells = np.repeat(cell_lib.validate_cells(None, pbc, None), num, axis=0)
-    dtype = _DTYPES[model.dtype]
+    dtype = DTYPES[model.dtype]
     packed, ms["pack_inputs"] = timed(lambda: batch_lib.pack_inputs(plan, pos, z, cells, dtype, model.config.cutoff), repeats, warmup)
     _, ms["put_sharded"] = timed(lambda: jax.block_until_ready(put_sharded(mesh, packed)), repeats, warmup)
     neighbour = plan.n_pad > ALL_PAIRS_MAX_ATOMS

@@ -125,9 +125,9 @@ def force_function(variant: str, model, chunk_pairs: int = CHUNK_PAIRS):
     import jax.numpy as jnp
 
     from mlff_jax import analytic, painn
-    from mlff_jax.model import _PRECISIONS
+    from mlff_jax.evaluation import PRECISIONS
 
-    config, precision = model.config, _PRECISIONS[model.precision]
+    config, precision = model.config, PRECISIONS[model.precision]
 
     def inputs(positions):
         n = positions.shape[0]

@@ -115,13 +115,13 @@ def measure_box(model, devices, system, repeats, warmup, reference=None):
     import jax.numpy as jnp
 
     from mlff_jax import periodic
-    from mlff_jax.model import _DTYPES, _PRECISIONS
+    from mlff_jax.evaluation import DTYPES, PRECISIONS
     from mlff_jax.neighbors import neighbor_list as nl
     from mlff_jax.parallel import domain_nve
 
     positions, numbers, cell = system
     n = len(positions)
-    dtype = _DTYPES[model.dtype]
+    dtype = DTYPES[model.dtype]
     t0 = time.perf_counter()
     info = {"atoms": int(n), "cell_diagonal": np.diag(cell).round(3).tolist(), "layout": periodic.periodic_layout(), "implementation": "xla"}
     if len(devices) == 1:  # the single-device periodic path (what model.energy_and_forces(cell=) runs)
@@ -134,7 +134,7 @@ def measure_box(model, devices, system, repeats, warmup, reference=None):
 
         def call():
             # The decomposition runs the XLA analytic sweep in the platform's layout: the baseline too.
-            return periodic._evaluate(model.params, *args, config=model.config, precision=_PRECISIONS[model.precision], spec=spec,
+            return periodic._evaluate(model.params, *args, config=model.config, precision=PRECISIONS[model.precision], spec=spec,
                                       compute_stress=False, method="analytic", layout=periodic.periodic_layout(), implementation="xla")
 
         out = jax_sync(call())

@@ -18,7 +18,8 @@ from ase.calculators.calculator import Calculator, PropertyNotImplementedError, 
 
 from mlff_jax import painn
 from mlff_jax.graph import all_pairs_edges
-from mlff_jax.model import _PRECISIONS, PaiNNStudent, bucket_size
+from mlff_jax.evaluation import PRECISIONS, bucket_size, prepare_positions
+from mlff_jax.model import PaiNNStudent
 
 
 def resolve_model(model_or_path, dtype: str = "float32", **load_kwargs) -> PaiNNStudent:
@@ -27,9 +28,9 @@ def resolve_model(model_or_path, dtype: str = "float32", **load_kwargs) -> PaiNN
         return model_or_path
     if not isinstance(model_or_path, (str, os.PathLike)):
         raise TypeError(f"expected a PaiNNStudent, a checkpoint path or a bundled model name, got {type(model_or_path).__name__}")
-    import mlff_jax
+    from mlff_jax.api import load  # the package's facade (mlff_jax/__init__.py) imports this module lazily
 
-    return mlff_jax.load(model_or_path, dtype=dtype, **load_kwargs)
+    return load(model_or_path, dtype=dtype, **load_kwargs)
 
 
 class MLFFCalculator(Calculator):
@@ -101,7 +102,7 @@ class MLFFCalculator(Calculator):
 @functools.partial(jax.jit, static_argnames=("config", "precision"))
 def _padded_atomic_energies(params, positions, atomic_numbers, atom_mask, config, precision):
     edges = all_pairs_edges(atom_mask, jnp.zeros(atom_mask.shape[0], jnp.int32), positions.dtype)
-    return painn.atomic_energies(params, config, positions, atomic_numbers, edges, atom_mask, _PRECISIONS[precision])
+    return painn.atomic_energies(params, config, positions, atomic_numbers, edges, atom_mask, PRECISIONS[precision])
 
 
 def atomic_energies(model: PaiNNStudent, positions, atomic_numbers) -> np.ndarray:
@@ -110,6 +111,7 @@ def atomic_energies(model: PaiNNStudent, positions, atomic_numbers) -> np.ndarra
     Padded to the model's size buckets (one compiled program per bucket), like ``energy_and_forces``.
     """
     positions, atomic_numbers, _, _ = model._validate(positions, atomic_numbers, None)
+    positions = prepare_positions(positions, np.zeros(len(positions), np.int64), 1)  # centred in float64, as energy_and_forces
     n = positions.shape[0]
     n_pad = bucket_size(n)
     dtype = jnp.dtype(model.dtype)

@@ -12,7 +12,7 @@ import numpy as np
 from ase.stress import full_3x3_to_voigt_6_stress
 
 from mlff_jax import painn, periodic
-from mlff_jax.model import _PRECISIONS
+from mlff_jax.evaluation import PRECISIONS
 
 
 def _neighbors_module():
@@ -35,7 +35,7 @@ def _energy_forces_stress(params, positions, atomic_numbers, cell, nbrs, config,
         deform = jnp.eye(3, dtype=r.dtype) + 0.5 * (strain + strain.T)
         cells = (cell @ deform)[None]
         edges = neighbor_list_edges(nbrs, cells, r.dtype)
-        per_atom = painn.atomic_energies(params, config, r @ deform, atomic_numbers, edges, nbrs.atom_mask, _PRECISIONS[precision])
+        per_atom = painn.atomic_energies(params, config, r @ deform, atomic_numbers, edges, nbrs.atom_mask, PRECISIONS[precision])
         return jnp.sum(per_atom), per_atom
 
     (total, per_atom), (grad_r, grad_strain) = jax.value_and_grad(energy, argnums=(0, 1), has_aux=True)(positions, jnp.zeros((3, 3), positions.dtype))
@@ -47,7 +47,7 @@ def _energy_forces_stress(params, positions, atomic_numbers, cell, nbrs, config,
 def _routed_energy_forces_stress(params, positions, atomic_numbers, cell, nbrs, config, precision, implementation, interpret, layout):
     """(energy eV, forces [N, 3] eV/Å, stress [3, 3] eV/Å³) through the model's own path: the
     analytic sweep or the fused kernels (``implementation``), as ``model.energy_forces_stress``."""
-    energies, forces, de_dstrain = periodic.energy_forces_stress(params, config, _PRECISIONS[precision], positions, atomic_numbers, nbrs,
+    energies, forces, de_dstrain = periodic.energy_forces_stress(params, config, PRECISIONS[precision], positions, atomic_numbers, nbrs,
                                                                  cell[None], nbrs.atom_mask, 1, True, "analytic", layout, implementation,
                                                                  interpret)  # fmt: skip
     return energies[0], forces, periodic.stress_from_strain_derivative(de_dstrain[0], jnp.abs(jnp.linalg.det(cell)))

@@ -107,7 +107,9 @@ def all_pairs_neighbors(atom_mask: jax.Array, batch: jax.Array) -> jax.Array:
     return jnp.where(keep, j[None, :], n).astype(jnp.int32)
 
 
-def _kernel_atomic_energies(params, config, positions, atomic_numbers, neighbors, shifts, atom_mask, batch, implementation, interpret, precision):
+def kernel_atomic_energies(params, config, positions, atomic_numbers, neighbors, shifts, atom_mask, batch, implementation, interpret, precision):
+    """Per-atom energies [N] eV through the fused kernels on dense neighbour rows [N, C] (N: empty
+    slot) with Cartesian image shifts [N, C, 3] Å; precision: the model's name ("highest" ...)."""
     from mlff_jax.kernels.message_passing.model import atomic_energies_kernel  # noqa: PLC0415 (Pallas imports only when used)
 
     return atomic_energies_kernel(params, config, positions, atomic_numbers, neighbors, shifts, atom_mask, batch,
@@ -122,7 +124,7 @@ def all_pairs_structure_energies(params, config, positions, atomic_numbers, atom
     n = positions.shape[0]
     neighbors = all_pairs_neighbors(atom_mask, batch)
     shifts = jnp.zeros((n, n, 3), positions.dtype)
-    per_atom = _kernel_atomic_energies(params, config, positions, atomic_numbers, neighbors, shifts, atom_mask, batch, implementation, interpret, precision)
+    per_atom = kernel_atomic_energies(params, config, positions, atomic_numbers, neighbors, shifts, atom_mask, batch, implementation, interpret, precision)
     return jax.ops.segment_sum(per_atom, batch, num_structures)
 
 
@@ -130,7 +132,7 @@ def neighbor_list_structure_energies(params, config, positions, atomic_numbers, 
     """Per-structure energies [B] eV with the slots of a :class:`mlff_jax.neighbors.NeighborList`
     (periodic or not; ``cells`` [B, 3, 3] Å may be strained: the shifts follow them)."""
     shifts = nbrs.cartesian_shifts(cells).astype(positions.dtype)
-    per_atom = _kernel_atomic_energies(params, config, positions, atomic_numbers, nbrs.idx, shifts, atom_mask, nbrs.batch, implementation, interpret,
+    per_atom = kernel_atomic_energies(params, config, positions, atomic_numbers, nbrs.idx, shifts, atom_mask, nbrs.batch, implementation, interpret,
                                        precision)  # fmt: skip
     return jax.ops.segment_sum(per_atom, nbrs.batch, num_structures)
 

@@ -28,7 +28,7 @@ import jax.numpy as jnp
 
 from mlff_jax import analytic, painn
 from mlff_jax.graph import Edges
-from mlff_jax.model import _PRECISIONS
+from mlff_jax.evaluation import PRECISIONS
 
 
 def _jax_md():
@@ -107,7 +107,7 @@ def energy_neighbor_list(
         **neighbor_kwargs,
     )
     dtype = jnp.dtype(model.dtype)
-    precision = _PRECISIONS[model.precision]
+    precision = PRECISIONS[model.precision]
     # The model's message passing (mlff_jax.implementation): the fused kernels read JAX-MD's Dense
     # rows directly (same empty-slot sentinel N); otherwise the analytic sweep (custom_vjp).
     implementation = model.message_implementation(numbers.shape[0])
@@ -125,10 +125,10 @@ def energy_neighbor_list(
         num_atoms = numbers.shape[0]
         batch = jnp.zeros(num_atoms, jnp.int32)
         if implementation != "xla":
-            from mlff_jax.implementation import _kernel_atomic_energies  # noqa: PLC0415 (Pallas imports only when used)
+            from mlff_jax.implementation import kernel_atomic_energies  # noqa: PLC0415 (Pallas imports only when used)
 
             shifts = jnp.reshape(edges.shifts, (num_atoms, -1, 3))
-            per_atom = _kernel_atomic_energies(model.params, model.config, origin, numbers, neighbor.idx.astype(jnp.int32), shifts,
+            per_atom = kernel_atomic_energies(model.params, model.config, origin, numbers, neighbor.idx.astype(jnp.int32), shifts,
                                                jnp.ones(num_atoms, bool), batch, implementation, model.interpret, model.precision)  # fmt: skip
             return jnp.sum(per_atom)
         # jax.grad of this runs the hand-derived sweep; its edge-vector cotangents flow back through displacement_fn.

@@ -14,50 +14,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mlff_jax import analytic, painn, periodic
+from mlff_jax import analytic, evaluation, painn, periodic
 from mlff_jax import elements as elements_lib
 from mlff_jax import implementation as implementation_lib
 from mlff_jax.analytic_graph import all_pairs_graph, default_accumulation
 from mlff_jax.config import PaiNNConfig
-from mlff_jax.graph import all_pairs_edges
+# Re-exported: the padding sizes and the all-pairs switch point live in the evaluation layer.
+from mlff_jax.evaluation import ALL_PAIRS_MAX_ATOMS, ALL_PAIRS_MAX_ATOMS_BY_PLATFORM, DTYPES, PRECISIONS, all_pairs_max_atoms, bucket_size
 
-_PRECISIONS = {
-    "highest": jax.lax.Precision.HIGHEST,
-    "high": jax.lax.Precision.HIGH,
-    "default": jax.lax.Precision.DEFAULT,
-}
-_DTYPES = {"float32": jnp.float32, "float64": jnp.float64}
-_METHODS = ("analytic", "autodiff")  # forces: hand-derived reverse sweep (mlff_jax.analytic) or jax.grad
-
-
-def _check_method(method: str) -> None:
-    if method not in _METHODS:
-        raise ValueError(f"method must be one of {_METHODS}, got {method!r}")
-
-# Molecules up to this many (padded) atoms use the dense all-pairs graph; larger systems and
-# every periodic one take their edges from a neighbour list (mlff_jax.periodic). Per platform: on
-# CPU the earlier switch point (128) stays; on the H100 a 192-atom water cluster (tiny-77k) costs
-# 0.46 ms with all pairs against 3.3-3.9 ms through the neighbour-list program
-# (benchmarks/results/single_molecule_tiny77k_h100_run3.json).
-ALL_PAIRS_MAX_ATOMS = 128
-ALL_PAIRS_MAX_ATOMS_BY_PLATFORM = {"cpu": 128, "gpu": 256, "cuda": 256, "rocm": 256}
-
-
-def all_pairs_max_atoms() -> int:
-    """Largest padded molecule evaluated with all pairs on the default backend."""
-    return ALL_PAIRS_MAX_ATOMS_BY_PLATFORM.get(jax.default_backend(), ALL_PAIRS_MAX_ATOMS)
-
-
-def bucket_size(n: int, minimum: int = 8) -> int:
-    """Padded size for n items: the smallest of minimum * {1, 1.5, 2, 3, 4, 6, 8, ...} >= n.
-
-    Powers of two and 1.5x powers of two waste at most a third of each padded array (atoms) and keep
-    the number of compiled programs logarithmic in the largest size seen.
-    """
-    size = minimum
-    while size < n:
-        size = size * 3 // 2 if size & (size - 1) == 0 else size * 4 // 3
-    return size
+__all__ = ["ALL_PAIRS_MAX_ATOMS", "ALL_PAIRS_MAX_ATOMS_BY_PLATFORM", "PaiNNStudent", "all_pairs_max_atoms", "bucket_size"]
 
 
 def _is_traced(*arrays) -> bool:
@@ -84,10 +49,10 @@ class PaiNNStudent:
     def __init__(self, config: PaiNNConfig, params: Any, dtype: str = "float32", precision: str = "highest",
                  implementation: str = "auto", interpret: bool = False, name: str | None = None,
                  allow_untrained_elements: bool = False):  # fmt: skip
-        if dtype not in _DTYPES:
+        if dtype not in DTYPES:
             raise ValueError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
-        if precision not in _PRECISIONS:
-            raise ValueError(f"precision must be one of {sorted(_PRECISIONS)}, got {precision!r}")
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
         if dtype == "float64" and not jax.config.jax_enable_x64:
             raise ValueError(
                 "dtype='float64' needs 64-bit JAX: call jax.config.update('jax_enable_x64', True) "
@@ -100,7 +65,7 @@ class PaiNNStudent:
         self.precision = precision
         implementation_lib.check(implementation, interpret)
         self.implementation, self.interpret = implementation, bool(interpret)
-        self.params = painn.cast_params(params, _DTYPES[dtype])
+        self.params = painn.cast_params(params, DTYPES[dtype])
         self._jitted = jax.jit(self._packed_energy_and_forces, static_argnames=("num_structures", "method"))
         self._neighbor_specs = periodic.SpecCache()
 
@@ -158,29 +123,10 @@ class PaiNNStudent:
         return implementation_lib.choose(self.implementation, num_atoms, self.dtype, self.precision, is_compressed(self.params), self.config.hidden_dim)
 
     # ----------------------------------------------------------------- pure functions
-    def _structure_energies(self, params, positions, atomic_numbers, atom_mask, batch, num_structures):
-        edges = all_pairs_edges(atom_mask, batch, positions.dtype)
-        return painn.structure_energies(
-            params, self.config, positions, atomic_numbers, edges, atom_mask, batch, num_structures, _PRECISIONS[self.precision]
-        )
-
     def _batched_energy_and_forces(self, params, positions, atomic_numbers, atom_mask, batch, num_structures, method="analytic"):
-        kernel = self.message_implementation(positions.shape[0])
-        if kernel != "xla":  # fused kernels: forces from their backward, whatever the method
-            return implementation_lib.all_pairs_energies_and_forces(params, self.config, positions, atomic_numbers, atom_mask, batch, num_structures,
-                                                                    kernel, self.interpret, self.precision)  # fmt: skip
-        if method == "analytic":
-            graph = all_pairs_graph(atom_mask, batch, positions.dtype, default_accumulation())
-            return analytic.structure_energies_and_forces(
-                params, self.config, positions, atomic_numbers, graph, atom_mask, batch, num_structures, _PRECISIONS[self.precision]
-            )
-
-        def total(pos):
-            energies = self._structure_energies(params, pos, atomic_numbers, atom_mask, batch, num_structures)
-            return jnp.sum(energies), energies
-
-        grad, energies = jax.grad(total, has_aux=True)(positions)
-        return energies, -grad
+        implementation = self.message_implementation(positions.shape[0])
+        return evaluation.batched_energy_and_forces(params, self.config, self.precision, implementation, self.interpret, positions, atomic_numbers,
+                                                    atom_mask, batch, num_structures, method)  # fmt: skip
 
     def _packed_energy_and_forces(self, params, packed, num_structures, method="analytic"):
         """The host call's program: one input array, one output array (each host<->device transfer
@@ -206,12 +152,12 @@ class PaiNNStudent:
         Verlet skin): edges come from it; ``cell`` ([3, 3] Å) overrides its cell, e.g. strained.
         With a batched list, the energies of all structures are summed.
         """
-        positions = jnp.asarray(positions, _DTYPES[self.dtype])
+        positions = jnp.asarray(positions, DTYPES[self.dtype])
         n = positions.shape[0]
         kernel = self.message_implementation(n)
         if neighbors is not None:
             cells = neighbors.cells if cell is None else jnp.broadcast_to(jnp.asarray(cell), neighbors.cells.shape)
-            energies = periodic.structure_energies(self.params, self.config, _PRECISIONS[self.precision], positions, jnp.asarray(atomic_numbers),
+            energies = periodic.structure_energies(self.params, self.config, PRECISIONS[self.precision], positions, jnp.asarray(atomic_numbers),
                                                    neighbors, cells.astype(positions.dtype), neighbors.atom_mask, neighbors.spec.num_structures,
                                                    implementation=kernel, interpret=self.interpret)  # fmt: skip
             return jnp.sum(energies)
@@ -222,7 +168,7 @@ class PaiNNStudent:
                                                                    kernel, self.interpret, self.precision)[0]  # fmt: skip
         graph = all_pairs_graph(mask, batch, positions.dtype, default_accumulation())
         return analytic.structure_energies(
-            self.params, self.config, positions, jnp.asarray(atomic_numbers), graph, mask, batch, 1, _PRECISIONS[self.precision]
+            self.params, self.config, positions, jnp.asarray(atomic_numbers), graph, mask, batch, 1, PRECISIONS[self.precision]
         )[0]
 
     # ----------------------------------------------------------------- host API
@@ -230,7 +176,11 @@ class PaiNNStudent:
         """Energy and forces of one structure, or of a batch of structures.
 
         Args:
-          positions: [N, 3] Å.
+          positions: [N, 3] Å, anywhere: each structure is moved near the origin (periodic ones
+            wrapped into their cell) in float64 before the cast to the model's dtype, so float32
+            results do not depend on where it sits (:func:`mlff_jax.evaluation.prepare_positions`).
+            Under ``jax.jit`` the positions arrive as they are: keep traced float32 coordinates
+            within ~1e3 Å of the origin (their rounding, ~6e-8 x |x|, enters every edge vector).
           atomic_numbers: [N] int, 1 <= Z <= config.max_z, and among ``config.elements`` (the
             elements the model was trained on) unless ``allow_untrained_elements``.
           batch: optional [N] int, structure index of each atom (0 .. B-1); structures never interact.
@@ -252,7 +202,7 @@ class PaiNNStudent:
         call is traced at the given shapes instead, and neither validated nor checked for untrained
         elements (call :meth:`check_elements` on the host first).
         """
-        _check_method(method)
+        evaluation.check_method(method)
         if _is_traced(positions, atomic_numbers, batch):
             if cell is not None or pbc is not None:
                 raise ValueError("periodic cells need a neighbour list under jax.jit: use energy_fn(positions, Z, neighbors=nbrs) "
@@ -260,8 +210,10 @@ class PaiNNStudent:
             return self._traced_energy_and_forces(positions, atomic_numbers, batch, method)
         single = batch is None
         positions, atomic_numbers, batch, num_structures = self._validate(positions, atomic_numbers, batch)
+        # Near the origin (and into the cell) in float64 before any cast: see evaluation.prepare_positions.
+        positions = evaluation.prepare_positions(positions, batch, num_structures, cell, pbc)
         # --- several devices (mlff_jax.parallel): None when the one-device path below applies ---
-        if devices is not None or (not single and num_structures > 1 and jax.device_count() > 1):
+        if evaluation.uses_devices(devices, single, num_structures):
             from mlff_jax import parallel
 
             result = parallel.dispatch(self, positions, atomic_numbers, batch, num_structures, single, cell, pbc, method, devices)
@@ -269,15 +221,15 @@ class PaiNNStudent:
                 return result
         # --- end of the multi-device branch ---
         n = positions.shape[0]
-        if cell is not None or pbc is not None or bucket_size(n) > all_pairs_max_atoms():
+        if evaluation.uses_neighbor_list(n, cell, pbc):
             energies, forces, _ = self._neighbor_evaluate(positions, atomic_numbers, batch, num_structures, cell, pbc, False, method)
             return (energies[0], forces) if single else (energies, forces)
         n_pad = bucket_size(n)
-        b_pad = 1 << max(num_structures - 1, 0).bit_length()
+        b_pad = evaluation.structures_bucket(num_structures)
         # Structure indices travel as floats: exact below 2^24 (float32).
         if num_structures > 2**24:
             raise ValueError(f"at most 2^24 structures per call, got {num_structures}: split the batch")
-        packed = np.zeros((n_pad, 5), _DTYPES[self.dtype])
+        packed = np.zeros((n_pad, 5), DTYPES[self.dtype])
         packed[:n, :3] = positions
         # Padding atoms sit far apart on a line; they have no edges anyway (mask), so any finite place works.
         packed[n:, 0] = 1e3 + 10.0 * self.config.cutoff * np.arange(n_pad - n)
@@ -303,6 +255,7 @@ class PaiNNStudent:
             raise ValueError("stress needs a cell")
         single = batch is None
         positions, atomic_numbers, batch, num_structures = self._validate(positions, atomic_numbers, batch)
+        positions = evaluation.prepare_positions(positions, batch, num_structures, cell, pbc)
         energies, forces, stress = self._neighbor_evaluate(positions, atomic_numbers, batch, num_structures, cell, pbc, True, method)
         return (energies[0], forces, stress[0]) if single else (energies, forces, stress)
 
@@ -310,7 +263,7 @@ class PaiNNStudent:
         """Padded evaluation with edges from a neighbour list; returns unpadded energies, forces, stress."""
         n = positions.shape[0]
         n_pad = bucket_size(n)
-        b_pad = 1 << max(num_structures - 1, 0).bit_length()
+        b_pad = evaluation.structures_bucket(num_structures)
         pos = np.zeros((n_pad, 3))
         pos[:n] = positions
         z = np.ones(n_pad, np.int32)
@@ -318,12 +271,12 @@ class PaiNNStudent:
         mask = np.arange(n_pad) < n
         b = np.zeros(n_pad, np.int64)
         b[:n] = batch
-        energies, forces, stress = periodic.evaluate(self, _PRECISIONS[self.precision], pos, z, mask, b, b_pad, cell, pbc, compute_stress,
+        energies, forces, stress = periodic.evaluate(self, PRECISIONS[self.precision], pos, z, mask, b, b_pad, cell, pbc, compute_stress,
                                                      self._neighbor_specs, method, implementation=self.message_implementation(n_pad))
         return energies[:num_structures], forces[:n], stress
 
     def _traced_energy_and_forces(self, positions, atomic_numbers, batch, method="analytic"):
-        positions = jnp.asarray(positions, _DTYPES[self.dtype])
+        positions = jnp.asarray(positions, DTYPES[self.dtype])
         n = positions.shape[0]
         if positions.shape != (n, 3) or jnp.shape(atomic_numbers) != (n,):
             raise ValueError(f"positions must be [N, 3] and atomic_numbers [N]; got {positions.shape} and {jnp.shape(atomic_numbers)}")

@@ -62,13 +62,14 @@ def edge_geometry(positions: jax.Array, edges: Edges, cutoff: float):
 
     Returns:
       vec: [E, 3] Å, R_a - R_b + shift.
-      d: [E] Å (1.0 on masked slots, so no NaN reaches any gradient).
+      d: [E] Å (sqrt(3) on masked slots; 0 with a zero gradient for coincident atoms: no NaN in any gradient).
       direction: [E, 3], vec / (d + 1e-8).
       within: [E] bool, mask & (d <= cutoff).
     """
     vec = positions[edges.senders] - positions[edges.receivers] + edges.shifts
     safe_vec = jnp.where(edges.mask[:, None], vec, 1.0)
-    d = jnp.sqrt(jnp.sum(safe_vec * safe_vec, axis=-1))
+    # safe_norm: coincident atoms (d = 0) get dd/dvec = 0, the analytic sweep's convention, not NaN.
+    d = safe_norm(safe_vec, axis=-1)
     within = edges.mask & (d <= cutoff)
     direction = safe_vec / (d + DIR_EPS)[:, None]
     return safe_vec, d, direction, within

@@ -21,7 +21,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from mlff_jax import analytic, painn
+from mlff_jax import implementation as implementation_lib
 from mlff_jax.analytic_graph import fold_symmetric_edges
+from mlff_jax.evaluation import precision_name
 from mlff_jax.neighbors import cell as cell_lib
 from mlff_jax.neighbors import neighbor_list as nl
 from mlff_jax.neighbors.edges import neighbor_list_edges
@@ -63,11 +65,8 @@ def structure_energies(params, config, precision, positions, atomic_numbers, nbr
     backward gives the gradients, ``method`` is then unused; see :mod:`mlff_jax.implementation`).
     """
     if implementation != "xla":
-        from mlff_jax.implementation import neighbor_list_structure_energies  # noqa: PLC0415
-
-        names = {v: k for k, v in _precision_names().items()}
-        return neighbor_list_structure_energies(params, config, positions, atomic_numbers, nbrs, cells, atom_mask, num_structures, implementation,
-                                                interpret, names[precision])  # fmt: skip
+        return implementation_lib.neighbor_list_structure_energies(params, config, positions, atomic_numbers, nbrs, cells, atom_mask, num_structures,
+                                                                   implementation, interpret, precision_name(precision))  # fmt: skip
     edges = neighbor_list_edges(nbrs, cells, positions.dtype)
     if method == "analytic":
         # "folded": the list is symmetric, one filter evaluation per pair (mlff_jax.analytic_graph);
@@ -183,9 +182,3 @@ def evaluate(model, precision, positions, atomic_numbers, atom_mask, batch, num_
             return energies, forces, stress
         spec = None  # re-measure the capacities (they grow: see SpecCache.put)
     raise RuntimeError("neighbour list overflow persisted after re-allocation")  # pragma: no cover
-
-
-def _precision_names():
-    from mlff_jax.model import _PRECISIONS  # noqa: PLC0415 (model imports this module)
-
-    return _PRECISIONS

@@ -77,6 +77,27 @@ def fast_checks(model):
     return out
 
 
+def float32_translation_checks(model32):
+    """Float32 over 4 devices: molecules 1e8 Å away (sharded batch) and a box 10^4 cells away (slabs)
+    give what they give at the origin (host paths centre / wrap in float64 before the cast)."""
+    out = {}
+    rng = np.random.default_rng(1)
+    sizes = rng.integers(3, 12, 6)
+    positions = np.concatenate([rng.normal(size=(n, 3)) * 1.3 for n in sizes])
+    numbers = np.concatenate([rng.integers(1, 9, n) for n in sizes])
+    batch = np.repeat(np.arange(len(sizes)), sizes)
+    offsets = 1e8 * rng.normal(size=(len(sizes), 3))
+    e0, f0 = model32.energy_and_forces(positions, numbers, batch=batch, devices=4)
+    e1, f1 = parallel.sharded_energy_and_forces(model32, positions + offsets[batch], numbers, batch, len(sizes), devices=4)
+    out["f32_batch_translation"] = [float(np.max(np.abs(e0 - e1) / sizes)), max_diff(f0, f1)]
+    cell = np.array([[44.0, 0.0, 0.0], [1.5, 9.3, 0.0], [-1.0, 0.8, 9.3]])
+    positions, numbers = water_slab_box(cell, (14, 3, 3))
+    e0, f0 = parallel.decomposed_energy_and_forces(model32, positions, numbers, cell, devices=4)
+    e1, f1 = parallel.decomposed_energy_and_forces(model32, positions + np.array([10_000, -20_000, 30_000]) @ cell, numbers, cell, devices=4)
+    out["f32_domain_translation"] = [abs(e0 - e1) / len(numbers), max_diff(f0, f1)]
+    return out
+
+
 def migration_checks(cell):
     from jax.sharding import PartitionSpec
 
@@ -178,7 +199,10 @@ def main():
         print("RESULT " + json.dumps(fast_checks(smooth_model())))
         return
     model = mlff_jax.load(sys.argv[2], dtype="float64")
-    result = fast_checks(model) if what == "fast" else md_checks(model)
+    if what == "float32":
+        result = float32_translation_checks(mlff_jax.load(sys.argv[2], dtype="float32"))
+    else:
+        result = fast_checks(model) if what == "fast" else md_checks(model)
     print("RESULT " + json.dumps(result))
 
 

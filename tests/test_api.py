@@ -108,3 +108,29 @@ def test_flax_module_initialises_the_documented_layout_and_applies_converted_wei
     assert {k: v.shape for k, v in fresh.items()} == painn.param_shapes(model.config)
     energy = module.apply({"params": painn.flatten(model.params)}, jnp.asarray(positions), jnp.asarray(z), edges, mask, batch, 1)
     assert abs(float(energy[0]) - float(model.energy_fn(positions, z))) <= tol.ROUNDOFF_F64
+
+
+@pytest.fixture(scope="module")
+def ethanol():
+    from mlff_jax.data import example
+
+    atoms = example("ethanol")
+    return atoms.positions, atoms.numbers
+
+
+@pytest.mark.parametrize("offset", [1e3, 1e5, 1e8])
+def test_float32_molecule_gives_the_same_energy_and_forces_at_any_translation(load_model, ethanol, offset):
+    """Host calls centre each structure in float64 before the cast: float32 edge vectors do not
+    lose the digits that absolute coordinates of 1e8 Å would take (alone or in a batch)."""
+    model = load_model("tiny-77k", "float32")
+    positions, z = ethanol
+    n = len(z)
+    e0, f0 = model.energy_and_forces(positions, z)
+    translation = offset * np.array([1.0, -0.6, 0.3])
+    e, f = model.energy_and_forces(positions + translation, z)
+    assert abs(float(e) - float(e0)) <= tol.FLOAT32_TRANSLATION_ENERGY_PER_ATOM * n
+    np.testing.assert_allclose(f, f0, rtol=0, atol=tol.FLOAT32_TRANSLATION_FORCES)
+    energies, forces = model.energy_and_forces(np.concatenate([positions, positions + translation]), np.concatenate([z, z]),
+                                               batch=np.repeat([0, 1], n))
+    np.testing.assert_allclose(energies, float(e0), rtol=0, atol=tol.FLOAT32_TRANSLATION_ENERGY_PER_ATOM * n)
+    np.testing.assert_allclose(forces, np.concatenate([f0, f0]), rtol=0, atol=tol.FLOAT32_TRANSLATION_FORCES)

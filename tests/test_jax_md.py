@@ -43,8 +43,8 @@ def test_energy_runs_the_models_message_implementation(load_model, monkeypatch):
     model = load_model("ultra-tiny-21k", "float64")
     kernel_model = model.with_implementation("pallas", interpret=True)
     calls = []
-    original = implementation_lib._kernel_atomic_energies
-    monkeypatch.setattr(implementation_lib, "_kernel_atomic_energies", lambda *a, **k: calls.append(1) or original(*a, **k))
+    original = implementation_lib.kernel_atomic_energies
+    monkeypatch.setattr(implementation_lib, "kernel_atomic_energies", lambda *a, **k: calls.append(1) or original(*a, **k))
     atoms = example("water10")
     neighbor_fn, energy_fn, _ = _free(kernel_model, atoms)
     positions = jnp.asarray(atoms.positions)

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from conftest import upstream_path
-from tolerances import ROUNDOFF_F64
+from tolerances import FLOAT32_TRANSLATION_ENERGY_PER_ATOM, FLOAT32_TRANSLATION_FORCES, ROUNDOFF_F64
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 MODEL = "ultra-tiny-21k"
@@ -62,6 +62,14 @@ def test_slab_decomposition_forces_equal_one_device(fast):
 def test_slab_decomposition_with_the_directed_edge_layout_equals_one_device(fast):
     energy, forces = fast["domain_3_edges"]  # GPU default layout, 3 slabs
     assert energy < ROUNDOFF_F64 and forces < ROUNDOFF_F64
+
+
+def test_float32_translated_structures_give_the_same_results_on_four_devices():
+    """Molecules 1e8 Å away in a sharded batch, a box 10^4 cells away in slabs (float32, 4 devices)."""
+    checks = run_checks("float32")
+    for key in ("f32_batch_translation", "f32_domain_translation"):
+        energy_per_atom, forces = checks[key]
+        assert energy_per_atom <= FLOAT32_TRANSLATION_ENERGY_PER_ATOM and forces <= FLOAT32_TRANSLATION_FORCES, (key, checks[key])
 
 
 def test_energy_and_forces_with_devices_decomposes_a_periodic_system(fast):

@@ -183,3 +183,28 @@ def test_bad_periodic_calls_raise_value_error(water, load_model):
         jax.jit(lambda r: model.energy_and_forces(r, numbers, cell=cell)[0])(positions)
     with pytest.raises(ValueError, match="cell must"):
         model.energy_and_forces(positions, numbers, batch=np.repeat([0, 1], 12), cell=np.stack([cell] * 3))
+
+
+@pytest.mark.parametrize("pbc", [pytest.param((True, True, True), id="bulk"), pytest.param((True, True, False), id="slab", marks=pytest.mark.slow)])
+def test_float32_periodic_box_translated_by_many_cells_gives_the_same_energy_forces_and_stress(water, load_model, pbc):
+    """Host calls wrap periodic structures into their cell in float64 before the cast (and centre
+    the non-periodic directions): 10^5 cells away, float32 results equal those in the cell."""
+    model = load_model("tiny-77k", "float32")
+    positions, numbers, cell = water
+    n = len(numbers)
+    e0, f0, s0 = model.energy_forces_stress(positions, numbers, cell=cell, pbc=pbc)
+    # 10^5 whole cells along the periodic directions, 10^5 Å along the slab's normal.
+    normal = np.cross(cell[0], cell[1]) / np.linalg.norm(np.cross(cell[0], cell[1]))
+    shift = np.array([100_000, -70_000, 30_000]) * np.asarray(pbc) @ cell + (0.0 if all(pbc) else 1e5) * normal
+    shifted = positions + shift
+    shifted[::2] += cell[0]  # every other atom one more cell away: atoms need not share an image
+    e, f, s = model.energy_forces_stress(shifted, numbers, cell=cell, pbc=pbc)
+    assert abs(float(e) - float(e0)) <= tol.FLOAT32_TRANSLATION_ENERGY_PER_ATOM * n
+    np.testing.assert_allclose(f, f0, rtol=0, atol=tol.FLOAT32_TRANSLATION_FORCES)
+    volume = abs(np.linalg.det(cell))
+    np.testing.assert_allclose(s, s0, rtol=0, atol=tol.FLOAT32_TRANSLATION_ENERGY_PER_ATOM * n / volume)
+    e_batch, f_batch = model.energy_and_forces(np.concatenate([positions, shifted]), np.concatenate([numbers, numbers]), batch=np.repeat([0, 1], n),
+                                               cell=cell, pbc=pbc)
+    # In one batch (its own summation order), the translated copy equals the original.
+    assert abs(float(e_batch[1]) - float(e_batch[0])) <= tol.FLOAT32_TRANSLATION_ENERGY_PER_ATOM * n
+    np.testing.assert_allclose(f_batch[n:], f_batch[:n], rtol=0, atol=tol.FLOAT32_TRANSLATION_FORCES)

@@ -132,3 +132,18 @@ def test_pair_exactly_at_the_cutoff_is_an_edge_but_contributes_no_radial_feature
     e_single, _ = model.energy_and_forces(np.zeros((1, 3)), np.array([6]))
     assert abs(float(e_out) - 2 * float(e_single)) <= tol.ROUNDOFF_F64
     assert abs(float(e_in) - float(e_out)) > 1e-3  # the documented jump at the cutoff
+
+
+@pytest.mark.parametrize("periodic", [False, True], ids=["molecule", "periodic"])
+def test_coincident_atoms_give_the_same_finite_forces_with_both_methods(model, periodic):
+    """Two atoms at the same place: the analytic sweep takes d|vec|/dvec = 0 there (PyTorch's norm
+    convention); autodiff must give the same finite forces, never NaN."""
+    positions = np.array([[0.0, 0.0, 0.0], [0.0, 0.0, 0.0], [1.1, 0.2, -0.3], [-0.4, 0.9, 0.5]])
+    z = np.array([6, 1, 8, 1])
+    kwargs = {"cell": 12.0 * np.eye(3)} if periodic else {}
+    with jax.debug_nans(True):
+        e_analytic, f_analytic = model.energy_and_forces(positions, z, method="analytic", **kwargs)
+        e_autodiff, f_autodiff = model.energy_and_forces(positions, z, method="autodiff", **kwargs)
+    assert np.all(np.isfinite(f_analytic)) and np.all(np.isfinite(f_autodiff))
+    assert abs(float(e_analytic) - float(e_autodiff)) <= tol.ROUNDOFF_F64
+    np.testing.assert_allclose(f_autodiff, f_analytic, rtol=tol.ANALYTIC_VS_AUTODIFF_F64, atol=tol.ANALYTIC_VS_AUTODIFF_F64)

@@ -16,6 +16,10 @@ ROUNDOFF_F64 = 1e-10
 ANALYTIC_VS_AUTODIFF_F64 = 1e-10
 # analytic float32 vs float64 forces
 ANALYTIC_F32_VS_F64_FORCES = 1e-5
+# float32 host call of a structure translated far from the origin (up to 1e8 Å) vs at the origin:
+# the float32 noise floor (float64 itself rounds coordinates of 1e8 Å to 1.5e-8 Å)
+FLOAT32_TRANSLATION_FORCES = 1e-5  # eV/Å
+FLOAT32_TRANSLATION_ENERGY_PER_ATOM = 1e-6  # eV/atom
 # central finite differences of the energy vs forces, float64
 FINITE_DIFFERENCE_FORCES = 1e-6
 # parameter gradient of a force-matching loss, analytic vs autodiff, float64

@@ -28,120 +28,40 @@ Triton lowering is chosen explicitly (``plt.CompilerParams``): since JAX 0.10 an
 ``pallas_call`` on GPU lowers to Mosaic GPU instead.
 """
 
+
 from __future__ import annotations
 
-import dataclasses
 import functools
 
 import jax
 import jax.numpy as jnp
-from jax.experimental import pallas as pl
 
-from .reference import matmul
-
-MIN_DIM = 16  # smallest tl.dot dimension
-MAX_HIDDEN = 128  # the register tiles of the kernels are [block_atoms, H]: H = 256 would spill heavily
-SMEM_LIMIT_BYTES = 232448  # 227 KiB: most dynamic shared memory one H100/H200 block may use
-
-
-def next_power_of_two(n: int, minimum: int = 1) -> int:
-    return max(minimum, 1 << max(int(n) - 1, 0).bit_length())
-
-
-@dataclasses.dataclass(frozen=True)
-class KernelConfig:
-    """Static settings of one kernel launch (hashable: part of the jit cache key).
-
-    Attributes:
-      num_atoms: N, real atoms; neighbour indices outside [0, N) are empty slots.
-      cutoff: rc in Å.
-      precision: "highest" | "tf32x3" | "tf32" | "bf16" (see ``reference.matmul``).
-      block_atoms: receivers per program (a power of two >= 16).
-      num_warps, num_stages: Triton launch parameters.
-      interpret: run the kernel in Pallas interpret mode (CPU tests).
-      k_chunk: matmuls contract over the hidden dimension in chunks this wide (a power of two >= 16
-        dividing H_pad). Triton's float32 (IEEE) and float64 matmuls run on FMA units and hold a
-        K-deep slice of both operands in registers per thread: K = 128 asks for far more than 255
-        registers, and ptxas then falls back to 32 registers and spills kilobytes per thread
-        (measured: 10-100x slower than XLA on an H100); the tensor-core modes suffer the same at
-        K = 128. Chunks of 16 compile to <= 255 registers with (almost) no spills in every mode.
-      slot_splits: S, programs sharing one block of receivers, each looping over C / S slots and
-        writing its own partial sums (added up afterwards in a fixed order: still deterministic).
-        Gives small systems enough programs to fill the GPU (N / block_atoms alone would be 1 for
-        benzene); 1 for large systems.
-      table_intervals: G > 0 for a compressed block: the filter W(d) (and dW/dd in the backward) is
-        read from its cubic Hermite table of G intervals over [0, cutoff] (:mod:`.pallas_table`)
-        instead of evaluating the network; 0 (default): the filter network.
-      envelope: None (upstream) or "polynomial": the network's filter is multiplied by
-        ``painn.polynomial_envelope`` (a table already holds the enveloped filter: ignored there).
-    """
-
-    num_atoms: int
-    cutoff: float
-    precision: str = "highest"
-    block_atoms: int = 32
-    num_warps: int = 4
-    num_stages: int = 1
-    interpret: bool = False
-    k_chunk: int = 16
-    slot_splits: int = 1
-    table_intervals: int = 0
-    envelope: str | None = None
-
-    def dot(self, x, w):
-        """x @ w in this launch's precision mode (TF32 modes need tensor cores: not in interpret mode)."""
-        return matmul(x, w, self.precision, tensor_cores=not self.interpret)
-
-
-def default_block_atoms(num_atoms: int = 0, dtype=jnp.float32, precision: str = "highest") -> int:
-    """16 receivers per program: the tiles that compile without register spills (H = 128, 8 warps;
-    measured with ptxas for every precision mode, docs/kernels.md)."""
-    return 16
-
-
-def default_num_warps(block_atoms: int) -> int:
-    return 8
-
-
-TARGET_PROGRAMS = 256  # about two programs per streaming multiprocessor of an H100 (132)
-
-
-def default_slot_splits(num_atoms: int, capacity: int, block_atoms: int) -> int:
-    """Enough slot splits to reach ``TARGET_PROGRAMS`` programs, at most one per slot."""
-    blocks = -(-num_atoms // block_atoms)
-    return max(1, min(capacity, -(-TARGET_PROGRAMS // blocks)))
-
-
-def default_k_chunk(dtype, precision: str, h_pad: int) -> int:
-    """Hidden-dimension chunk of the matmuls: 16 (see ``KernelConfig.k_chunk``)."""
-    return min(16, h_pad)
-
-
-@dataclasses.dataclass(frozen=True)
-class Packed:
-    """Kernel-layout arrays (see module docstring); shapes: B = block rows, C slots. A compressed block
-    has the two table arrays instead of the filter network's (w1 .. widths are then None)."""
-
-    neighbors: jax.Array  # [C_pad, Np] int32 (C_pad: C rounded up to a multiple of slot_splits)
-    distances: jax.Array  # [C_pad, Np]
-    directions: jax.Array  # [3, C_pad, Np]
-    w1: jax.Array  # [Kp, Hp]
-    b1: jax.Array  # [1, Hp]
-    w2: jax.Array  # [3, Hp, Hp]  (Ws, Wv1, Wv2 parts of Linear2)
-    b2: jax.Array  # [3, 1, Hp]
-    centers: jax.Array  # [1, Kp]
-    widths: jax.Array  # [1, Kp]
-    table_values: jax.Array | None = None  # [3, G + 1, Hp] (Ws, Wv1, Wv2 parts of W(d_i))
-    table_slopes: jax.Array | None = None  # [3, G + 1, Hp] spacing * dW/dd(d_i), as radial_table scales them
-
-
-def _pad_to(x, shape, value=0):
-    return jnp.pad(x, [(0, t - n) for n, t in zip(x.shape, shape)], constant_values=value)
-
-
-def padded_sizes(num_atoms: int, hidden: int, num_rbf: int, block_atoms: int):
-    n_pad = -(-num_atoms // block_atoms) * block_atoms
-    return n_pad, next_power_of_two(hidden, MIN_DIM), next_power_of_two(num_rbf, MIN_DIM)
+# Shared with pallas_table (re-exported here: KernelConfig, Packed, the defaults and sizes are this module's API).
+from .pallas_common import (  # noqa: F401
+    MAX_HIDDEN,
+    MIN_DIM,
+    SMEM_LIMIT_BYTES,
+    TARGET_PROGRAMS,
+    KernelConfig,
+    Packed,
+    backward_outputs,
+    backward_slot,
+    block_specs,
+    default_block_atoms,
+    default_k_chunk,
+    default_num_warps,
+    default_slot_splits,
+    feature_outputs,
+    launch,
+    next_power_of_two,
+    pad_to,
+    padded_sizes,
+    read_slot,
+    sum_over_slots,
+    sum_splits,
+    whole,
+)
+from .pallas_table import backward_table, forward_table, pack_table
 
 
 def pack(neighbors, distances, directions, block, centers, widths, cfg: KernelConfig) -> Packed:
@@ -151,12 +71,10 @@ def pack(neighbors, distances, directions, block, centers, widths, cfg: KernelCo
     n_pad, h_pad, k_pad = padded_sizes(n, h, k, cfg.block_atoms)
     c_pad = -(-c // cfg.slot_splits) * cfg.slot_splits  # empty slots make every split equally long
     valid = (neighbors >= 0) & (neighbors < n)
-    nbr = _pad_to(jnp.where(valid, neighbors, n).astype(jnp.int32), (n_pad, c_pad), n).T
-    d = _pad_to(jnp.where(valid, distances, cfg.cutoff), (n_pad, c_pad), cfg.cutoff).T
-    u = jnp.transpose(_pad_to(jnp.where(valid[..., None], directions, 0.0), (n_pad, c_pad, 3)), (2, 1, 0))
+    nbr = pad_to(jnp.where(valid, neighbors, n).astype(jnp.int32), (n_pad, c_pad), n).T
+    d = pad_to(jnp.where(valid, distances, cfg.cutoff), (n_pad, c_pad), cfg.cutoff).T
+    u = jnp.transpose(pad_to(jnp.where(valid[..., None], directions, 0.0), (n_pad, c_pad, 3)), (2, 1, 0))
     if cfg.table_intervals:
-        from .pallas_table import pack_table  # noqa: PLC0415 (pallas_table imports this module)
-
         values, slopes = pack_table(block["filter_table"], cfg.cutoff, h_pad)
         return Packed(nbr, d, u, None, None, None, None, None, None, table_values=values, table_slopes=slopes)
     w2 = block["filter_out"]["kernel"].reshape(h, 3, h).transpose(1, 0, 2)
@@ -164,18 +82,18 @@ def pack(neighbors, distances, directions, block, centers, widths, cfg: KernelCo
         neighbors=nbr,
         distances=d,
         directions=u,
-        w1=_pad_to(block["filter_in"]["kernel"], (k_pad, h_pad)),
-        b1=_pad_to(block["filter_in"]["bias"][None, :], (1, h_pad)),
-        w2=_pad_to(w2, (3, h_pad, h_pad)),
-        b2=_pad_to(block["filter_out"]["bias"].reshape(3, 1, h), (3, 1, h_pad)),
-        centers=_pad_to(centers[None, :], (1, k_pad)),
-        widths=_pad_to(widths[None, :], (1, k_pad), 1.0),  # padded Gaussians stay finite; W1 rows are 0
+        w1=pad_to(block["filter_in"]["kernel"], (k_pad, h_pad)),
+        b1=pad_to(block["filter_in"]["bias"][None, :], (1, h_pad)),
+        w2=pad_to(w2, (3, h_pad, h_pad)),
+        b2=pad_to(block["filter_out"]["bias"].reshape(3, 1, h), (3, 1, h_pad)),
+        centers=pad_to(centers[None, :], (1, k_pad)),
+        widths=pad_to(widths[None, :], (1, k_pad), 1.0),  # padded Gaussians stay finite; W1 rows are 0
     )
 
 
 def pack_features(s, v, n_pad: int, h_pad: int):
     """s [N, H] -> [Np, Hp]; v [N, 3, H] -> [3, Np, Hp]."""
-    return _pad_to(s, (n_pad, h_pad)), _pad_to(jnp.transpose(v, (1, 0, 2)), (3, n_pad, h_pad))
+    return pad_to(s, (n_pad, h_pad)), pad_to(jnp.transpose(v, (1, 0, 2)), (3, n_pad, h_pad))
 
 
 # ----------------------------------------------------------------------------- kernel bodies
@@ -202,13 +120,6 @@ def _envelope(d, cutoff):
     return jnp.where(inside, env, 0.0), jnp.where(inside, denv, 0.0)
 
 
-def _slot(nbr_ref, d_ref, k, num_atoms, cutoff):
-    nbr = nbr_ref[k, :]
-    d = d_ref[k, :]
-    valid = (nbr >= 0) & (nbr < num_atoms)
-    within = valid & (d <= cutoff)
-    return jnp.where(valid, nbr, 0), d[:, None], within[:, None], jnp.max(within.astype(jnp.int32)) > 0
-
 
 def _chunks(cfg, hidden):
     """Static column slices of the hidden dimension, ``cfg.k_chunk`` wide."""
@@ -231,40 +142,11 @@ def _filter(e, within, w1_ref, b1_ref, w2_ref, b2_ref, cfg):
     return [jnp.where(within, out + b2_ref[p], 0.0) for p, out in enumerate(outs)]
 
 
-def _sum_over_slots(body, capacity, s_out_ref, v_out_ref):
-    """The slot loop of every kernel: ``body(k, (s, v0, v1, v2)) -> (s, v0, v1, v2)`` run over the
-    ``capacity`` slots from zeros; the sums go to ``s_out_ref`` [rows, H] and ``v_out_ref`` [3, rows, H]."""
-    zeros = jnp.zeros(s_out_ref.shape, s_out_ref.dtype)
-    s, v0, v1, v2 = jax.lax.fori_loop(0, capacity, body, (zeros, zeros, zeros, zeros))
-    s_out_ref[...] = s
-    v_out_ref[0] = v0
-    v_out_ref[1] = v1
-    v_out_ref[2] = v2
-
-
-def _backward_slot(k, any_within, slot_gradients, carry, gd_ref, gu_ref, dtype):
-    """Slot k of a backward kernel: ``slot_gradients(carry) -> (carry, (g_d, g_u0, g_u1, g_u2))`` when
-    some receiver of the block has the slot within the cutoff, else zero cotangents; writes slot k of
-    the distance [C, rows] and direction [3, C, rows] cotangents and returns the carry."""
-    rows = gd_ref.shape[1]
-
-    def empty(carry):
-        zero = jnp.zeros((rows,), dtype)
-        return carry, (zero, zero, zero, zero)
-
-    carry, (g_d, g_u0, g_u1, g_u2) = jax.lax.cond(any_within, slot_gradients, empty, carry)
-    gd_ref[k, :] = g_d
-    gu_ref[0, k, :] = g_u0
-    gu_ref[1, k, :] = g_u1
-    gu_ref[2, k, :] = g_u2
-    return carry
-
-
 def _forward_kernel(nbr_ref, d_ref, u_ref, s_ref, v_ref, w1_ref, b1_ref, w2_ref, b2_ref, mu_ref, width_ref, ds_ref, dv_ref, *, cfg, capacity):
     mu, width = mu_ref[...], width_ref[...]
 
     def body(k, carry):
-        idx, d, within, any_within = _slot(nbr_ref, d_ref, k, cfg.num_atoms, cfg.cutoff)
+        idx, d, within, any_within = read_slot(nbr_ref, d_ref, k, cfg.num_atoms, cfg.cutoff)
 
         def accumulate(carry):
             ds, dv0, dv1, dv2 = carry
@@ -279,7 +161,7 @@ def _forward_kernel(nbr_ref, d_ref, u_ref, s_ref, v_ref, w1_ref, b1_ref, w2_ref,
 
         return jax.lax.cond(any_within, accumulate, lambda c: c, carry)
 
-    _sum_over_slots(body, capacity, ds_ref, dv_ref)
+    sum_over_slots(body, capacity, ds_ref, dv_ref)
 
 
 def _backward_kernel(
@@ -291,7 +173,7 @@ def _backward_kernel(
     mu, width = mu_ref[...], width_ref[...]
 
     def body(k, carry):
-        idx, d, within, any_within = _slot(nbr_ref, d_ref, k, cfg.num_atoms, cfg.cutoff)
+        idx, d, within, any_within = read_slot(nbr_ref, d_ref, k, cfg.num_atoms, cfg.cutoff)
 
         def slot_gradients(carry):
             acc_s, acc_v0, acc_v1, acc_v2 = carry
@@ -334,98 +216,32 @@ def _backward_kernel(
             g_d = jnp.sum(g_dd, axis=1)
             return (acc_s, *acc_v), (g_d, *g_dir)
 
-        return _backward_slot(k, any_within, slot_gradients, carry, gd_ref, gu_ref, gs_out_ref.dtype)
+        return backward_slot(k, any_within, slot_gradients, carry, gd_ref, gu_ref, gs_out_ref.dtype)
 
-    _sum_over_slots(body, capacity, gs_out_ref, gv_out_ref)
+    sum_over_slots(body, capacity, gs_out_ref, gv_out_ref)
 
 
 # ----------------------------------------------------------------------------- launches
 # Grid (receiver blocks i, slot splits j). Program (i, j) reads slots [j C_pad / S, (j + 1) C_pad / S)
 # of receivers [i B, (i + 1) B) and writes its partial feature sums into split j of the outputs.
-_SQUEEZED = getattr(pl, "squeezed", None)
-
-
-def _whole(shape):
-    """BlockSpec of an array every program reads in full (gather sources, weights)."""
-    return pl.BlockSpec(shape, lambda i, j: (0,) * len(shape))
-
-
-def _specs(packed: Packed, h_pad: int, cfg: KernelConfig):
-    capacity = packed.neighbors.shape[0] // cfg.slot_splits
-    b = cfg.block_atoms
-    return dict(
-        slots=pl.BlockSpec((capacity, b), lambda i, j: (j, i)),
-        slot_vectors=pl.BlockSpec((3, capacity, b), lambda i, j: (0, j, i)),
-        rows=pl.BlockSpec((b, h_pad), lambda i, j: (i, 0)),
-        vector_rows=pl.BlockSpec((3, b, h_pad), lambda i, j: (0, i, 0)),
-        split_rows=pl.BlockSpec((_SQUEEZED, b, h_pad), lambda i, j: (j, i, 0)),
-        split_vector_rows=pl.BlockSpec((_SQUEEZED, 3, b, h_pad), lambda i, j: (j, 0, i, 0)),
-        capacity=capacity,
-    )
-
-
 def _weights_specs(packed: Packed, h_pad: int):
     k_pad = packed.w1.shape[0]
-    return [_whole((k_pad, h_pad)), _whole((1, h_pad)), _whole((3, h_pad, h_pad)), _whole((3, 1, h_pad))]
-
-
-def _compiler_params(cfg: KernelConfig):
-    from jax.experimental.pallas import triton as plt
-
-    return plt.CompilerParams(num_warps=cfg.num_warps, num_stages=cfg.num_stages)
-
-
-def _launch(kernel, name, out_shape, in_specs, out_specs, n_pad, cfg, *args):
-    return pl.pallas_call(
-        kernel,
-        out_shape=out_shape,
-        grid=(n_pad // cfg.block_atoms, cfg.slot_splits),
-        in_specs=in_specs,
-        out_specs=out_specs,
-        compiler_params=_compiler_params(cfg),
-        interpret=cfg.interpret,
-        name=name,
-    )(*args)
-
-
-def sum_splits(partial):
-    """Sum over the leading (split) axis in a fixed order (deterministic, unlike a reduction that
-    XLA may parallelise with atomics)."""
-    total = partial[0]
-    for j in range(1, partial.shape[0]):
-        total = total + partial[j]
-    return total
-
-
-def _feature_outputs(sp, n_pad: int, h_pad: int, cfg: KernelConfig, dtype):
-    """(out_specs, out_shape) of the per-split feature sums every kernel writes: [S, Np, Hp] and [S, 3, Np, Hp]."""
-    splits = cfg.slot_splits
-    return ([sp["split_rows"], sp["split_vector_rows"]],
-            [jax.ShapeDtypeStruct((splits, n_pad, h_pad), dtype), jax.ShapeDtypeStruct((splits, 3, n_pad, h_pad), dtype)])  # fmt: skip
-
-
-def _backward_outputs(sp, n_pad: int, h_pad: int, c_pad: int, cfg: KernelConfig, dtype):
-    """(out_specs, out_shape) of a backward kernel: the feature cotangents, then g_d [C_pad, Np] and g_dir [3, C_pad, Np]."""
-    out_specs, out_shape = _feature_outputs(sp, n_pad, h_pad, cfg, dtype)
-    return (out_specs + [sp["slots"], sp["slot_vectors"]],
-            out_shape + [jax.ShapeDtypeStruct((c_pad, n_pad), dtype), jax.ShapeDtypeStruct((3, c_pad, n_pad), dtype)])  # fmt: skip
+    return [whole((k_pad, h_pad)), whole((1, h_pad)), whole((3, h_pad, h_pad)), whole((3, 1, h_pad))]
 
 
 def forward(packed: Packed, s_pad, v_pad, cfg: KernelConfig):
     """(ds [Np, Hp], dv [3, Np, Hp]) from kernel-layout inputs."""
     if cfg.table_intervals:
-        from .pallas_table import forward_table  # noqa: PLC0415
-
         return forward_table(packed, s_pad, v_pad, cfg)
     n_pad, h_pad = s_pad.shape
-    sp = _specs(packed, h_pad, cfg)
+    sp = block_specs(packed, h_pad, cfg)
     k_pad = packed.w1.shape[0]
-    in_specs = [sp["slots"], sp["slots"], sp["slot_vectors"], _whole((n_pad, h_pad)), _whole((3, n_pad, h_pad))]
-    in_specs += _weights_specs(packed, h_pad) + [_whole((1, k_pad)), _whole((1, k_pad))]
-    out_specs, out_shape = _feature_outputs(sp, n_pad, h_pad, cfg, s_pad.dtype)
+    in_specs = [sp["slots"], sp["slots"], sp["slot_vectors"], whole((n_pad, h_pad)), whole((3, n_pad, h_pad))]
+    in_specs += _weights_specs(packed, h_pad) + [whole((1, k_pad)), whole((1, k_pad))]
+    out_specs, out_shape = feature_outputs(sp, n_pad, h_pad, cfg, s_pad.dtype)
     kernel = functools.partial(_forward_kernel, cfg=cfg, capacity=sp["capacity"])
     p = packed
-    ds, dv = _launch(kernel, "painn_message_fwd", out_shape, in_specs, out_specs, n_pad, cfg,
+    ds, dv = launch(kernel, "painn_message_fwd", out_shape, in_specs, out_specs, n_pad, cfg,
                      p.neighbors, p.distances, p.directions, s_pad, v_pad, p.w1, p.b1, p.w2, p.b2, p.centers, p.widths)  # fmt: skip
     return sum_splits(ds), sum_splits(dv)
 
@@ -433,21 +249,19 @@ def forward(packed: Packed, s_pad, v_pad, cfg: KernelConfig):
 def backward(packed: Packed, s_pad, v_pad, gs_pad, gv_pad, cfg: KernelConfig):
     """Cotangents (g_s [Np, Hp], g_v [3, Np, Hp], g_d [C_pad, Np], g_dir [3, C_pad, Np]) in kernel layout."""
     if cfg.table_intervals:
-        from .pallas_table import backward_table  # noqa: PLC0415
-
         return backward_table(packed, s_pad, v_pad, gs_pad, gv_pad, cfg)
     n_pad, h_pad = s_pad.shape
     c_pad = packed.neighbors.shape[0]
-    sp = _specs(packed, h_pad, cfg)
+    sp = block_specs(packed, h_pad, cfg)
     k_pad = packed.w1.shape[0]
-    in_specs = [sp["slots"], sp["slots"], sp["slot_vectors"], _whole((n_pad, h_pad)), _whole((3, n_pad, h_pad)),
-                _whole((n_pad, h_pad)), _whole((3, n_pad, h_pad)), sp["rows"], sp["vector_rows"]]  # fmt: skip
-    in_specs += _weights_specs(packed, h_pad) + [_whole((3, h_pad, h_pad)), _whole((1, k_pad)), _whole((1, k_pad))]
-    out_specs, out_shape = _backward_outputs(sp, n_pad, h_pad, c_pad, cfg, s_pad.dtype)
+    in_specs = [sp["slots"], sp["slots"], sp["slot_vectors"], whole((n_pad, h_pad)), whole((3, n_pad, h_pad)),
+                whole((n_pad, h_pad)), whole((3, n_pad, h_pad)), sp["rows"], sp["vector_rows"]]  # fmt: skip
+    in_specs += _weights_specs(packed, h_pad) + [whole((3, h_pad, h_pad)), whole((1, k_pad)), whole((1, k_pad))]
+    out_specs, out_shape = backward_outputs(sp, n_pad, h_pad, c_pad, cfg, s_pad.dtype)
     kernel = functools.partial(_backward_kernel, cfg=cfg, capacity=sp["capacity"])
     p = packed
     w2t = jnp.transpose(p.w2, (0, 2, 1))
-    g_s, g_v, g_d, g_u = _launch(kernel, "painn_message_bwd", out_shape, in_specs, out_specs, n_pad, cfg,
+    g_s, g_v, g_d, g_u = launch(kernel, "painn_message_bwd", out_shape, in_specs, out_specs, n_pad, cfg,
                                  p.neighbors, p.distances, p.directions, s_pad, v_pad, gs_pad, gv_pad, gs_pad, gv_pad,
                                  p.w1, p.b1, p.w2, p.b2, w2t, p.centers, p.widths)  # fmt: skip
     return sum_splits(g_s), sum_splits(g_v), g_d, g_u

@@ -28,7 +28,20 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from .pallas import KernelConfig, Packed, _backward_outputs, _backward_slot, _feature_outputs, _launch, _pad_to, _slot, _specs, _sum_over_slots, _whole, sum_splits
+from .pallas_common import (
+    KernelConfig,
+    Packed,
+    backward_outputs,
+    backward_slot,
+    block_specs,
+    feature_outputs,
+    launch,
+    pad_to,
+    read_slot,
+    sum_over_slots,
+    sum_splits,
+    whole,
+)
 
 
 def pack_table(table, cutoff: float, h_pad: int):
@@ -39,7 +52,7 @@ def pack_table(table, cutoff: float, h_pad: int):
     spacing = cutoff / (rows - 1)
 
     def split(x):
-        return _pad_to(jnp.transpose(x.reshape(rows, 3, hidden), (1, 0, 2)), (3, rows, h_pad))
+        return pad_to(jnp.transpose(x.reshape(rows, 3, hidden), (1, 0, 2)), (3, rows, h_pad))
 
     # spacing * slope is rounded exactly as radial_table rounds h * slopes[i]: same interpolant bit for bit.
     return split(values), split(spacing * slopes)
@@ -71,7 +84,7 @@ def table_filter(d, within, values_ref, slopes_ref, cfg: KernelConfig, derivativ
 
 def _forward_kernel(nbr_ref, d_ref, u_ref, s_ref, v_ref, values_ref, slopes_ref, ds_ref, dv_ref, *, cfg, capacity):
     def body(k, carry):
-        idx, _, within, any_within = _slot(nbr_ref, d_ref, k, cfg.num_atoms, cfg.cutoff)
+        idx, _, within, any_within = read_slot(nbr_ref, d_ref, k, cfg.num_atoms, cfg.cutoff)
 
         def accumulate(carry):
             ds, dv0, dv1, dv2 = carry
@@ -82,7 +95,7 @@ def _forward_kernel(nbr_ref, d_ref, u_ref, s_ref, v_ref, values_ref, slopes_ref,
 
         return jax.lax.cond(any_within, accumulate, lambda c: c, carry)
 
-    _sum_over_slots(body, capacity, ds_ref, dv_ref)
+    sum_over_slots(body, capacity, ds_ref, dv_ref)
 
 
 def _backward_kernel(
@@ -90,7 +103,7 @@ def _backward_kernel(
     gs_out_ref, gv_out_ref, gd_ref, gu_ref, *, cfg, capacity,
 ):  # fmt: skip
     def body(k, carry):
-        idx, _, within, any_within = _slot(nbr_ref, d_ref, k, cfg.num_atoms, cfg.cutoff)
+        idx, _, within, any_within = read_slot(nbr_ref, d_ref, k, cfg.num_atoms, cfg.cutoff)
 
         def slot_gradients(carry):
             acc_s, acc_v0, acc_v1, acc_v2 = carry
@@ -107,21 +120,21 @@ def _backward_kernel(
                 g_w = g_w + gv_own[i] * (v_ref[i, idx, :] * dwv1 + u[i] * dwv2)
             return (acc_s, *acc_v), (jnp.sum(g_w, axis=1), *g_dir)
 
-        return _backward_slot(k, any_within, slot_gradients, carry, gd_ref, gu_ref, gs_out_ref.dtype)
+        return backward_slot(k, any_within, slot_gradients, carry, gd_ref, gu_ref, gs_out_ref.dtype)
 
-    _sum_over_slots(body, capacity, gs_out_ref, gv_out_ref)
+    sum_over_slots(body, capacity, gs_out_ref, gv_out_ref)
 
 
 def forward_table(packed: Packed, s_pad, v_pad, cfg: KernelConfig):
     """(ds [Np, Hp], dv [3, Np, Hp]) of a compressed block (as ``pallas.forward``)."""
     n_pad, h_pad = s_pad.shape
-    sp = _specs(packed, h_pad, cfg)
-    table_spec = _whole(packed.table_values.shape)
-    in_specs = [sp["slots"], sp["slots"], sp["slot_vectors"], _whole((n_pad, h_pad)), _whole((3, n_pad, h_pad)), table_spec, table_spec]
-    out_specs, out_shape = _feature_outputs(sp, n_pad, h_pad, cfg, s_pad.dtype)
+    sp = block_specs(packed, h_pad, cfg)
+    table_spec = whole(packed.table_values.shape)
+    in_specs = [sp["slots"], sp["slots"], sp["slot_vectors"], whole((n_pad, h_pad)), whole((3, n_pad, h_pad)), table_spec, table_spec]
+    out_specs, out_shape = feature_outputs(sp, n_pad, h_pad, cfg, s_pad.dtype)
     kernel = functools.partial(_forward_kernel, cfg=cfg, capacity=sp["capacity"])
     p = packed
-    ds, dv = _launch(kernel, "painn_message_table_fwd", out_shape, in_specs, out_specs, n_pad, cfg,
+    ds, dv = launch(kernel, "painn_message_table_fwd", out_shape, in_specs, out_specs, n_pad, cfg,
                      p.neighbors, p.distances, p.directions, s_pad, v_pad, p.table_values, p.table_slopes)  # fmt: skip
     return sum_splits(ds), sum_splits(dv)
 
@@ -130,14 +143,14 @@ def backward_table(packed: Packed, s_pad, v_pad, gs_pad, gv_pad, cfg: KernelConf
     """Cotangents (g_s, g_v, g_d, g_dir) of a compressed block in kernel layout (as ``pallas.backward``)."""
     n_pad, h_pad = s_pad.shape
     c_pad = packed.neighbors.shape[0]
-    sp = _specs(packed, h_pad, cfg)
-    table_spec = _whole(packed.table_values.shape)
-    in_specs = [sp["slots"], sp["slots"], sp["slot_vectors"], _whole((n_pad, h_pad)), _whole((3, n_pad, h_pad)),
-                _whole((n_pad, h_pad)), _whole((3, n_pad, h_pad)), sp["rows"], sp["vector_rows"], table_spec, table_spec]  # fmt: skip
-    out_specs, out_shape = _backward_outputs(sp, n_pad, h_pad, c_pad, cfg, s_pad.dtype)
+    sp = block_specs(packed, h_pad, cfg)
+    table_spec = whole(packed.table_values.shape)
+    in_specs = [sp["slots"], sp["slots"], sp["slot_vectors"], whole((n_pad, h_pad)), whole((3, n_pad, h_pad)),
+                whole((n_pad, h_pad)), whole((3, n_pad, h_pad)), sp["rows"], sp["vector_rows"], table_spec, table_spec]  # fmt: skip
+    out_specs, out_shape = backward_outputs(sp, n_pad, h_pad, c_pad, cfg, s_pad.dtype)
     kernel = functools.partial(_backward_kernel, cfg=cfg, capacity=sp["capacity"])
     p = packed
-    g_s, g_v, g_d, g_u = _launch(kernel, "painn_message_table_bwd", out_shape, in_specs, out_specs, n_pad, cfg,
+    g_s, g_v, g_d, g_u = launch(kernel, "painn_message_table_bwd", out_shape, in_specs, out_specs, n_pad, cfg,
                                  p.neighbors, p.distances, p.directions, s_pad, v_pad, gs_pad, gv_pad, gs_pad, gv_pad,
                                  p.table_values, p.table_slopes)  # fmt: skip
     return sum_splits(g_s), sum_splits(g_v), g_d, g_u

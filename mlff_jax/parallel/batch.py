@@ -29,7 +29,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import PartitionSpec
 
-from mlff_jax import periodic
+from mlff_jax import evaluation, periodic
+from mlff_jax.evaluation import DTYPES, PRECISIONS, all_pairs_max_atoms, bucket_size, prepare_positions, structures_bucket
 from mlff_jax.neighbors import cell as cell_lib
 from mlff_jax.neighbors import neighbor_list as nl
 from mlff_jax.parallel.mesh import AXIS, device_mesh, put_sharded, resolve_devices, shard_map, to_host
@@ -90,8 +91,6 @@ def plan_shards(batch: np.ndarray, num_structures: int, num_devices: int) -> Sha
     A device holds its structures in index order, each structure's atoms in the caller's order;
     every step is a whole-array NumPy operation except the balancing heap (one step per structure).
     """
-    from mlff_jax.model import bucket_size
-
     batch = np.asarray(batch, np.int64)
     sizes = np.bincount(batch, minlength=num_structures)
     device = _assign_devices(sizes, num_devices)
@@ -117,7 +116,7 @@ def plan_shards(batch: np.ndarray, num_structures: int, num_devices: int) -> Sha
     atom_device = device[batch]
     atom_column = first_column[batch] + rank
     n_pad = bucket_size(int(loads.max()))
-    b_pad = 1 << max(int(counts.max()) - 1, 0).bit_length()
+    b_pad = structures_bucket(int(counts.max()))
     atom_index = np.full((num_devices, n_pad), -1, np.int64)
     atom_index[atom_device, atom_column] = np.arange(len(batch))
     local_batch = np.zeros((num_devices, n_pad), np.int64)
@@ -146,18 +145,17 @@ def _sharded_program(model, mesh, method, b_pad, spec, layout):
     """jit(shard_map(one device's evaluation)), exactly the model's single-device path: its dense
     all-pairs function when ``spec`` is None, else the neighbour-list path (``layout``: the periodic
     analytic layout, a trace-time choice, hence part of the cache key)."""
-    from mlff_jax.model import _PRECISIONS
-
     def one_device(params, packed):
         positions, atomic_numbers, atom_mask, batch, cells = _unpack_inputs(packed[0], b_pad)
+        implementation, interpret = model.message_implementation(positions.shape[0]), getattr(model, "interpret", False)
         if spec is None:
-            energies, forces = model._batched_energy_and_forces(params, positions, atomic_numbers, atom_mask, batch, b_pad, method)
+            energies, forces = evaluation.batched_energy_and_forces(params, model.config, model.precision, implementation, interpret, positions,
+                                                                    atomic_numbers, atom_mask, batch, b_pad, method)  # fmt: skip
             overflow = jnp.zeros((), bool)
         else:
             nbrs = nl.build(positions, cells, batch, atom_mask, spec)
-            energies, forces, _ = periodic.energy_forces_stress(params, model.config, _PRECISIONS[model.precision], positions, atomic_numbers, nbrs,
-                                                                cells, atom_mask, b_pad, False, method, layout,
-                                                                model.message_implementation(positions.shape[0]), getattr(model, "interpret", False))
+            energies, forces, _ = periodic.energy_forces_stress(params, model.config, PRECISIONS[model.precision], positions, atomic_numbers, nbrs,
+                                                                cells, atom_mask, b_pad, False, method, layout, implementation, interpret)
             overflow = nbrs.did_buffer_overflow
         dtype = jnp.result_type(energies.dtype, forces.dtype)  # a common dtype: no value changes
         out = jnp.concatenate([energies.astype(dtype), forces.reshape(-1).astype(dtype), overflow.astype(dtype)[None]])
@@ -236,8 +234,6 @@ def pack_inputs(plan: ShardPlan, positions, atomic_numbers, cells, dtype, cutoff
 
 def prepare_batch(model, positions, atomic_numbers, batch, num_structures, cell=None, pbc=None, method="analytic", devices=None) -> PreparedBatch:
     """Plans, pads and places a batch on the devices, and compiles its program (see :class:`PreparedBatch`)."""
-    from mlff_jax.model import _DTYPES, all_pairs_max_atoms
-
     devs = resolve_devices(devices)
     mesh = device_mesh(devs)
     plan = plan_shards(batch, num_structures, len(devs))
@@ -247,7 +243,9 @@ def prepare_batch(model, positions, atomic_numbers, batch, num_structures, cell=
         cells = np.repeat(cells, num_structures, axis=0)
     if cells.shape[0] != num_structures:
         raise ValueError(f"cell must be [3, 3] or [B, 3, 3] with B = {num_structures} structures, got {list(np.shape(cell))}")
-    dtype = _DTYPES[model.dtype]
+    # Near the origin / into the cells in float64 before the cast (evaluation.prepare_positions).
+    positions = prepare_positions(positions, batch, num_structures, cell, pbc)
+    dtype = DTYPES[model.dtype]
     packed = pack_inputs(plan, positions, atomic_numbers, cells, dtype, model.config.cutoff)
     dense = cell is None and not any(pbc) and plan.n_pad <= all_pairs_max_atoms()  # as the single-device path decides
     device_args = (put_sharded(mesh, packed),)

@@ -26,6 +26,7 @@ from ase import units
 from jax.sharding import PartitionSpec
 
 from mlff_jax import periodic
+from mlff_jax.evaluation import DTYPES, PRECISIONS, prepare_positions
 from mlff_jax.neighbors import cell as cell_lib
 from mlff_jax.parallel import domain
 from mlff_jax.parallel.mesh import AXIS, device_mesh, put_sharded, resolve_devices, shard_map, to_host
@@ -145,10 +146,8 @@ class DomainNVE:
         return self.mesh.devices.size
 
     def _device_args(self):
-        from mlff_jax.model import _DTYPES, _PRECISIONS
-
-        dtype = _DTYPES[self.model.dtype]
-        return dtype, _PRECISIONS[self.model.precision], jnp.asarray(self.cell, dtype)
+        dtype = DTYPES[self.model.dtype]
+        return dtype, PRECISIONS[self.model.precision], jnp.asarray(self.cell, dtype)
 
     def init(self, positions, atomic_numbers, masses=None, velocities=None, capacity_multiplier=None) -> DomainState:
         """Plans the decomposition (host) and computes the first forces. positions [N, 3] Å,
@@ -261,6 +260,8 @@ def domain_nve(model, cell, pbc=None, timestep: float = 0.5, skin: float = 0.5, 
                capacity_multiplier: float = 1.25) -> DomainNVE:
     """Velocity-Verlet MD of one periodic system over ``devices`` (default: all visible; >= 2).
 
+    Positions given to ``init``/``prepare`` are cast to the model's dtype as they are: in float32 keep
+    them within a few cells of the origin (:func:`decomposed_energy_and_forces` wraps them first).
     cell [3, 3] Å (fixed), timestep fs, skin Å (Verlet skin of halos and neighbour lists; rebuilds
     happen when an atom moved more than skin / 2), capacity_multiplier: margin on the measured atom
     counts per device, halo and neighbour slots.
@@ -281,6 +282,8 @@ def decomposed_energy_and_forces(model, positions, atomic_numbers, cell, pbc=Non
     order. Raises ValueError when the slabs would be thinner than the model's receptive field.
     """
     sim = domain_nve(model, cell, pbc, timestep=0.0, skin=0.0, devices=devices, method=method, capacity_multiplier=capacity_multiplier)
+    # Wrapped into the cell in float64 before the cast (evaluation.prepare_positions); forces stay atom by atom.
+    positions = prepare_positions(cell_lib.validate_positions(positions), np.zeros(len(positions), np.int64), 1, sim.cell, sim.pbc)
     state = sim.init(positions, atomic_numbers)
     energy = float(to_host(state.potential_energy)[0])
     return energy, sim.gather(state)["forces"]
