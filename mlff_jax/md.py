@@ -350,13 +350,12 @@ def run(chunk, state: MDState, num_chunks: int, neighbor=None, neighbor_fn=None,
             frames, overflow = jax.device_get((frames, overflow))  # the one host sync of the chunk
             if not bool(overflow):
                 break
+            steps = (first_step, first_step + (steps_per_chunk or 1) - 1)
             if neighbor_fn is None:
-                raise SimulationError(index, (first_step, first_step + (steps_per_chunk or 1) - 1), "neighbour list overflow", True,
-                                      hint="no neighbor_fn was given to reallocate it")
+                raise SimulationError(index, steps, "neighbour list overflow", True, hint="no neighbor_fn was given to reallocate it")
+            if attempt == max_reallocations:
+                raise SimulationError(index, steps, "neighbour list overflow", True, hint=f"still overflowing after {max_reallocations} reallocations")
             neighbor = neighbor_fn.allocate(state.positions)
-        else:
-            raise SimulationError(index, (first_step, first_step + (steps_per_chunk or 1) - 1), "neighbour list overflow", True,
-                                  hint=f"still overflowing after {max_reallocations} reallocations")
         last_step = int(frames.step[-1])
         if guards is not None:
             summary = md_guards.check(frames.guards, guards, chunk=index, steps=(first_step, last_step), num_atoms=state.positions.shape[0],

@@ -10,7 +10,7 @@ quantity                          default bound                                 
 non-finite positions, energies,   always an error                                 ``check_finite``
 velocities or forces
 temperature                       max(5 × reference, 5000 K)                      ``max_temperature``
-NVE total-energy change per atom  0.05 eV/atom (|E(t) − E(start of the run)|)     ``max_energy_change_per_atom``
+NVE total-energy change per atom  0.02 eV/atom (|E(t) − E(start of the run)|)     ``max_energy_change_per_atom``
 closest pair                      0.5 Å                                           ``min_pair_distance``
 neighbour-list overflow           8 reallocations per chunk (``md.run``)          ``max_reallocations``
 ================================  ==============================================  ================
@@ -73,7 +73,7 @@ class Guards:
     """
 
     max_temperature: float | None = None
-    max_energy_change_per_atom: float | None = 0.05
+    max_energy_change_per_atom: float | None = 0.02
     min_pair_distance: float | None = 0.5
     check_finite: bool = True
     max_reallocations: int = 8
