@@ -173,3 +173,65 @@ def check(stats, guards: Guards, *, chunk: int, steps: tuple[int, int], num_atom
         raise SimulationError(chunk, steps, "closest pair distance (Å)", float(d_min.min()), guards.min_pair_distance,
                               hint="atoms collapsed onto each other")
     return {"max_temperature": float(max_t.max()), "max_energy_change_per_atom": float(de.max()), "min_pair_distance": float(d_min.min())}
+
+
+# ----------------------------------------------------------------------------- run records
+def energy_drift(total_energy, time_fs, num_atoms: int) -> tuple[float, float]:
+    """(E_last − E_first per atom in eV, least-squares slope per atom in eV/ps) of a total-energy
+    series [F] eV at times [F] fs (F ≥ 2; NaN otherwise)."""
+    e = np.asarray(total_energy, np.float64) / num_atoms
+    t = np.asarray(time_fs, np.float64) / 1000.0
+    if e.size < 2 or np.ptp(t) == 0:
+        return float("nan"), float("nan")
+    return float(e[-1] - e[0]), float(np.polyfit(t, e, 1)[0])
+
+
+HOT_FACTOR = 2.0  # a run whose temperature exceeds twice its start is not a valid benchmark
+
+
+def validity(record: dict) -> tuple[bool, list[str]]:
+    """The benchmark rule: (valid, reasons) of a run record with ``overflow_during_timing``,
+    ``guard`` (None or the tripped guard's message), ``temperature_start_K`` and
+    ``temperature_max_K``. A record missing any of them is not valid ("not checked")."""
+    reasons = []
+    needed = ("overflow_during_timing", "guard", "temperature_start_K", "temperature_max_K")
+    missing = [k for k in needed if k not in record]
+    if missing:
+        return False, [f"physics not checked (no {', '.join(missing)})"]
+    if record["overflow_during_timing"]:
+        reasons.append("neighbour list overflowed during timing (pairs were dropped)")
+    if record["guard"]:
+        reasons.append(f"guard tripped: {record['guard']}")
+    start, hottest = record["temperature_start_K"], record["temperature_max_K"]
+    if not (hottest is not None and start is not None and hottest <= HOT_FACTOR * start):
+        reasons.append(f"temperature reached {hottest} K, more than {HOT_FACTOR:g} x the start ({start} K)")
+    return not reasons, reasons
+
+
+def run_record(temperatures, total_energies, times_fs, num_atoms: int, *, start_temperature: float, max_temperature=None,
+               min_pair_distance=None, overflow_events: int = 0, overflow_during_timing: bool = False, guard: str | None = None,
+               conserves_energy: bool = True) -> dict:
+    """The physics of a (timed) run as a JSON-ready dict, with ``valid`` and ``invalid_reasons``.
+
+    temperatures, total_energies, times_fs: [F] per recorded frame (K, eV, fs); max_temperature:
+    the guards' per-step maximum if known (else the frames' maximum).
+    """
+    temperatures = np.asarray(temperatures, np.float64)
+    hottest = float(np.max(temperatures)) if temperatures.size else float("nan")
+    if max_temperature is not None:
+        hottest = max(hottest, float(max_temperature))
+    change, slope = energy_drift(total_energies, times_fs, num_atoms) if conserves_energy else (None, None)
+    record = {
+        "temperature_start_K": float(start_temperature),
+        "temperature_mean_K": float(np.mean(temperatures)) if temperatures.size else None,
+        "temperature_min_K": float(np.min(temperatures)) if temperatures.size else None,
+        "temperature_max_K": hottest if np.isfinite(hottest) else None,
+        "nve_energy_change_eV_per_atom": change,
+        "nve_drift_eV_per_atom_per_ps": slope,
+        "closest_pair_A": None if min_pair_distance is None or not np.isfinite(min_pair_distance) else float(min_pair_distance),
+        "overflow_events": int(overflow_events),
+        "overflow_during_timing": bool(overflow_during_timing),
+        "guard": guard,
+    }
+    record["valid"], record["invalid_reasons"] = validity(record)
+    return record
