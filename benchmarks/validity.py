@@ -51,14 +51,13 @@ class TimedRun:
     overflowed: its time then includes the redo) and returns the new state.
     """
 
-    def __init__(self, md, chunk, state, neighbor=None, neighbor_fn=None, max_reallocations: int = 8):
-        import jax
-
+    def __init__(self, md, chunk, state, neighbor=None, neighbor_fn=None, max_reallocations: int = 8, target_temperature: float = 300.0):
+        """target_temperature: K, the temperature the run was prepared at (velocities drawn,
+        thermostat): the rule's "start", so a run that arrives hot from its preparation is not excused."""
         self.md, self.chunk, self.state, self.neighbor, self.neighbor_fn = md, chunk, state, neighbor, neighbor_fn
         self.max_reallocations = max_reallocations
-        self.reference_energy = md.total_energy(state)
-        self.start_temperature = float(jax.device_get(md.md_guards.temperature(md.kinetic_energy(state.velocities, state.masses), state.positions.shape[0])))
-        self.overflow_events = 0
+        self.target_temperature = float(target_temperature)
+        self.reset_record()
         self.frames = []  # device-side per-call frames, read back after timing
 
     def reset_record(self):
@@ -67,7 +66,7 @@ class TimedRun:
 
         self.frames, self.overflow_events = [], 0
         self.reference_energy = self.md.total_energy(self.state)
-        self.start_temperature = float(jax.device_get(self.md.md_guards.temperature(self.md.kinetic_energy(self.state.velocities, self.state.masses), self.state.positions.shape[0])))
+        self.timed_start_temperature = float(jax.device_get(self.md.md_guards.temperature(self.md.kinetic_energy(self.state.velocities, self.state.masses), self.state.positions.shape[0])))
 
     def call(self):
         for attempt in range(self.max_reallocations + 1):
@@ -96,13 +95,16 @@ class TimedRun:
         guard = None
         try:
             for k, f in enumerate(frames):
-                md_guards.check(f.guards, self.chunk.guards, chunk=k, steps=(int(steps[0]), int(f.step[-1])), num_atoms=num_atoms,
-                                reference_temperature=self.start_temperature, conserves_energy=conserves_energy)
+                last = int(f.step[-1])
+                md_guards.check(f.guards, self.chunk.guards, chunk=k, steps=(last - self.chunk.steps_per_chunk + 1, last), num_atoms=num_atoms,
+                                reference_temperature=self.target_temperature, conserves_energy=conserves_energy)
         except md_guards.SimulationError as error:
             guard = str(error)
         stats = [f.guards for f in frames]
-        return md_guards.run_record(
-            temperatures, total, steps * timestep_fs, num_atoms, start_temperature=self.start_temperature,
+        record = md_guards.run_record(
+            temperatures, total, steps * timestep_fs, num_atoms, start_temperature=self.target_temperature,
             max_temperature=max(float(np.max(s.max_temperature)) for s in stats),
             min_pair_distance=min(float(np.min(s.min_pair_distance)) for s in stats),
             overflow_events=self.overflow_events, overflow_during_timing=False, guard=guard, conserves_energy=conserves_energy)
+        record["temperature_at_timing_start_K"] = self.timed_start_temperature
+        return record
