@@ -72,6 +72,19 @@ def test_run_all_fails_when_a_headline_row_is_invalid(tmp_path):
     assert run_all.headline_invalid_rows(str(tmp_path / "missing.json"))[0][0] == "(no results)"
 
 
+def test_run_all_exits_nonzero_on_an_invalid_headline_row(tmp_path, monkeypatch):
+    import run_all
+
+    hot = {"rows": [_row(system="hot", temperature_max_K=30000.0)]}
+    script = f"import json; json.dump({hot!r}, open({str(tmp_path / 'md_boxes.json')!r}, 'w'))"
+    monkeypatch.setattr(run_all, "plan", lambda upstream, out: {"md_boxes": ([sys.executable, "-c", script, "--boxes", "1", "--checkpoint", "x"], 60)})
+    assert run_all.main(["--upstream", str(tmp_path), "--out", str(tmp_path), "--only", "md_boxes"]) == 1
+    good = {"rows": [_row()]}
+    script = f"import json; json.dump({good!r}, open({str(tmp_path / 'md_boxes.json')!r}, 'w'))"
+    monkeypatch.setattr(run_all, "plan", lambda upstream, out: {"md_boxes": ([sys.executable, "-c", script, "--boxes", "1", "--checkpoint", "x"], 60)})
+    assert run_all.main(["--upstream", str(tmp_path), "--out", str(tmp_path), "--only", "md_boxes"]) == 0
+
+
 def test_kernel_choice_ignores_invalid_rows(tmp_path):
     import make_kernels_choice
 
