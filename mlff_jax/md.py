@@ -21,6 +21,12 @@ One chunk is one compiled call: ``lax.scan`` over frames, ``lax.fori_loop`` over
 its overflow flag OR-ed over the chunk; the host reads that one flag per chunk and, on overflow,
 reallocates the list and recomputes the chunk from its starting state (nothing is lost or silently
 wrong).
+
+Guards (:mod:`mlff_jax.md_guards`, on by default): the chunk also reduces the largest temperature,
+the largest total-energy change, finiteness and the closest pair, and :func:`run` checks them in the
+same one read-back per chunk; a run that explodes raises :class:`SimulationError` naming the chunk,
+its steps, the quantity and its value. Bad parameters (timestep, temperature, friction, masses) are
+refused up front with ``ValueError``.
 """
 
 from __future__ import annotations
