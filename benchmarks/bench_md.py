@@ -138,7 +138,8 @@ def _emit(results, row, out):
 
 def _water_box_rows(model, mode, atoms_count, args, dtype):
     """Periodic water at liquid density, neighbour list (skin 0.5 Å) updated every step: Langevin
-    equilibration (guards on), then NVE timed for each implementation from the equilibrated state."""
+    equilibration (guards on), then NVE timed for each implementation from the equilibrated state.
+    Yields one row per implementation as it is measured."""
     import jax
     from ase.data import atomic_masses
 
@@ -159,22 +160,22 @@ def _water_box_rows(model, mode, atoms_count, args, dtype):
             chunk = md.trajectory_chunk(step_fn, per_call, 1, neighbor_update=neighbor_fn.update)
             state, _ = md.run(chunk, state, max(1, args.equilibrate_steps // per_call), neighbor=nbrs, neighbor_fn=neighbor_fn, on_guards=summaries.append)
     except md.SimulationError as error:
-        row = dict(base, implementation="-", equilibration_guard=str(error), guard=str(error), valid=False,
+        yield dict(base, implementation="-", equilibration_guard=str(error), guard=str(error), valid=False,
                    invalid_reasons=[f"equilibration tripped a guard, not timed: {error}"])
-        return [row]
+        return
     base["equilibration_max_temperature_K"] = max((s["max_temperature"] for s in summaries), default=None)
     nbrs = neighbor_fn.allocate(state.positions)
-    rows = []
     for implementation in args.box_implementations.split(","):
-        chosen = model.with_implementation(implementation) if implementation != "auto" else model
-        _, nve_step = md.nve(md.model_potential(chosen, z), 0.5)
-        chunk = md.trajectory_chunk(nve_step, args.box_steps, 1, neighbor_update=neighbor_fn.update)
-        timed = TimedRun(md, chunk, state, nbrs, neighbor_fn)
-        row = dict(base, implementation=implementation, runs=chosen.message_implementation(len(z)))
+        row = dict(base, implementation=implementation)
         try:
+            chosen = model.with_implementation(implementation) if implementation != "auto" else model
+            row["runs"] = chosen.message_implementation(len(z))
+            _, nve_step = md.nve(md.model_potential(chosen, z), 0.5)
+            chunk = md.trajectory_chunk(nve_step, args.box_steps, 1, neighbor_update=neighbor_fn.update)
+            timed = TimedRun(md, chunk, state, nbrs, neighbor_fn)
             timing = time_fn(timed.call, sync=jax.block_until_ready, repeats=max(3, args.repeats // 3), warmup=1, on_warm=timed.reset_record)
-        except Exception as error:  # an implementation that fails here (e.g. out of memory) is recorded, the others still run
-            rows.append(dict(row, error=f"{type(error).__name__}: {str(error)[:300]}", valid=False, invalid_reasons=["failed"]))
+        except Exception as error:  # an implementation that fails here (unavailable, out of memory) is recorded, the others still run
+            yield dict(row, error=f"{type(error).__name__}: {str(error)[:300]}", valid=False, invalid_reasons=["failed"])
             continue
         steps_per_s = 1e6 * args.box_steps / timing["median_us"]
         row.update({
@@ -186,8 +187,7 @@ def _water_box_rows(model, mode, atoms_count, args, dtype):
             "neighbor_capacity": int(timed.neighbor.idx.shape[1]),
         })
         row.update(timed.record(0.5))
-        rows.append(row)
-    return rows
+        yield row
 
 
 if __name__ == "__main__":
