@@ -59,10 +59,14 @@ def environment() -> dict[str, Any]:
     return info
 
 
-def time_fn(fn: Callable[[], Any], sync: Callable[[Any], Any], repeats: int = 30, warmup: int = 3, min_time_s: float = 0.0) -> dict[str, float]:
-    """Median and spread of the wall time of ``sync(fn())`` in microseconds, after ``warmup`` calls."""
+def time_fn(fn: Callable[[], Any], sync: Callable[[Any], Any], repeats: int = 30, warmup: int = 3, min_time_s: float = 0.0,
+            on_warm: Callable[[], Any] | None = None) -> dict[str, float]:
+    """Median and spread of the wall time of ``sync(fn())`` in microseconds, after ``warmup`` calls
+    (then ``on_warm()``, e.g. to forget what the warm-up recorded)."""
     for _ in range(warmup):
         sync(fn())
+    if on_warm is not None:
+        on_warm()
     samples = []
     start_all = time.perf_counter()
     while len(samples) < repeats or (time.perf_counter() - start_all) < min_time_s:

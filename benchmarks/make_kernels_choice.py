@@ -8,7 +8,8 @@ only). For each device kind and workload key (``mlff_jax.implementation.workload
 precision, exact or compressed, hidden width, size class) the implementations are ranked by median
 time (the newest run wins where several measured the same case). A kernel is ranked before XLA only
 if it is at least ``--min-speedup`` times faster than XLA (or XLA failed, e.g. out of memory) and
-its forces agree with XLA's to ``--max-force-diff`` eV/Å (a wrong kernel is never chosen). XLA is
+its forces agree with XLA's to ``--max-force-diff`` eV/Å (a wrong kernel is never chosen). Rows
+marked ``"valid": false`` (benchmarks/validity.py) are ignored. XLA is
 always the last resort of every ranking; workloads nobody measured are absent (they get XLA).
 """
 
@@ -35,6 +36,9 @@ def collect(paths):
             if "key" not in row or "implementation" not in row:
                 continue
             where = (env["device"], row["key"])
+            if row.get("valid") is False:  # a row whose run failed its physics checks is never a basis for a choice
+                rejected.append(f"{where} {row['implementation']}: invalid ({'; '.join(row.get('invalid_reasons', []))[:120]})")
+                continue
             if "error" in row or not row.get("finite", False):
                 rejected.append(f"{where} {row['implementation']}: {row.get('error', 'non-finite forces')[:120]}")
                 continue

@@ -11,7 +11,7 @@ import time
 
 import numpy as np
 
-from mlff_jax.cli import UserError, _check_structure, load_model, read_structure
+from mlff_jax._cli_common import UserError, check_structure, load_model, read_structure
 
 STEPS_PER_CHUNK = 1000  # steps per compiled call: enough to hide the host round trip, frequent enough to show progress
 
@@ -116,13 +116,41 @@ ALL_PAIRS_MAX_ATOMS = 64  # larger molecules, and every periodic cell, use the n
 SKIN = 0.5  # Å, Verlet skin of the neighbour list in MD
 
 
-def _integrator(model, atoms, args):
+BENCH_RELAX_FMAX = 0.05  # eV/Å
+RELAX_MAX_STEPS = 2000  # FIRE steps at most; a structure that needs more is reported unconverged
+
+
+def _integrator(model, atoms, args, thermostat=None):
     from mlff_jax import md
 
     potential = md.model_potential(model, atoms.numbers)
-    if args.thermostat == "langevin":
+    if (thermostat or args.thermostat) == "langevin":
         return md.langevin(potential, args.timestep, temperature=args.temperature, friction=args.friction)
     return md.nve(potential, args.timestep)
+
+
+def relax(model, atoms, fmax: float, max_steps: int = RELAX_MAX_STEPS):
+    """Positions relaxed with ASE's FIRE on the model to max |F| <= fmax eV/Å (cell fixed).
+
+    Returns (relaxed atoms, one line that says what happened). Velocities drawn at T on a
+    structure far above its minimum would heat it: 0.85 eV above it, the bundled ethanol reaches
+    ~570 K on average from 300 K.
+    """
+    from ase.optimize import FIRE
+
+    from mlff_jax.calculator import MLFFCalculator
+
+    relaxed = atoms.copy()
+    relaxed.calc = MLFFCalculator(model)
+    e0, f0 = relaxed.get_potential_energy(), float(np.linalg.norm(relaxed.get_forces(), axis=1).max())
+    optimizer = FIRE(relaxed, logfile=None)
+    converged = bool(optimizer.run(fmax=fmax, steps=max_steps)) if f0 > fmax else True
+    e1, f1 = relaxed.get_potential_energy(), float(np.linalg.norm(relaxed.get_forces(), axis=1).max())
+    state = "" if converged else f" (NOT converged to {fmax} eV/Å after {max_steps} steps)"
+    line = f"relaxed (FIRE): max |F| {f0:.3f} -> {f1:.3f} eV/Å, energy {e0:.4f} -> {e1:.4f} eV in {optimizer.nsteps} steps{state}"
+    result = atoms.copy()
+    result.positions = relaxed.positions
+    return result, line
 
 
 def _neighbor_list(model, atoms, positions):
@@ -142,6 +170,69 @@ def _neighbor_list(model, atoms, positions):
     return neighbor_fn, neighbor_fn.allocate(positions)
 
 
+class RunStats:
+    """Per-frame temperature and total energy of the recorded run, and the guards' per-chunk summaries."""
+
+    def __init__(self):
+        self.temperatures, self.total_energies, self.steps, self.guards = [], [], [], []
+
+    def add(self, frames) -> None:
+        self.temperatures.extend(frames.temperature().tolist())
+        self.total_energies.extend(np.asarray(frames.total_energy, np.float64).tolist())
+        self.steps.extend(np.asarray(frames.step).tolist())
+
+
+def _run_chunks(md, step_fn, state, steps, frame_interval, nbrs, neighbor_fn, guards, on_chunk=None, on_guards=None):
+    """``steps`` steps in compiled chunks of <= STEPS_PER_CHUNK, a frame every ``frame_interval``."""
+    per_chunk, full_chunks, remainder = _chunk_plan(steps, frame_interval)
+    update = None if neighbor_fn is None else neighbor_fn.update
+    for frames_per_chunk, num_chunks in ((per_chunk, full_chunks), (remainder, 1 if remainder else 0)):
+        if num_chunks:
+            chunk = md.trajectory_chunk(step_fn, frame_interval, frames_per_chunk, neighbor_update=update, guards=guards)
+            state, _ = md.run(chunk, state, num_chunks, neighbor=nbrs, neighbor_fn=neighbor_fn, on_chunk=on_chunk or (lambda frames: None), on_guards=on_guards)
+    return state
+
+
+def _equilibrate(md, model, atoms, args, state, nbrs, neighbor_fn, guards) -> tuple:
+    """Langevin at --temperature for --equilibrate fs; returns (state with step 0, one line)."""
+    import dataclasses
+
+    import jax.numpy as jnp
+
+    steps = int(round(args.equilibrate / args.timestep))
+    if steps < 1:
+        return state, None
+    _, step_fn = _integrator(model, atoms, args, thermostat="langevin")
+    stats = RunStats()
+    interval = max(1, min(steps, 10))
+    steps -= steps % interval
+    state = _run_chunks(md, step_fn, state, steps, interval, nbrs, neighbor_fn, guards, on_chunk=stats.add)
+    tail = stats.temperatures[len(stats.temperatures) // 2:]
+    line = (f"equilibrated: {steps} steps ({steps * args.timestep:g} fs) of Langevin at {args.temperature:g} K "
+            f"(friction {args.friction:g} /fs), mean temperature over its second half {np.mean(tail):.1f} K")
+    return dataclasses.replace(state, step=jnp.zeros_like(state.step)), line  # the recorded run starts at step 0
+
+
+def _summary_lines(stats: RunStats, num_atoms: int, args, conserves_energy: bool) -> list[str]:
+    from mlff_jax import md_guards
+
+    t = np.asarray(stats.temperatures)
+    lines = [f"temperature: mean {t.mean():.1f} K, min {t.min():.1f} K, max {t.max():.1f} K over {len(t)} frames (requested {args.temperature:g} K)"]
+    e = np.asarray(stats.total_energies)
+    change, slope = md_guards.energy_drift(e, np.asarray(stats.steps) * args.timestep, num_atoms)
+    text = f"total energy: {e[0]:.6f} -> {e[-1]:.6f} eV ({change:+.2e} eV/atom), drift {slope:+.2e} eV/atom/ps (least-squares slope)"
+    lines.append(text + ("" if conserves_energy else "; not conserved under the Langevin thermostat, the drift measures nothing"))
+    if stats.guards:
+        closest = min(g["min_pair_distance"] for g in stats.guards)
+        hottest = max(g["max_temperature"] for g in stats.guards)
+        reallocations = sum(g["reallocations"] for g in stats.guards)
+        closest_text = f"closest pair {closest:.3f} Å" if np.isfinite(closest) else "closest pair not measured"
+        lines.append(f"guards: ok (hottest step {hottest:.1f} K, {closest_text}, {reallocations} neighbour-list reallocations)")
+    else:
+        lines.append("guards: off (--no-guards)")
+    return lines
+
+
 def run_md(args) -> int:
     import jax
 
@@ -149,22 +240,34 @@ def run_md(args) -> int:
 
     model = load_model(args.model, args.dtype, args.allow_untrained_elements)
     atoms = read_structure(args.structure)
-    _check_structure(model, atoms)
-    per_chunk, full_chunks, remainder = _chunk_plan(args.steps, args.frame_interval)
+    check_structure(model, atoms)
+    per_chunk, _, _ = _chunk_plan(args.steps, args.frame_interval)
     log_path = args.log or str(pathlib.Path(args.output).with_suffix(".csv"))
     if pathlib.Path(log_path).resolve() == pathlib.Path(args.output).resolve():
         raise UserError("--log and --output must be different files")
+    guards = None if args.no_guards else md.Guards()
+    dtype = np.float64 if args.dtype == "float64" else np.float32
+    prepare = not args.keep_velocities  # a given state (positions and velocities) is run as it is
+    if prepare and args.relax_fmax > 0:
+        atoms, line = relax(model, atoms, args.relax_fmax)
+        print(line, flush=True)
 
     init_fn, step_fn = _integrator(model, atoms, args)
-    dtype = np.float64 if args.dtype == "float64" else np.float32
     velocities = atoms.get_velocities().astype(dtype) if args.keep_velocities else None
     neighbor_fn, nbrs = _neighbor_list(model, atoms, atoms.positions.astype(dtype))
     extra = {} if nbrs is None else {"neighbor": nbrs}
     state = init_fn(atoms.positions.astype(dtype), atoms.get_masses().astype(dtype), velocities, key=jax.random.key(args.seed), temperature=args.temperature, **extra)
-    update = None if neighbor_fn is None else neighbor_fn.update
+    if prepare and args.equilibrate > 0:
+        state, line = _equilibrate(md, model, atoms, args, state, nbrs, neighbor_fn, guards)
+        if line:
+            print(line, flush=True)
+        if neighbor_fn is not None:
+            nbrs = neighbor_fn.allocate(np.asarray(state.positions))
     writer = TrajectoryWriter(atoms, args.output, log_path, args.timestep)
-    writer.write(jax.tree_util.tree_map(lambda x: np.asarray(x)[None], md._frame(state)))
-    e0 = float(state.potential_energy) + float(md.kinetic_energy(state.velocities, state.masses))
+    stats = RunStats()
+    first = jax.tree_util.tree_map(lambda x: np.asarray(x)[None], md._frame(state))
+    writer.write(first)
+    stats.add(first)
 
     bar = None if args.quiet else ProgressBar(args.steps, args.timestep)
     done = 0
@@ -176,6 +279,7 @@ def run_md(args) -> int:
         if done == 0:
             compile_s = time.perf_counter() - start
         writer.write(frames)
+        stats.add(frames)
         done = int(frames.step[-1])
         if bar:
             bar.update(done)
@@ -183,22 +287,20 @@ def run_md(args) -> int:
     if bar:
         bar.update(0)
     try:
-        for frames_per_chunk, num_chunks in ((per_chunk, full_chunks), (remainder, 1 if remainder else 0)):
-            if num_chunks:
-                chunk = md.trajectory_chunk(step_fn, args.frame_interval, frames_per_chunk, neighbor_update=update)
-                state, _ = md.run(chunk, state, num_chunks, neighbor=nbrs, neighbor_fn=neighbor_fn, on_chunk=on_chunk)
+        state = _run_chunks(md, step_fn, state, args.steps, args.frame_interval, nbrs, neighbor_fn, guards, on_chunk=on_chunk, on_guards=stats.guards.append)
     finally:
         writer.close()
     elapsed = time.perf_counter() - start
     steady = (args.steps - min(args.steps, per_chunk * args.frame_interval)) / max(elapsed - compile_s, 1e-9)
-    e1 = float(state.potential_energy) + float(md.kinetic_energy(state.velocities, state.masses))
-    print(f"md: {args.steps} steps of {args.timestep} fs ({args.thermostat if args.thermostat != 'none' else 'NVE'}) of {len(atoms)} atoms ({atoms.get_chemical_formula(mode='hill')}) in {elapsed:.2f} s (first chunk, with compilation: {compile_s:.2f} s)")
+    ensemble = "Langevin" if args.thermostat == "langevin" else "NVE"
+    print(f"md: {args.steps} steps of {args.timestep} fs ({ensemble}) of {len(atoms)} atoms ({atoms.get_chemical_formula(mode='hill')}) in {elapsed:.2f} s (first chunk, with compilation: {compile_s:.2f} s)")
     if steady > 0:
         print(f"speed: {steady:,.0f} steps/s, {ns_per_day(steady, args.timestep):.3f} ns/day, {steady * len(atoms):,.0f} atom-steps/s (after the first chunk)")
     else:
         overall = args.steps / elapsed
         print(f"speed: {overall:,.0f} steps/s, {ns_per_day(overall, args.timestep):.3f} ns/day including compilation (one chunk only: run more than {per_chunk * args.frame_interval} steps for the steady speed)")
-    print(f"total energy: {e0:.6f} -> {e1:.6f} eV ({(e1 - e0) / len(atoms):+.2e} eV/atom)")
+    for line in _summary_lines(stats, len(atoms), args, conserves_energy=ensemble == "NVE"):
+        print(line)
     print(f"wrote {args.output} ({args.steps // args.frame_interval + 1} frames) and {log_path}")
     return 0
 
@@ -210,7 +312,7 @@ def run_bench(args) -> int:
 
     model = load_model(args.model, args.dtype, args.allow_untrained_elements)
     atoms = read_structure(args.molecule)
-    _check_structure(model, atoms)
+    check_structure(model, atoms)
     dtype = np.float64 if args.dtype == "float64" else np.float32
     positions = atoms.positions.astype(dtype)
 
@@ -226,16 +328,29 @@ def run_bench(args) -> int:
         times.append(time.perf_counter() - t0)
     ef_us = float(np.median(times) * 1e6)
 
+    # MD: relaxed first (velocities at 300 K on a strained structure would heat it), NVE at 0.5 fs,
+    # every timed chunk checked by the guards and recorded (a speed is only quoted with its physics)
+    from mlff_jax import md_guards
+
+    relaxed, relax_line = relax(model, atoms, BENCH_RELAX_FMAX)
     init_fn, step_fn = md.nve(md.model_potential(model, atoms.numbers), 0.5)
-    state = init_fn(positions, atoms.get_masses().astype(dtype), key=jax.random.key(0), temperature=300.0)
-    chunk = md.trajectory_chunk(step_fn, args.md_steps, 1)
-    state = jax.block_until_ready(chunk(state)[0])  # compile and warm up
+    state = init_fn(relaxed.positions.astype(dtype), atoms.get_masses().astype(dtype), key=jax.random.key(0), temperature=300.0)
+    start_temperature = float(md_guards.temperature(md.kinetic_energy(state.velocities, state.masses), len(atoms)))
+    interval = 10 if args.md_steps % 10 == 0 else args.md_steps
+    chunk = md.trajectory_chunk(step_fn, interval, args.md_steps // interval)
+    stats = RunStats()
+    first = jax.tree_util.tree_map(lambda x: np.asarray(x)[None], md._frame(state))
+    stats.add(first)
+    state, _ = md.run(chunk, state, 1, on_chunk=stats.add, on_guards=stats.guards.append)  # compiles
     md_times = []
     for _ in range(3):
         t0 = time.perf_counter()
-        state = jax.block_until_ready(chunk(state)[0])
+        state, _ = md.run(chunk, state, 1, on_chunk=stats.add, on_guards=stats.guards.append)  # one sync: the guards' read-back
         md_times.append(time.perf_counter() - t0)
     step_us = float(np.median(md_times) / args.md_steps * 1e6)
+    physics = md_guards.run_record(stats.temperatures, stats.total_energies, np.asarray(stats.steps) * 0.5, len(atoms),
+                                   start_temperature=start_temperature, max_temperature=max(g["max_temperature"] for g in stats.guards),
+                                   min_pair_distance=min(g["min_pair_distance"] for g in stats.guards))
     device = jax.devices()[0]
     results = {
         "molecule": args.molecule,
@@ -248,10 +363,17 @@ def run_bench(args) -> int:
         "md_step_us_median": step_us,
         "md_steps_per_s": 1e6 / step_us,
         "md_ns_per_day_at_0.5fs": ns_per_day(1e6 / step_us, 0.5),
+        "md_relax": relax_line,
+        "md_physics": physics,
+        "valid": physics["valid"],
     }
     print(f"bench: {args.molecule} ({len(atoms)} atoms), model {args.model} ({args.dtype}) on {results['device']}, jax {jax.__version__}")
     print(f"energy+forces, one call from Python: {ef_us:,.0f} µs (median of {args.repeats})")
     print(f"compiled MD (NVE): {step_us:,.1f} µs/step = {1e6 / step_us:,.0f} steps/s = {results['md_ns_per_day_at_0.5fs']:.2f} ns/day at 0.5 fs (median of 3 x {args.md_steps} steps)")
+    print(f"  {relax_line}")
+    print(f"  temperature: start {physics['temperature_start_K']:.1f} K, mean {physics['temperature_mean_K']:.1f} K, min {physics['temperature_min_K']:.1f} K, max {physics['temperature_max_K']:.1f} K")
+    print(f"  total energy: {physics['nve_energy_change_eV_per_atom']:+.2e} eV/atom over {4 * args.md_steps * 0.5 / 1000:g} ps, drift {physics['nve_drift_eV_per_atom_per_ps']:+.2e} eV/atom/ps")
+    print("  physics: valid" if physics["valid"] else f"  physics: INVALID ({'; '.join(physics['invalid_reasons'])}): do not quote this speed")
     if args.json:
         pathlib.Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
         print(f"wrote {args.json}")

@@ -15,105 +15,19 @@ import pathlib
 import sys
 import time
 
-EXIT_BAD_INPUT = 2
-
-
-class UserError(Exception):
-    """A problem with the command line or its input: reported in one line, no traceback."""
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse, but usage errors are one line too (the usage is one ``--help`` away)."""
-
-    def error(self, message):
-        self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message} (see --help)\n")
-
-
-# ----------------------------------------------------------------------------- shared helpers
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
-
-
-def non_negative_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not value >= 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text!r}")
-    return value
-
-
-def positive_float(text: str) -> float:
-    value = non_negative_float(text)
-    if value == 0:
-        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}")
-    return value
-
-
-def _enable_dtype(dtype: str) -> None:
-    import jax
-
-    if dtype == "float64":
-        jax.config.update("jax_enable_x64", True)
-
-
-def load_model(spec: str, dtype: str, allow_untrained_elements: bool = False, elements=None):
-    """A model from a checkpoint path or a bundled model name (``default``)."""
-    import mlff_jax
-
-    _enable_dtype(dtype)
-    options = dict(dtype=dtype, allow_untrained_elements=allow_untrained_elements, elements=elements)
-    if os.path.exists(spec):
-        return mlff_jax.load(spec, **options)
-    try:
-        return mlff_jax.load(spec, **options)
-    except FileNotFoundError:
-        raise UserError(f"unknown model {spec!r}: no such file, and not the name of a bundled model") from None
-
-
-def read_structure(spec: str, index=-1):
-    """``ase.Atoms`` from any file ASE reads, or a bundled example name (ethanol, benzene, water10)."""
-    import ase.io
-
-    from mlff_jax import data
-
-    if not os.path.exists(spec):
-        if spec in data.EXAMPLES:
-            return [data.example(spec)] if index == ":" else data.example(spec)
-        raise UserError(f"structure file not found: {spec} (bundled examples: {', '.join(data.EXAMPLES)})")
-    try:
-        atoms = ase.io.read(spec, index=index)
-    except KeyError as error:  # ASE's symbol table
-        raise UserError(f"cannot read structure file {spec}: unknown chemical symbol {error}") from None
-    except Exception as error:  # ASE raises many types for unreadable files
-        raise UserError(f"cannot read structure file {spec}: {error}") from None
-    if (isinstance(atoms, list) and not atoms) or len(atoms) == 0:
-        raise UserError(f"no atoms in {spec}")
-    return atoms
-
-
-def _check_structure(model, atoms) -> None:
-    """Validates elements and positions once on the host (MD loops run traced, without checks)."""
-    if np.any(atoms.pbc):
-        if not _has_periodic_support(model):
-            raise UserError("periodic structures are not supported by this installation: set pbc to False (molecules only)")
-        if abs(np.linalg.det(atoms.cell.array)) < 1e-9:
-            raise UserError("a periodic structure needs a cell with three non-zero, independent vectors")
-    model._validate(atoms.positions, atoms.numbers, None)
-
-
-def _has_periodic_support(model) -> bool:
-    import importlib.util
-    import inspect
-
-    return importlib.util.find_spec("mlff_jax.neighbors") is not None and "cell" in inspect.signature(model.energy_and_forces).parameters
+from mlff_jax._cli_common import (  # noqa: F401  (re-exported: the CLI's public helpers)
+    EXIT_BAD_INPUT,
+    UserError,
+    check_structure,
+    enable_dtype,
+    has_periodic_support,
+    Parser,
+    load_model,
+    non_negative_float,
+    positive_float,
+    positive_int,
+    read_structure,
+)
 
 
 def _energy_and_forces(model, atoms):
@@ -132,7 +46,7 @@ def cmd_eval(args) -> int:
     model = load_model(args.model, args.dtype, args.allow_untrained_elements)
     frames = read_structure(args.structure, index=":")
     for k, atoms in enumerate(frames):
-        _check_structure(model, atoms)
+        check_structure(model, atoms)
         start = time.perf_counter()
         energy, forces = _energy_and_forces(model, atoms)
         forces = np.asarray(forces)
@@ -217,14 +131,15 @@ def _model_args(p) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
+    parser = Parser(
         prog="mlff-jax",
+        allow_abbrev=False,
         description="PaiNN student force fields in JAX: evaluate, run MD, benchmark, convert, train.",
         epilog="examples:\n  mlff-jax eval ethanol --model student.safetensors\n  mlff-jax md water10 --model student.safetensors --steps 10000 --output run.xyz\n\n'mlff-jax COMMAND --help' explains each command.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=_version())
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=Parser)  # Parser: allow_abbrev=False on every subparser too
 
     p = sub.add_parser("eval", help="energy and forces of a structure", description="Prints the energy (eV) and forces (eV/Å) of every frame of STRUCTURE, and the time per call.")
     p.add_argument("structure", metavar="STRUCTURE", help="any file ASE reads (xyz, extxyz, pdb, cif, traj, ...) or a bundled example (ethanol, benzene, water10)")
@@ -236,10 +151,14 @@ def build_parser() -> argparse.ArgumentParser:
         "md",
         help="molecular dynamics, compiled",
         description=(
-            "Runs MD with the whole loop compiled (many steps per call, no host round trip per step): "
-            "velocity Verlet (NVE) by default, or Langevin (BAOAB) with --thermostat langevin. Shows a "
-            "progress bar with steps/s and ns/day; writes an extended-XYZ trajectory (positions, "
-            "velocities, energy, forces) and a CSV energy log. Units: fs, K, 1/fs."
+            "Runs MD with the whole loop compiled (many steps per call, no host round trip per step). "
+            "First relaxes the structure (FIRE, to --relax-fmax), draws velocities at --temperature and "
+            "equilibrates with Langevin for --equilibrate fs; then runs --steps steps with Langevin (BAOAB, "
+            "the default) or velocity Verlet (NVE, --thermostat none). Guards stop a run that explodes "
+            "(non-finite values, temperature, NVE energy change, atoms closer than 0.5 Å) with one line. "
+            "Shows a progress bar with steps/s and ns/day, and a summary with the temperature and the "
+            "total-energy drift; writes an extended-XYZ trajectory (positions, velocities, energy, "
+            "forces) and a CSV energy log. Units: fs, K, 1/fs, eV/Å."
         ),
     )
     p.add_argument("structure", metavar="STRUCTURE", help="starting structure: any file ASE reads, or a bundled example")
@@ -247,17 +166,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=positive_int, required=True, help="number of steps")
     p.add_argument("--timestep", type=positive_float, default=0.5, help="timestep in fs (default: %(default)s)")
     p.add_argument("--temperature", type=non_negative_float, default=300.0, help="K: initial Maxwell-Boltzmann velocities and the thermostat's target (default: %(default)s)")
-    p.add_argument("--thermostat", choices=("none", "langevin"), default="none", help="none (NVE) or langevin (NVT) (default: %(default)s)")
+    p.add_argument("--thermostat", choices=("none", "langevin"), default="langevin", help="langevin (NVT) or none (NVE) for the recorded run (default: %(default)s)")
     p.add_argument("--friction", type=non_negative_float, default=0.01, help="Langevin friction in 1/fs (default: %(default)s)")
     p.add_argument("--output", required=True, metavar="TRAJ", help="trajectory file (extended XYZ)")
     p.add_argument("--log", metavar="CSV", help="energy log (default: TRAJ with the suffix .csv)")
     p.add_argument("--frame-interval", type=positive_int, default=10, help="steps between recorded frames (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="random seed for velocities and the thermostat (default: %(default)s)")
-    p.add_argument("--keep-velocities", action="store_true", help="start from the velocities stored in STRUCTURE instead of drawing them")
+    p.add_argument("--relax-fmax", type=non_negative_float, default=0.05, metavar="EV_PER_A", help="relax the structure with FIRE to this largest force (eV/Å) before drawing velocities; 0: no relaxation (default: %(default)s)")
+    p.add_argument("--equilibrate", type=non_negative_float, default=500.0, metavar="FS", help="fs of Langevin at --temperature before the recorded run, which then starts at step 0; 0: none (default: %(default)s)")
+    p.add_argument("--keep-velocities", action="store_true", help="run STRUCTURE as given: its stored velocities, no relaxation, no equilibration")
+    p.add_argument("--no-guards", action="store_true", help="do not stop when the simulation explodes (see docs/md.md for the guards and their bounds)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_md)
 
-    p = sub.add_parser("bench", help="quick speed check", description="Times energy+forces of one call from Python, and steps per second of the compiled MD loop, on a bundled molecule.")
+    p = sub.add_parser("bench", help="quick speed check", description="Times energy+forces of one call from Python, and steps per second of the compiled MD loop (NVE at 0.5 fs from 300 K, after a FIRE relaxation) on a bundled molecule, with the temperature and energy drift of the timed steps: a speed from a run that heated up is marked INVALID.")
     _model_args(p)
     p.add_argument("--molecule", default="benzene", help="bundled example (ethanol, benzene, water10) or a structure file (default: %(default)s)")
     p.add_argument("--repeats", type=positive_int, default=50, help="timed energy+forces calls (default: %(default)s)")

@@ -21,6 +21,12 @@ One chunk is one compiled call: ``lax.scan`` over frames, ``lax.fori_loop`` over
 its overflow flag OR-ed over the chunk; the host reads that one flag per chunk and, on overflow,
 reallocates the list and recomputes the chunk from its starting state (nothing is lost or silently
 wrong).
+
+Guards (:mod:`mlff_jax.md_guards`, on by default): the chunk also reduces the largest temperature,
+the largest total-energy change, finiteness and the closest pair, and :func:`run` checks them in the
+same one read-back per chunk; a run that explodes raises :class:`SimulationError` naming the chunk,
+its steps, the quantity and its value. Bad parameters (timestep, temperature, friction, masses) are
+refused up front with ``ValueError``.
 """
 
 from __future__ import annotations
@@ -32,6 +38,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from ase import units
+
+from mlff_jax import md_guards
+from mlff_jax.md_guards import Guards, GuardStats, SimulationError  # noqa: F401  (public: md.Guards, md.SimulationError)
 
 Potential = Callable[..., Any]
 
@@ -64,7 +73,9 @@ class MDState:
 @dataclasses.dataclass(frozen=True)
 class Frames:
     """Recorded frames (F of them): positions [F, N, 3] Å, velocities [F, N, 3], forces [F, N, 3]
-    eV/Å, potential_energy / kinetic_energy [F] eV, step [F] int."""
+    eV/Å, potential_energy / kinetic_energy [F] eV, step [F] int; ``guards``: the
+    :class:`~mlff_jax.md_guards.GuardStats` of the steps since the previous frame ([F] each), or None
+    when the chunk runs without guards."""
 
     positions: jax.Array
     velocities: jax.Array
@@ -72,6 +83,7 @@ class Frames:
     potential_energy: jax.Array
     kinetic_energy: jax.Array
     step: jax.Array
+    guards: GuardStats | None = None
 
     @property
     def total_energy(self):
@@ -124,6 +136,16 @@ def kinetic_energy(velocities: jax.Array, masses: jax.Array) -> jax.Array:
     return 0.5 * jnp.sum(masses * velocities**2)
 
 
+def _check_timestep(timestep) -> None:
+    if not (isinstance(timestep, (int, float, np.floating, np.integer)) and np.isfinite(timestep) and timestep > 0):
+        raise ValueError(f"timestep must be a finite number of fs > 0, got {timestep!r}")
+
+
+def _check_temperature(name: str, value) -> None:
+    if not (isinstance(value, (int, float, np.floating, np.integer)) and np.isfinite(value) and value >= 0):
+        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+
+
 def maxwell_boltzmann(key, masses: jax.Array, temperature: float) -> jax.Array:
     """Velocities [N, 3] drawn at ``temperature`` K, with the centre-of-mass momentum removed."""
     masses = jnp.reshape(masses, (-1, 1))
@@ -137,10 +159,20 @@ def _init_factory(both):
     def init_fn(positions, masses, velocities=None, *, key=None, temperature=None, **kwargs) -> MDState:
         """positions [N, 3] Å; masses [N] amu; velocities [N, 3] (ASE unit) or drawn at
         ``temperature`` K with ``key``; kwargs go to the potential (e.g. ``neighbor=``)."""
+        # Checked here, once, on the host: inside the compiled loop a bad value is a silent NaN.
+        host_positions, host_masses = np.asarray(positions), np.asarray(masses)
+        if host_positions.ndim != 2 or host_positions.shape[1] != 3 or not np.all(np.isfinite(host_positions)):
+            raise ValueError(f"positions must be a finite [N, 3] array (Å), got shape {host_positions.shape}" + ("" if host_positions.ndim != 2 or host_positions.shape[1] != 3 else " with non-finite entries"))
+        if host_masses.size != host_positions.shape[0]:
+            raise ValueError(f"masses has {host_masses.size} entries for {host_positions.shape[0]} atoms")
+        if not np.all(np.isfinite(host_masses) & (host_masses > 0)):
+            raise ValueError(f"masses must be finite and > 0 amu, got min {np.min(host_masses)!r}")
+        if temperature is not None:
+            _check_temperature("temperature", temperature)
+        if velocities is not None and (np.shape(velocities) != host_positions.shape or not np.all(np.isfinite(np.asarray(velocities)))):
+            raise ValueError(f"velocities must be a finite array of the positions' shape {host_positions.shape}")
         positions = jnp.asarray(positions)
         masses = jnp.reshape(jnp.asarray(masses, positions.dtype), (-1, 1))
-        if masses.shape[0] != positions.shape[0]:
-            raise ValueError(f"masses has {masses.shape[0]} entries for {positions.shape[0]} atoms")
         if key is None:
             key = jax.random.key(0)
         key, draw = jax.random.split(key)
@@ -161,6 +193,7 @@ def nve(potential: Potential, timestep: float):
     Returns:
       ``(init_fn, step_fn)``; ``step_fn(state, **kwargs) -> state`` is one step.
     """
+    _check_timestep(timestep)
     both = energy_and_forces_fn(potential)
     dt = timestep * units.fs
 
@@ -171,6 +204,7 @@ def nve(potential: Potential, timestep: float):
         velocities = v_half + 0.5 * dt * forces / state.masses
         return dataclasses.replace(state, positions=positions, velocities=velocities, forces=forces, potential_energy=energy, step=state.step + 1)
 
+    step_fn.conserves_energy = True  # read by the guards: the NVE energy bound applies
     return _init_factory(both), step_fn
 
 
@@ -183,8 +217,9 @@ def langevin(potential: Potential, timestep: float, temperature: float, friction
       temperature: K.
       friction: γ in 1/fs (0.01 /fs: a 100 fs relaxation time).
     """
-    if friction < 0 or temperature < 0:
-        raise ValueError(f"friction and temperature must be >= 0, got {friction} /fs and {temperature} K")
+    _check_timestep(timestep)
+    _check_temperature("temperature", temperature)
+    _check_temperature("friction", friction)
     both = energy_and_forces_fn(potential)
     dt = timestep * units.fs
     c1 = float(np.exp(-friction * timestep))
@@ -201,24 +236,37 @@ def langevin(potential: Potential, timestep: float, temperature: float, friction
         v = v + 0.5 * dt * forces / state.masses  # B
         return MDState(x, v, forces, energy, state.masses, key, state.step + 1)
 
+    step_fn.temperature = float(temperature)  # read by the guards: the reference of the temperature bound
     return _init_factory(both), step_fn
 
 
 # ----------------------------------------------------------------------------- chunked loop
-def _frame(state: MDState) -> Frames:
-    return Frames(state.positions, state.velocities, state.forces, state.potential_energy, kinetic_energy(state.velocities, state.masses), state.step)
+def _frame(state: MDState, guards: GuardStats | None = None) -> Frames:
+    return Frames(state.positions, state.velocities, state.forces, state.potential_energy, kinetic_energy(state.velocities, state.masses), state.step, guards)
 
 
-def trajectory_chunk(step_fn, frame_interval: int, frames_per_chunk: int, *, neighbor_update=None, jit: bool = True, unroll: int = 1):
+def total_energy(state: MDState) -> jax.Array:
+    """[] eV, potential plus kinetic energy of ``state``."""
+    return state.potential_energy + kinetic_energy(state.velocities, state.masses)
+
+
+def trajectory_chunk(step_fn, frame_interval: int, frames_per_chunk: int, *, neighbor_update=None, jit: bool = True, unroll: int = 1,
+                     guards: Guards | None = Guards()):
     """One compiled call that runs ``frames_per_chunk * frame_interval`` steps.
 
-    Returns ``chunk(state, neighbor=None) -> (state, neighbor, frames, overflow)``: ``frames`` holds
-    the state after every ``frame_interval`` steps; with a neighbour list (anything with a
-    ``did_buffer_overflow`` flag), it is updated before every step by
+    Returns ``chunk(state, neighbor=None, reference_energy=None) -> (state, neighbor, frames,
+    overflow)``: ``frames`` holds the state after every ``frame_interval`` steps; with a neighbour
+    list (anything with a ``did_buffer_overflow`` flag), it is updated before every step by
     ``neighbor_update(positions, neighbor)`` (default: ``neighbor.update(positions)``, JAX-MD's
     method; pass ``neighbor_fn.update`` for :mod:`mlff_jax.neighbors`), and ``overflow`` tells whether
     it overflowed at any step of the chunk (then the chunk's results are invalid: :func:`run`
     recomputes it).
+
+    ``guards`` (:class:`~mlff_jax.md_guards.Guards`, on by default; None: off): the chunk also
+    reduces, inside the compiled loop, the largest temperature, the largest |E_total −
+    reference_energy| (default reference: the chunk's starting state; :func:`run` passes the run's)
+    and finiteness over every step, and the closest pair at every frame, into ``frames.guards``;
+    :func:`run` checks them against the bounds once per chunk.
 
     ``unroll``: steps per iteration of the compiled loop (``lax.fori_loop``'s ``unroll``). Larger
     values trade compile time for fewer loop iterations, whose bookkeeping costs a few µs each on a
@@ -230,49 +278,97 @@ def trajectory_chunk(step_fn, frame_interval: int, frames_per_chunk: int, *, nei
         raise ValueError(f"frame_interval and frames_per_chunk must be >= 1, got {frame_interval}, {frames_per_chunk}")
     if unroll < 1:
         raise ValueError(f"unroll must be >= 1, got {unroll}")
+    if guards is not None and not isinstance(guards, Guards):
+        raise ValueError(f"guards must be an mlff_jax.md.Guards or None, got {type(guards).__name__}")
 
-    def chunk(state, neighbor=None):
+    def chunk(state, neighbor=None, reference_energy=None):
+        if reference_energy is None:
+            reference_energy = total_energy(state)
+
         def one_step(_, carry):
-            state, neighbor, overflow = carry
+            state, neighbor, overflow, stats = carry
             if neighbor is None:
-                return step_fn(state), None, overflow
-            neighbor = neighbor_update(state.positions, neighbor)
-            overflow = overflow | jnp.asarray(neighbor.did_buffer_overflow, bool)  # JAX-MD keeps it as uint8
-            return step_fn(state, neighbor=neighbor), neighbor, overflow
+                state = step_fn(state)
+            else:
+                neighbor = neighbor_update(state.positions, neighbor)
+                overflow = overflow | jnp.asarray(neighbor.did_buffer_overflow, bool)  # JAX-MD keeps it as uint8
+                state = step_fn(state, neighbor=neighbor)
+            if stats is not None:
+                stats = md_guards.accumulate(stats, state, kinetic_energy(state.velocities, state.masses), reference_energy)
+            return state, neighbor, overflow, stats
 
         def one_frame(carry, _):
-            carry = jax.lax.fori_loop(0, frame_interval, one_step, carry, unroll=unroll)
-            return carry, _frame(carry[0])
+            state, neighbor, overflow, _ = carry
+            stats = None if guards is None else md_guards.empty_stats(state.positions.dtype)
+            state, neighbor, overflow, stats = jax.lax.fori_loop(0, frame_interval, one_step, (state, neighbor, overflow, stats), unroll=unroll)
+            if stats is not None:  # once per frame: the closest pair costs a pass over the pairs
+                stats = dataclasses.replace(stats, min_pair_distance=md_guards.closest_pair(state.positions, neighbor))
+            return (state, neighbor, overflow, None), _frame(state, stats)
 
-        (state, neighbor, overflow), frames = jax.lax.scan(one_frame, (state, neighbor, jnp.zeros((), bool)), None, length=frames_per_chunk)
+        (state, neighbor, overflow, _), frames = jax.lax.scan(one_frame, (state, neighbor, jnp.zeros((), bool), None), None, length=frames_per_chunk)
         return state, neighbor, frames, overflow
 
-    return jax.jit(chunk) if jit else chunk
+    compiled = jax.jit(chunk) if jit else chunk
+
+    def guarded_chunk(state, neighbor=None, reference_energy=None):
+        return compiled(state, neighbor, reference_energy)
+
+    # read by run(): which bounds to check, and against which references
+    guarded_chunk.guards = guards
+    guarded_chunk.conserves_energy = bool(getattr(step_fn, "conserves_energy", False))
+    guarded_chunk.target_temperature = getattr(step_fn, "temperature", None)
+    guarded_chunk.steps_per_chunk = frame_interval * frames_per_chunk
+    return guarded_chunk
 
 
-def run(chunk, state: MDState, num_chunks: int, neighbor=None, neighbor_fn=None, on_chunk=None, max_reallocations: int = 8):
+def run(chunk, state: MDState, num_chunks: int, neighbor=None, neighbor_fn=None, on_chunk=None, max_reallocations: int | None = None,
+        on_guards=None):
     """Runs ``num_chunks`` chunks from ``state``; the host syncs once per chunk.
 
     Args:
-      chunk: from :func:`trajectory_chunk`.
+      chunk: from :func:`trajectory_chunk` (its guards are checked after every chunk).
       neighbor: a neighbour list for the potential, or None.
       neighbor_fn: has ``allocate(positions)``; used to grow the list after an overflow. Without
-        it an overflow raises ``RuntimeError``.
+        it an overflow raises :class:`~mlff_jax.md_guards.SimulationError`.
       on_chunk: called with each chunk's :class:`Frames` (as NumPy arrays), e.g. to write them.
+      max_reallocations: reallocations allowed per chunk (default: the chunk's
+        ``Guards.max_reallocations``, 8).
+      on_guards: called with each chunk's guard summary (a dict: max_temperature K,
+        max_energy_change_per_atom eV, min_pair_distance Å, reallocations), e.g. for a report.
     Returns:
       ``(state, frames)`` with all frames concatenated (or None when ``on_chunk`` consumes them).
+    Raises:
+      SimulationError (a ``RuntimeError``): a guard tripped, naming the chunk, its steps, the
+      quantity and its value.
     """
+    guards = getattr(chunk, "guards", None)
+    if max_reallocations is None:
+        max_reallocations = guards.max_reallocations if guards is not None else Guards().max_reallocations
+    steps_per_chunk = getattr(chunk, "steps_per_chunk", None)
+    reference_energy = total_energy(state)  # the NVE guard compares with the run's start
+    reference_temperature = getattr(chunk, "target_temperature", None)
+    if reference_temperature is None:
+        reference_temperature = float(md_guards.temperature(kinetic_energy(state.velocities, state.masses), state.positions.shape[0]))
     collected = []
-    for _ in range(num_chunks):
+    for index in range(num_chunks):
+        first_step = int(state.step) + 1
         for attempt in range(max_reallocations + 1):
-            new_state, new_neighbor, frames, overflow = chunk(state, neighbor)
+            new_state, new_neighbor, frames, overflow = chunk(state, neighbor, reference_energy) if guards is not None else chunk(state, neighbor)
+            frames, overflow = jax.device_get((frames, overflow))  # the one host sync of the chunk
             if not bool(overflow):
                 break
+            steps = (first_step, first_step + (steps_per_chunk or 1) - 1)
             if neighbor_fn is None:
-                raise RuntimeError("neighbour list overflowed during MD and no neighbor_fn was given to reallocate it")
+                raise SimulationError(index, steps, "neighbour list overflow", True, hint="no neighbor_fn was given to reallocate it")
+            if attempt == max_reallocations:
+                raise SimulationError(index, steps, "neighbour list overflow", True, hint=f"still overflowing after {max_reallocations} reallocations")
             neighbor = neighbor_fn.allocate(state.positions)
-        else:
-            raise RuntimeError(f"neighbour list still overflowing after {max_reallocations} reallocations")
+        last_step = int(frames.step[-1])
+        if guards is not None:
+            summary = md_guards.check(frames.guards, guards, chunk=index, steps=(first_step, last_step), num_atoms=state.positions.shape[0],
+                                      reference_temperature=reference_temperature, conserves_energy=chunk.conserves_energy)
+            if on_guards is not None:
+                on_guards(dict(summary, reallocations=attempt))
         state, neighbor = new_state, new_neighbor
         frames = jax.tree_util.tree_map(np.asarray, frames)
         if on_chunk is not None:

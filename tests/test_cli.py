@@ -46,11 +46,13 @@ def test_eval_prints_the_model_energy_and_forces(model_path, capsys, load_model)
 def test_md_end_to_end_writes_a_readable_trajectory_and_log_and_shows_progress(model_path, capsys, tmp_path, monkeypatch, load_model):
     monkeypatch.setattr(_cli_md, "STEPS_PER_CHUNK", 20)  # two chunks, so the bar shows a steady rate
     traj = tmp_path / "run.xyz"
-    argv = ["md", "ethanol", "--model", model_path, "--dtype", "float64", "--steps", "40", "--timestep", "0.25", "--temperature", "100", "--frame-interval", "10", "--output", str(traj)]
+    argv = ["md", "ethanol", "--model", model_path, "--dtype", "float64", "--steps", "40", "--timestep", "0.25", "--temperature", "100", "--frame-interval", "10",
+            "--thermostat", "none", "--relax-fmax", "0", "--equilibrate", "0", "--output", str(traj)]
     code, out, err = _run(argv, capsys)
     assert code == 0, err
     assert "steps/s" in err and "ns/day" in err and "100%" in err
     assert "steps/s" in out and "ns/day" in out
+    assert "temperature: mean" in out and "eV/atom/ps" in out and "guards: ok" in out
 
     frames = ase.io.read(traj, index=":")
     assert len(frames) == 5
@@ -74,7 +76,8 @@ def test_md_langevin_is_reproducible_from_its_seed(model_path, capsys, tmp_path)
     paths = []
     for name, seed in (("a", "3"), ("b", "3"), ("c", "4")):
         paths.append(tmp_path / f"{name}.xyz")
-        argv = ["md", "ethanol", "--model", model_path, "--steps", "20", "--thermostat", "langevin", "--friction", "0.05", "--seed", seed, "--output", str(paths[-1]), "--log", str(tmp_path / f"{name}.log.csv"), "--quiet"]
+        argv = ["md", "ethanol", "--model", model_path, "--steps", "20", "--thermostat", "langevin", "--friction", "0.05", "--seed", seed, "--output", str(paths[-1]), "--log", str(tmp_path / f"{name}.log.csv"), "--quiet",
+                "--relax-fmax", "0", "--equilibrate", "5"]
         code, _, err = _run(argv, capsys)
         assert code == 0, err
     a, b, c = (ase.io.read(p, index=-1).positions for p in paths)
@@ -89,6 +92,10 @@ def test_bench_reports_and_writes_json(model_path, capsys, tmp_path):
     result = json.loads(out_json.read_text())
     assert result["atoms"] == 9 and result["md_steps_per_s"] > 0 and result["energy_and_forces_us_median"] > 0
     assert "µs/step" in out
+    physics = result["md_physics"]
+    assert physics["temperature_start_K"] > 0 and physics["temperature_max_K"] >= physics["temperature_mean_K"]
+    assert result["valid"] == physics["valid"] and isinstance(physics["nve_drift_eV_per_atom_per_ps"], float)
+    assert "temperature: start" in out and "eV/atom/ps" in out and "physics:" in out
 
 
 def test_convert_writes_a_checkpoint_that_loads_to_the_same_model(model_path, capsys, tmp_path, load_model):
@@ -118,13 +125,16 @@ def _bad_inputs(tmp_path, model_path):
         "unreadable file": (["eval", str(garbage), "--model", model_path], "cannot read"),
         "bad number": (["md", "ethanol", "--model", model_path, "--steps", "ten", "--output", out], "--steps"),
         "negative temperature": (["md", "ethanol", "--model", model_path, "--steps", "10", "--temperature", "-5", "--output", out], "--temperature"),
+        "abbreviated flag": (["md", "ethanol", "--model", model_path, "--steps", "10", "--step", "100", "--output", out], "unrecognized arguments: --step 100"),
+        "abbreviated top-level flag": (["--vers", "eval", "ethanol"], "unrecognized arguments: --vers"),
         "steps vs frames": (["md", "ethanol", "--model", model_path, "--steps", "15", "--output", out], "multiple"),
         "missing checkpoint": (["convert", str(tmp_path / "nope.pt"), str(tmp_path / "x.safetensors")], "not found"),
         "unknown command": (["fly"], "invalid choice"),
     }
 
 
-@pytest.mark.parametrize("case", ["missing structure", "unknown model", "unsupported element", "unreadable file", "bad number", "negative temperature", "steps vs frames", "missing checkpoint", "unknown command"])
+@pytest.mark.parametrize("case", ["missing structure", "unknown model", "unsupported element", "unreadable file", "bad number", "negative temperature", "abbreviated flag",
+                                  "abbreviated top-level flag", "steps vs frames", "missing checkpoint", "unknown command"])
 def test_bad_input_prints_one_line_and_exits_nonzero(case, tmp_path, model_path, capsys):
     argv, expected = _bad_inputs(tmp_path, model_path)[case]
     code, out, err = _run(argv, capsys)
@@ -168,7 +178,8 @@ def test_md_and_eval_of_a_periodic_box(model_path, capsys, tmp_path, load_model)
     assert f"energy: {float(energy):.6f} eV" in out
 
     traj = tmp_path / "run.xyz"
-    code, out, err = _run(["md", str(start), "--model", model_path, "--dtype", "float64", "--steps", "20", "--timestep", "0.25", "--output", str(traj), "--quiet"], capsys)
+    code, out, err = _run(["md", str(start), "--model", model_path, "--dtype", "float64", "--steps", "20", "--timestep", "0.25", "--output", str(traj), "--quiet",
+                           "--relax-fmax", "0", "--equilibrate", "0"], capsys)
     assert code == 0, err
     last = ase.io.read(traj, index=-1)
     assert last.pbc.all() and np.allclose(last.cell.array, box.cell.array)
@@ -189,3 +200,46 @@ def test_eval_uses_the_bundled_default_model(capsys):
     atoms = example("ethanol")
     energy, _ = model.energy_and_forces(atoms.positions, atoms.numbers)
     assert f"energy: {float(energy):.6f} eV" in out
+
+
+def test_every_subcommand_refuses_abbreviated_flags():
+    parser = cli.build_parser()
+    subparsers = next(a for a in parser._actions if isinstance(a, __import__("argparse")._SubParsersAction))
+    assert parser.allow_abbrev is False
+    assert all(p.allow_abbrev is False for p in subparsers.choices.values())
+
+
+def test_cli_helpers_live_in_one_module_that_imports_neither_command():
+    import importlib
+
+    common = importlib.import_module("mlff_jax._cli_common")
+    assert cli.UserError is common.UserError and _cli_md.UserError is common.UserError
+    def imported(module):
+        import ast
+
+        tree = ast.parse(open(module.__file__).read())
+        return {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)} | {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+
+    assert not imported(common) & {"mlff_jax.cli", "mlff_jax._cli_md"}
+    assert "mlff_jax.cli" not in imported(_cli_md)
+
+
+def test_md_that_explodes_stops_with_one_line_naming_the_guard(model_path, capsys, tmp_path):
+    # 20 fs steps: ethanol's hydrogens fly apart within a few steps
+    argv = ["md", "ethanol", "--model", model_path, "--steps", "100", "--timestep", "20", "--thermostat", "none", "--relax-fmax", "0", "--equilibrate", "0",
+            "--output", str(tmp_path / "boom.xyz"), "--quiet"]
+    code, out, err = _run(argv, capsys)
+    assert code == 2
+    assert err.count("\n") == 1 and "simulation guard tripped in chunk 0" in err, err
+    assert any(q in err for q in ("temperature", "energy change", "closest pair", "non-finite"))
+
+
+def test_md_relaxes_before_drawing_velocities(model_path, capsys, tmp_path):
+    traj = tmp_path / "run.xyz"
+    argv = ["md", "ethanol", "--model", model_path, "--dtype", "float64", "--steps", "10", "--temperature", "0", "--thermostat", "none", "--equilibrate", "0",
+            "--relax-fmax", "0.05", "--output", str(traj), "--quiet"]
+    code, out, err = _run(argv, capsys)
+    assert code == 0, err
+    assert out.startswith("relaxed (FIRE)")
+    first = ase.io.read(traj, index=0)
+    assert np.linalg.norm(first.get_forces(), axis=1).max() <= 0.05
