@@ -199,9 +199,11 @@ def main():
     if what == "smooth":  # the fast checks on a model with the architecture options (no checkpoint needed)
         print("RESULT " + json.dumps(fast_checks(smooth_model())))
         return
-    model = mlff_jax.load(sys.argv[2], dtype="float64")
+    # random structures draw elements from the whole embedding table: these checks compare one device
+    # with several, not chemistry, so untrained elements are allowed here
+    model = mlff_jax.load(sys.argv[2], dtype="float64", allow_untrained_elements=True)
     if what == "float32":
-        result = float32_translation_checks(mlff_jax.load(sys.argv[2], dtype="float32"))
+        result = float32_translation_checks(mlff_jax.load(sys.argv[2], dtype="float32", allow_untrained_elements=True))
     else:
         result = fast_checks(model) if what == "fast" else md_checks(model)
     print("RESULT " + json.dumps(result))
