@@ -29,6 +29,32 @@ def _is_traced(*arrays) -> bool:
     return any(isinstance(a, jax.core.Tracer) for a in arrays)
 
 
+class _HostProgramCache(dict):
+    """A dict of compiled programs that ``jax.clear_caches()`` empties too, like jit's own caches
+    (a long process, e.g. a test session, frees compiled programs that way)."""
+
+    def __init__(self):
+        super().__init__()
+        try:  # JAX's registry of caches is private: without it, the cache simply lives with its model.
+            from jax._src import util as jax_util
+
+            jax_util.register_cache(self, "mlff_jax host programs")
+        except (ImportError, AttributeError):
+            pass
+
+    __hash__ = object.__hash__  # registered in a WeakKeyDictionary: hashed by identity
+    __eq__ = object.__eq__
+
+    def cache_clear(self) -> None:
+        self.clear()
+
+    def cache_info(self) -> str:
+        return f"{len(self)} compiled host programs"
+
+    def cache_keys(self) -> list:
+        return list(self.keys())
+
+
 class PaiNNStudent:
     """A PaiNN student force field.
 
@@ -70,10 +96,10 @@ class PaiNNStudent:
         # Ahead-of-time compiled host programs, by (atoms bucket, structures bucket, method): called
         # positionally, they skip jit's per-call signature hashing. dtype, precision and
         # implementation are fixed per model, so they need no place in the key.
-        self._executables: dict[tuple[int, int, str], Any] = {}
+        self._executables = _HostProgramCache()
         # One molecule of N atoms (the latency-bound case), by (N, method): (executable, packed
         # template, padded size), or None where the neighbour-list path applies.
-        self._molecule_plans: dict[tuple[int, str], tuple | None] = {}
+        self._molecule_plans = _HostProgramCache()
         self._allowed_z = self._allowed_elements_table()
         self._neighbor_specs = periodic.SpecCache()
 

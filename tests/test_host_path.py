@@ -1,0 +1,119 @@
+"""The host call's fast path for one molecule: compiled programs reused per size bucket, the same
+results as the general path, and the same clear errors for bad input."""
+
+import jax
+import numpy as np
+import pytest
+
+from mlff_jax.evaluation import bucket_size
+
+
+@pytest.fixture()
+def fresh_model(load_model):
+    """ultra-tiny-21k in float64 with empty program caches (the session-cached model's are shared)."""
+    model = load_model("ultra-tiny-21k", "float64")
+    return model.with_untrained_elements(False)  # a new object: its own caches
+
+
+@pytest.fixture(scope="module")
+def molecules(reference):
+    """Three upstream molecules: two of one size bucket and one of a larger bucket."""
+    ref = reference("ultra-tiny-21k")
+    by_size = {}
+    for s in ref.structures:
+        by_size.setdefault(len(ref[s, "Z"]), (np.asarray(ref[s, "R"], np.float64), np.asarray(ref[s, "Z"], np.int64)))
+    sizes = sorted(n for n in by_size if n >= 4)  # room for the bad atoms the tests plant
+    for a in sizes:
+        same = [b for b in sizes if b != a and bucket_size(b) == bucket_size(a)]
+        larger = [b for b in sizes if bucket_size(b) > bucket_size(a)]
+        if same and larger:
+            return by_size[a], by_size[same[0]], by_size[larger[0]]
+    raise AssertionError("the reference set has no two molecules sharing a bucket")
+
+
+def test_molecules_of_one_bucket_share_one_compiled_program(fresh_model, molecules):
+    (r1, z1), (r2, z2), _ = molecules
+    fresh_model.energy_and_forces(r1, z1)
+    fresh_model.energy_and_forces(r2, z2)
+    assert list(fresh_model._executables) == [(bucket_size(len(z1)), 1, "analytic")]
+    program_1 = fresh_model._molecule_plans[(len(z1), "analytic")][0]
+    program_2 = fresh_model._molecule_plans[(len(z2), "analytic")][0]
+    assert program_1 is program_2
+
+
+def test_a_new_bucket_compiles_once_and_is_reused(fresh_model, molecules, monkeypatch):
+    (r1, z1), _, (r3, z3) = molecules
+    fresh_model.energy_and_forces(r1, z1)
+    compiled_before = dict(fresh_model._executables)
+    lowerings = []
+
+    class CountingJit:  # the model compiles through self._jitted.lower(...).compile()
+        def __init__(self, jitted):
+            self.jitted = jitted
+
+        def lower(self, *args, **kwargs):
+            lowerings.append(kwargs)
+            return self.jitted.lower(*args, **kwargs)
+
+    monkeypatch.setattr(fresh_model, "_jitted", CountingJit(fresh_model._jitted))
+    for step in range(3):
+        fresh_model.energy_and_forces(r3 + 0.01 * step, z3)
+        fresh_model.energy_and_forces(r1 + 0.01 * step, z1)
+    assert lowerings == [{"num_structures": 1, "method": "analytic"}]
+    new = {k: v for k, v in fresh_model._executables.items() if k not in compiled_before}
+    assert list(new) == [(bucket_size(len(z3)), 1, "analytic")]
+    assert all(fresh_model._executables[k] is v for k, v in compiled_before.items())
+    assert fresh_model._molecule_plans[(len(z3), "analytic")][0] is new[(bucket_size(len(z3)), 1, "analytic")]
+
+
+@pytest.mark.parametrize("method", ["analytic", "autodiff"])
+def test_fast_path_gives_the_general_paths_results_bit_for_bit(fresh_model, molecules, method):
+    (r1, z1), _, _ = molecules
+    far = r1 + np.array([1e4, -3e3, 7.0])  # the float64 centring must happen on both paths
+    fast = fresh_model.energy_and_forces(far, z1, method=method)
+    assert (len(z1), method) in fresh_model._molecule_plans
+    general = fresh_model.energy_and_forces(far.tolist(), z1.tolist(), method=method)  # lists: the general path
+    batched = fresh_model.energy_and_forces(far, z1, batch=np.zeros(len(z1), int), method=method)
+    assert np.shape(fast[0]) == () and fast[1].shape == (len(z1), 3)
+    assert fast[0] == general[0] == batched[0][0]
+    assert np.array_equal(fast[1], general[1]) and np.array_equal(fast[1], batched[1])
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda r, z: (r, np.where(np.arange(len(z)) == 1, 0, z)), r"unknown element: atomic number\(s\) \[0\]"),
+        (lambda r, z: (r, np.where(np.arange(len(z)) == 1, -3, z)), r"unknown element: atomic number\(s\) \[-3\]"),
+        (lambda r, z: (r, np.where(np.arange(len(z)) == 1, 101, z)), r"unknown element: atomic number\(s\) \[101\] outside 1..100"),
+        (lambda r, z: (r, np.where(np.arange(len(z)) == 1, 5, z)), r"untrained element: B \(Z=5\)"),
+        (lambda r, z: (np.where(np.arange(len(z))[:, None] == 1, np.nan, r), z), r"NaN or inf \(atoms \[1\]\)"),
+        (lambda r, z: (np.where(np.arange(len(z))[:, None] == 2, -np.inf, r), z), r"NaN or inf \(atoms \[2\]\)"),
+        (lambda r, z: (r, z[:-1]), r"atomic_numbers must have shape \[N\]"),
+        (lambda r, z: (r[:, :2].copy(), z), r"positions must have shape \[N, 3\]"),
+        (lambda r, z: (r, z + 0.5), "atomic_numbers must be integers"),
+    ],
+)
+def test_bad_input_after_a_good_call_of_its_size_still_raises_the_clear_error(fresh_model, molecules, change, message):
+    (r1, z1), _, _ = molecules
+    fresh_model.energy_and_forces(r1, z1)  # the plan for this size now exists: bad input must not slip through it
+    positions, numbers = change(r1, z1)
+    with pytest.raises(ValueError, match=message):
+        fresh_model.energy_and_forces(positions, numbers)
+
+
+def test_untrained_elements_are_evaluated_when_allowed(fresh_model, molecules):
+    (r1, z1), _, _ = molecules
+    z = z1.copy()
+    z[0] = 5  # boron: outside the trained set
+    energy, forces = fresh_model.with_untrained_elements(True).energy_and_forces(r1, z)
+    assert np.isfinite(energy) and np.all(np.isfinite(forces))
+
+
+def test_clear_caches_drops_the_compiled_host_programs(fresh_model, molecules):
+    (r1, z1), _, _ = molecules
+    e_before, _ = fresh_model.energy_and_forces(r1, z1)
+    assert fresh_model._executables and fresh_model._molecule_plans
+    jax.clear_caches()
+    assert not fresh_model._executables and not fresh_model._molecule_plans
+    e_after, _ = fresh_model.energy_and_forces(r1, z1)
+    assert e_after == e_before
