@@ -117,3 +117,71 @@ def test_clear_caches_drops_the_compiled_host_programs(fresh_model, molecules):
     assert not fresh_model._executables and not fresh_model._molecule_plans
     e_after, _ = fresh_model.energy_and_forces(r1, z1)
     assert e_after == e_before
+
+
+# ---------------------------------------------------------------------- the ASE calculator on top
+def _calculator_atoms(model, molecules):
+    from ase import Atoms
+
+    from mlff_jax import MLFFCalculator
+
+    (r1, z1), _, _ = molecules
+    atoms = Atoms(numbers=z1, positions=r1)
+    atoms.calc = MLFFCalculator(model)
+    return atoms
+
+
+def test_calculator_gives_the_host_calls_results(fresh_model, molecules):
+    atoms = _calculator_atoms(fresh_model, molecules)
+    energy, forces = fresh_model.energy_and_forces(atoms.positions, atoms.numbers)
+    assert atoms.get_potential_energy() == float(energy)
+    assert np.array_equal(atoms.get_forces(), np.asarray(forces, np.float64))
+
+
+@pytest.mark.parametrize(
+    "change",
+    ["none", "positions", "tiny_move", "numbers", "cell", "pbc", "magmoms"],
+)
+def test_calculator_detects_changes_as_ase_does(fresh_model, molecules, change):
+    from ase.calculators.calculator import compare_atoms
+
+    atoms = _calculator_atoms(fresh_model, molecules)
+    atoms.get_forces()
+    edits = {
+        "none": lambda a: None,
+        "positions": lambda a: a.positions.__setitem__((0, 0), a.positions[0, 0] + 1e-9),
+        "tiny_move": lambda a: a.positions.__setitem__((0, 0), a.positions[0, 0] + 1e-17),
+        "numbers": lambda a: a.numbers.__setitem__(0, 1 if a.numbers[0] != 1 else 6),
+        "cell": lambda a: a.set_cell(np.eye(3) * 20.0),
+        "pbc": lambda a: a.set_pbc([True, False, False]),
+        "magmoms": lambda a: a.set_initial_magnetic_moments(np.ones(len(a))),
+    }
+    edits[change](atoms)
+    expected = compare_atoms(atoms.calc.atoms, atoms, tol=1e-15)
+    assert sorted(atoms.calc.check_state(atoms)) == sorted(expected)
+    assert (expected == []) == (change in ("none", "tiny_move"))
+
+
+def test_calculator_recomputes_only_when_the_atoms_change(fresh_model, molecules, monkeypatch):
+    atoms = _calculator_atoms(fresh_model, molecules)
+    calls = []
+    host_call = fresh_model.energy_and_forces
+    monkeypatch.setattr(fresh_model, "energy_and_forces", lambda *a, **k: calls.append(1) or host_call(*a, **k))
+    first = atoms.get_forces()
+    atoms.get_potential_energy()
+    atoms.get_forces()
+    assert len(calls) == 1
+    atoms.positions = atoms.positions + 0.01
+    moved = atoms.get_forces()
+    assert len(calls) == 2 and not np.array_equal(moved, first)
+    assert np.array_equal(atoms.calc.atoms.positions, atoms.positions) and atoms.calc.atoms is not atoms
+
+
+def test_direct_calculate_call_keeps_a_copy_of_the_atoms(fresh_model, molecules):
+    atoms = _calculator_atoms(fresh_model, molecules)
+    other = atoms.copy()
+    other.positions += 0.05
+    atoms.calc.calculate(other, ["energy", "forces"])
+    assert atoms.calc.atoms is not other and np.array_equal(atoms.calc.atoms.positions, other.positions)
+    energy, _ = fresh_model.energy_and_forces(other.positions, other.numbers)
+    assert atoms.calc.results["energy"] == float(energy)
