@@ -67,25 +67,14 @@ class MLFFCalculator(Calculator):
             self.model = self.model.with_untrained_elements(True)
         self.skin = float(skin)
         self._periodic = None  # PeriodicEvaluator, created on the first periodic structure
-        self._atoms_stored = False  # True while get_property has just stored a copy of the atoms
 
     # ------------------------------------------------------------------ ASE interface
-    def get_property(self, name, atoms=None, allow_calculation=True):
-        # ASE's get_property stores a copy of ``atoms`` as self.atoms before it calls calculate, and
-        # Calculator.calculate would copy them again (and stat its directory, which this calculator
-        # never writes to): tens of µs per call, as much as the host call's own overhead.
-        self._atoms_stored = self.use_cache  # without the cache, ASE stores no copy
-        try:
-            return super().get_property(name, atoms, allow_calculation)
-        finally:
-            self._atoms_stored = False
-
     def check_state(self, atoms, tol=1e-15):
         """ASE's change detection (``compare_atoms``: which of cell, pbc, positions, numbers differ by
         more than ``tol``), without its generic per-property ``allclose`` calls for the usual atoms
         that carry only positions and numbers; anything else goes to ASE's own comparison."""
         old = self.atoms
-        if old is None or not self.use_cache or old.arrays.keys() != _PLAIN_ARRAYS or atoms.arrays.keys() != _PLAIN_ARRAYS:
+        if old is None or self.ignored_changes or old.arrays.keys() != _PLAIN_ARRAYS or atoms.arrays.keys() != _PLAIN_ARRAYS:
             return super().check_state(atoms, tol)
         changes = []
         if not _close(old.cell.array, atoms.cell.array, tol):
@@ -99,7 +88,8 @@ class MLFFCalculator(Calculator):
         return changes
 
     def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
-        if atoms is not None and not self._atoms_stored:  # a direct call (or no cache): keep a copy, as ASE does
+        # Calculator.calculate would also stat its directory, which this calculator never writes to.
+        if atoms is not None:
             self.atoms = atoms.copy()
         atoms = self.atoms
         if np.any(atoms.pbc):
