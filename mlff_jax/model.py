@@ -8,6 +8,7 @@ already static there) and run the same pure function.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import jax
@@ -321,14 +322,14 @@ class PaiNNStudent:
             template = evaluation.packed_template(n, n_pad, DTYPES[self.dtype], self.config.cutoff)
             plan = self._molecule_plans[(n, method)] = (self._executable(n_pad, 1, method), template, n_pad)
         executable, template, n_pad = plan
-        # Column sums: finite iff every coordinate is (a NaN or inf anywhere reaches its column's sum;
-        # an overflowing sum of finite values only sends the call to the general path).
+        # Column sums: their total is finite iff every coordinate is (a NaN or inf anywhere reaches
+        # it; a sum of finite values that overflows only sends the call to the general path).
         sums = np.add.reduce(positions, axis=0)
-        if not np.isfinite(sums).all() or not self._allowed_z.take(atomic_numbers, mode="clip").all():
+        if not math.isfinite(sum(sums.tolist())) or not self._allowed_z.take(atomic_numbers, mode="clip").all():
             return None
         packed = template.copy()  # a fresh buffer: the previous call's may still be in flight
-        # Centroid at the origin in float64 before the cast, bit for bit evaluation.prepare_positions.
-        packed[:n, :3] = positions - sums / n
+        # Centroid at the origin in float64, then the cast on writing: bit for bit evaluation.prepare_positions.
+        np.subtract(positions, sums / n, out=packed[:n, :3])
         packed[:n, 3] = atomic_numbers
         out = np.asarray(executable(self.params, packed))
         return out[0], out[1:].reshape(n_pad, 3)[:n]

@@ -79,6 +79,15 @@ def test_fast_path_gives_the_general_paths_results_bit_for_bit(fresh_model, mole
     assert np.array_equal(fast[1], general[1]) and np.array_equal(fast[1], batched[1])
 
 
+def test_fast_path_in_float32_casts_the_float64_centred_coordinates_as_the_general_path(load_model, molecules):
+    model = load_model("ultra-tiny-21k", "float32").with_untrained_elements(False)
+    (r1, z1), _, _ = molecules
+    far = r1 + np.array([3e5, 0.0, -2e4])  # float32 could not hold these coordinates to 0.01 Å
+    fast = model.energy_and_forces(far, z1)
+    general = model.energy_and_forces(far.tolist(), z1.tolist())
+    assert fast[1].dtype == np.float32 and fast[0] == general[0] and np.array_equal(fast[1], general[1])
+
+
 @pytest.mark.parametrize(
     "change, message",
     [
