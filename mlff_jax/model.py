@@ -308,14 +308,15 @@ class PaiNNStudent:
         element, a periodic-size molecule) returns None: the general path then raises its own
         clear error or handles the case, so errors and results are the same either way.
         """
-        if type(positions) is not np.ndarray or type(atomic_numbers) is not np.ndarray:
+        if type(positions) is not np.ndarray or type(atomic_numbers) is not np.ndarray or method not in evaluation.METHODS:
             return None
-        n = positions.shape[0]
-        if positions.dtype != np.float64 or positions.shape != (n, 3) or atomic_numbers.shape != (n,) or atomic_numbers.dtype.kind != "i":
+        shape = positions.shape
+        if len(shape) != 2 or shape[1] != 3 or positions.dtype != np.float64 or atomic_numbers.shape != shape[:1] or atomic_numbers.dtype.kind != "i":
             return None
+        n = shape[0]
         plan = self._molecule_plans.get((n, method))
         if plan is None:
-            if (n, method) in self._molecule_plans or n == 0 or method not in evaluation.METHODS or evaluation.uses_neighbor_list(n, None, None):
+            if (n, method) in self._molecule_plans or n == 0 or evaluation.uses_neighbor_list(n, None, None):
                 self._molecule_plans.setdefault((n, method), None)
                 return None
             n_pad = bucket_size(n)

@@ -100,6 +100,8 @@ def test_fast_path_in_float32_casts_the_float64_centred_coordinates_as_the_gener
         (lambda r, z: (r, z[:-1]), r"atomic_numbers must have shape \[N\]"),
         (lambda r, z: (r[:, :2].copy(), z), r"positions must have shape \[N, 3\]"),
         (lambda r, z: (r, z + 0.5), "atomic_numbers must be integers"),
+        (lambda r, z: (np.asarray(1.0), z), r"positions must have shape \[N, 3\] with N >= 1, got \[\]"),
+        (lambda r, z: (r.reshape(-1), z), r"positions must have shape \[N, 3\]"),
     ],
 )
 def test_bad_input_after_a_good_call_of_its_size_still_raises_the_clear_error(fresh_model, molecules, change, message):
@@ -108,6 +110,14 @@ def test_bad_input_after_a_good_call_of_its_size_still_raises_the_clear_error(fr
     positions, numbers = change(r1, z1)
     with pytest.raises(ValueError, match=message):
         fresh_model.energy_and_forces(positions, numbers)
+
+
+def test_an_unknown_method_is_refused_by_name(fresh_model, molecules):
+    (r1, z1), _, _ = molecules
+    fresh_model.energy_and_forces(r1, z1)
+    for method in ("numerical", ["analytic"]):
+        with pytest.raises(ValueError, match="method must be one of"):
+            fresh_model.energy_and_forces(r1, z1, method=method)
 
 
 def test_untrained_elements_are_evaluated_when_allowed(fresh_model, molecules):
