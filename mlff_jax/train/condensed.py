@@ -321,6 +321,9 @@ def main(argv: list[str] | None = None) -> int:
     scale.add_argument("--budget-minutes", type=float, default=None, help="stop at this wall time; keep the completed prefix")
     scale.add_argument("--partial-seconds", type=float, default=60.0, help="write OUT.partial.npz this often")
     scale.add_argument("--no-relax", action="store_true", help="recipe: keep the randomly packed boxes as they are")
+    scale.add_argument("--split", default="hash", choices=["hash", "train", "validation", "test"],
+                       help="split of every system of this run: by name hash (default) or all in one split (e.g. the "
+                       "frames of held-out liquids' MD all in test)")
     scale.add_argument("--float32-out", default=None, help="also write a copy with float32 positions and forces")
     args = parser.parse_args(argv)
     os.environ.setdefault("OMP_NUM_THREADS", "1")

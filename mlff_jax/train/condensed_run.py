@@ -388,7 +388,11 @@ def cli(args) -> int:
     partial = out.with_suffix(".partial.npz")
     budget = None if args.budget_minutes is None else 60.0 * args.budget_minutes
     print(f"[condensed] {len(tasks)} tasks, {args.workers} workers, budget {budget} s; partial results in {partial}", flush=True)
+    if args.split != "hash":
+        metadata["split"] = f"every system in {args.split} (--split)"
     dataset = run(tasks, settings, args.teacher, args.workers, budget, partial, args.partial_seconds, metadata)
+    if args.split != "hash":
+        dataset = dataclasses.replace(dataset, system_split=np.full(len(dataset.system_name), SPLITS[args.split], np.int8))
     dataset.save(out)
     partial.unlink(missing_ok=True)
     meta = dataset.metadata
