@@ -330,7 +330,7 @@ def run(tasks: list[Task], settings: Settings, teacher="gfn2", workers: int = 1,
         if len(results) % 50 == 0:
             elapsed = time.perf_counter() - t0
             log(f"[condensed] {len(results)}/{len(tasks)} tasks, {elapsed:.0f} s, prefix {prefix()}", flush=True)
-        if partial_path is not None and time.perf_counter() - last_partial[0] > partial_seconds:
+        if partial_path is not None and len(results) < len(tasks) and time.perf_counter() - last_partial[0] >= partial_seconds:
             last_partial[0] = time.perf_counter()
             tmp = pathlib.Path(partial_path).with_suffix(".tmp.npz")
             dataset(False).save(tmp)
