@@ -3,6 +3,8 @@ clusters carved from MD frames, and merging datasets. EMT labels (fast); GFN2 is
 
 from __future__ import annotations
 
+import pathlib
+
 import numpy as np
 import pytest
 
@@ -175,3 +177,56 @@ def test_merge_keeps_each_parts_splits_and_force_weights_and_refuses_shared_name
         merge([carved, molecules, carved])
     with pytest.raises(ValueError, match="at least one"):
         merge([])
+
+
+# ------------------------------------------------------------------------------------------ training on the mix
+def test_force_errors_count_fitted_atoms_only_and_are_reported_per_group():
+    from mlff_jax.train.evaluate import error_metrics, system_group
+
+    assert [system_group(n) for n in ("CCO", "cluster:O.O#1", "stretch:O.O#0", "carved:water:64:box0",
+                                      "carved-md:water:192:w")] == ["molecules", "clusters", "clusters", "condensed", "model_md"]
+    ds = Dataset(numbers=np.array([8, 1, 1, 8, 1, 1, 8, 1, 1]), positions=np.zeros((9, 3)), forces=np.zeros((9, 3)),
+                 energy=np.zeros(3), num_atoms=np.array([3, 3, 3]), system=np.array([0, 1, 1]),
+                 system_name=np.array(["O", "carved:water:8:box0"]), system_split=np.array([2, 2], np.int8),
+                 force_weight=np.array([1, 1, 1, 1, 0, 0, 0, 0, 0], float))
+    forces = np.zeros((9, 3))
+    forces[0] = 0.3  # molecule: an error on a fitted atom
+    forces[3] = 0.6  # cluster: an error on its one fitted atom
+    forces[4:] = 100.0  # buffer atoms: errors that must not count
+    energies = np.array([0.3, 0.0, 0.6])
+    m = error_metrics(ds, energies, forces)
+    assert m["groups"]["molecules"]["force_mae"] == pytest.approx(0.3 / 3, abs=tol.ROUNDOFF_F64)
+    assert m["groups"]["condensed"]["force_mae"] == pytest.approx(0.6, abs=tol.ROUNDOFF_F64)
+    assert m["groups"]["condensed"]["fitted_atoms"] == 1 and m["groups"]["condensed"]["frames"] == 2
+    assert m["force_mae"] == pytest.approx((0.9 + 1.8) / 12, abs=tol.ROUNDOFF_F64)
+    assert m["groups"]["condensed"]["energy_mae_per_atom"] == pytest.approx(0.1, abs=tol.ROUNDOFF_F64)
+
+
+def test_molecules_and_carved_clusters_pack_into_one_shape_and_train(tmp_path):
+    import dataclasses
+
+    from mlff_jax.train.batching import Packer
+    from mlff_jax.train.trainer import TrainConfig, train
+
+    molecules = Dataset.load(pathlib.Path(__file__).parent / "data" / "gfn2_xtb_test_subset.npz")
+    molecules = molecules.select(np.isin(molecules.system, np.arange(12))).compact()
+    split = np.full(12, SPLITS["train"], np.int8)
+    split[8:10], split[10:] = SPLITS["validation"], SPLITS["test"]
+    molecules = dataclasses.replace(molecules, system_split=split, force_weight=None)
+    carved = run(small_tasks(2), Settings(seed=3, radius=6.0, inner_radius=3.0), "emt", log=lambda *a, **k: None)
+    carved = dataclasses.replace(carved, system_split=np.array([0, 1, 2, 2][: len(carved.system_name)], np.int8))
+    mixed = merge([molecules, carved])
+    packer = Packer(mixed, 5.0)
+    shape = packer.auto_shape(32)
+    # the largest cluster fits one batch, and the shape stays that of 32 average frames (no blow-up to 32 clusters)
+    assert shape.max_atoms >= mixed.num_atoms.max() and shape.max_atoms < 2 * 32 * mixed.num_atoms.mean() + 64
+    groups = packer.groups(np.random.default_rng(0).permutation(mixed.num_frames), shape)
+    assert sorted(i for g in groups for i in g) == list(range(mixed.num_frames))
+    mixed.save(tmp_path / "mixed.npz")
+    log = train(TrainConfig(data=str(tmp_path / "mixed.npz"), out_dir=str(tmp_path / "run"), hidden_dim=8, num_interactions=1,
+                            num_rbf=4, max_z=20, batch_structures=8, max_steps=10, steps_per_call=5, eval_every=10,
+                            log_every=1000, warmup_steps=2), log=lambda *a, **k: None)
+    assert log["steps"] == 10 and set(log["test"]["groups"]) == {"molecules", "condensed"}
+    condensed = log["test"]["groups"]["condensed"]
+    assert condensed["fitted_atoms"] == int(np.sum(carved.split("test").force_weight > 0))
+    assert np.isfinite(condensed["force_mae"]) and np.isfinite(log["validation"]["groups"]["molecules"]["force_mae"])
