@@ -230,3 +230,26 @@ def test_molecules_and_carved_clusters_pack_into_one_shape_and_train(tmp_path):
     condensed = log["test"]["groups"]["condensed"]
     assert condensed["fitted_atoms"] == int(np.sum(carved.split("test").force_weight > 0))
     assert np.isfinite(condensed["force_mae"]) and np.isfinite(log["validation"]["groups"]["molecules"]["force_mae"])
+
+
+# ------------------------------------------------------------------------------------------ the model's own MD
+@pytest.mark.slow  # two compilations of the MD loop: ~1-2 min on a shared 2-core CPU
+def test_model_md_of_a_tiny_water_box_writes_frames_that_carving_reads(tmp_path, load_model):
+    from mlff_jax.train.sample_md import main, sample_liquid
+
+    model = load_model("ultra-tiny-21k", "float32")
+    arrays = sample_liquid(model, "water", 8, 300.0, steps=6, frame_every=2, frames_per_chunk=3, log=lambda *a, **k: None)
+    assert arrays["positions"].shape == (3, 24, 3) and list(arrays["step"]) == [2, 4, 6]
+    assert not arrays["blew_up"] and str(arrays["status"]) == "completed"
+    assert not np.allclose(arrays["positions"][0], arrays["positions"][-1])  # it moved
+    np.savez(tmp_path / "w.npz", **arrays)
+    frames = load_frames(tmp_path / "w.npz")
+    tasks = frame_tasks([frames], 1, SETTINGS)
+    assert len(tasks) == 3 and tasks[0].system == "carved-md:water:24:w"
+    # a run that goes wrong keeps the frames before it and says so (here: a closest-pair bound no
+    # relaxed box meets, so the first frame already fails)
+    bad = sample_liquid(model, "water", 8, 300.0, steps=4, frame_every=2, min_pair=3.0, log=lambda *a, **k: None)
+    assert bad["blew_up"] and bad["positions"].shape == (0, 24, 3)
+    assert "apart at step 2" in str(bad["status"]) and "kept the 0 frames" in str(bad["status"])
+    with pytest.raises(ValueError, match="frame_every"):
+        sample_liquid(model, "water", 8, 300.0, steps=4, frame_every=0)
