@@ -228,3 +228,64 @@ def small_subset(dataset: Dataset, split: str = "test", frames_per_system: int =
         if len(frames):
             chosen.extend(sorted(rng.choice(frames, min(frames_per_system, len(frames)), replace=False).tolist()))
     return dataset.select(np.asarray(sorted(chosen), np.int64)).compact()
+
+
+def merge(parts: list[Dataset], names: list[str] | None = None) -> Dataset:
+    """One dataset of several (e.g. molecules, carved liquid clusters, clusters of the model's MD):
+    every system keeps the split its part gave it, every atom its force weight (1 where a part has
+    none). The metadata records each part's metadata under "parts" (with its file name from ``names``).
+
+    Raises ValueError if two parts share a system name (a system would be in two splits, or twice),
+    or there is no part.
+    """
+    if not parts:
+        raise ValueError("merge needs at least one dataset")
+    names = names or [f"part{i}" for i in range(len(parts))]
+    seen: dict[str, str] = {}
+    for part, label in zip(parts, names):
+        for system in part.system_name.tolist():
+            if system in seen:
+                raise ValueError(f"system {system!r} is in both {seen[system]} and {label}: merged parts must not share "
+                                 "system names (the same system would be counted twice, possibly in two splits)")
+            seen[system] = label
+    metadata = {"merged": True, "parts": [{"file": label, "frames": p.num_frames, "systems": len(p.system_name),
+                                           "metadata": p.metadata} for p, label in zip(parts, names)]}
+    teachers = {str(p.metadata.get("teacher", "")) for p in parts}
+    if len(teachers) == 1:  # one teacher labelled every part
+        metadata["teacher"] = teachers.pop()
+    return Dataset.concatenate(parts, metadata=metadata)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python3 -m mlff_jax.train.dataset merge A.npz B.npz ... --out C.npz [--float32-out C32.npz]``
+    (or ``summary A.npz``)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python3 -m mlff_jax.train.dataset", description="Dataset files: merge, summary.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    join = commands.add_parser("merge", help="join datasets; each system keeps its split and force weights")
+    join.add_argument("inputs", nargs="+", help="dataset .npz files")
+    join.add_argument("--out", required=True, help="merged dataset .npz (float64 labels)")
+    join.add_argument("--float32-out", default=None, help="also write a copy with float32 positions and forces")
+    show = commands.add_parser("summary", help="print a dataset's summary")
+    show.add_argument("inputs", nargs="+")
+    args = parser.parse_args(argv)
+    if args.command == "summary":
+        for path in args.inputs:
+            print(f"{path}: {json.dumps(Dataset.load(path).summary())}")
+        return 0
+    merged = merge([Dataset.load(p) for p in args.inputs], [pathlib.Path(p).name for p in args.inputs])
+    pathlib.Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    merged.save(args.out)
+    print(f"[dataset] wrote {args.out}: {json.dumps(merged.summary())}")
+    if args.float32_out:
+        pathlib.Path(args.float32_out).parent.mkdir(parents=True, exist_ok=True)
+        merged.save(args.float32_out, float32=True)
+        print(f"[dataset] wrote {args.float32_out} (float32 positions and forces)")
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main())

@@ -92,22 +92,50 @@ class Predictor:
         return energies, forces
 
 
-def error_metrics(dataset: Dataset, energies: np.ndarray, forces: np.ndarray) -> dict[str, float]:
-    """Energy errors per atom (eV/atom) and force component errors (eV/Å) against the teacher; force
-    errors are means weighted by the dataset's per-atom force weights (atoms of weight 0 do not count)."""
-    de = (energies - dataset.energy) / dataset.num_atoms
-    df = forces - dataset.forces
-    w = np.repeat(dataset.atom_force_weights(), 3) / max(3 * float(np.sum(dataset.atom_force_weights())), 1e-300)
+# Groups of systems reported separately, by the prefix of the system name (first match wins).
+GROUP_PREFIXES = (("model_md", ("carved-md:",)), ("condensed", ("carved:",)), ("clusters", ("cluster:", "stretch:")))
+
+
+def system_group(name: str) -> str:
+    """'model_md' (clusters carved from the model's own MD), 'condensed' (clusters carved from liquid
+    boxes), 'clusters' (clusters in vacuum, stretched clusters) or 'molecules' (anything else)."""
+    for group, prefixes in GROUP_PREFIXES:
+        if str(name).startswith(prefixes):
+            return group
+    return "molecules"
+
+
+def _errors(de: np.ndarray, df: np.ndarray, weight: np.ndarray, systems: int) -> dict[str, float]:
+    """de [F] eV/atom, df [A, 3] eV/Å, weight [A] per-atom force weights."""
+    w = np.repeat(weight, 3) / max(3 * float(np.sum(weight)), 1e-300)
     return {
-        "frames": int(dataset.num_frames),
-        "systems": int(len(np.unique(dataset.system))),
+        "frames": int(len(de)),
+        "systems": int(systems),
         "energy_mae_per_atom": float(np.mean(np.abs(de))),
         "energy_rmse_per_atom": float(np.sqrt(np.mean(de**2))),
         "force_mae": float(np.sum(w * np.abs(df).ravel())),
         "force_rmse": float(np.sqrt(np.sum(w * (df**2).ravel()))),
         "energy_mse_per_atom": float(np.mean(de**2)),
         "force_mse": float(np.sum(w * (df**2).ravel())),
+        "fitted_atoms": int(np.sum(weight > 0)),
     }
+
+
+def error_metrics(dataset: Dataset, energies: np.ndarray, forces: np.ndarray) -> dict:
+    """Energy errors per atom (eV/atom) and force component errors (eV/Å) against the teacher; force
+    errors are means weighted by the dataset's per-atom force weights (atoms of weight 0, the buffer
+    of carved clusters, do not count). ``groups``: the same errors for each :func:`system_group`
+    present (molecules, clusters, condensed, model_md)."""
+    de = (energies - dataset.energy) / dataset.num_atoms
+    df = forces - dataset.forces
+    weight = dataset.atom_force_weights()
+    out: dict = _errors(de, df, weight, len(np.unique(dataset.system)))
+    frame_group = np.array([system_group(n) for n in dataset.system_name] or [""])[dataset.system]
+    atom_group = np.repeat(frame_group, dataset.num_atoms)
+    out["groups"] = {g: _errors(de[frame_group == g], df[atom_group == g], weight[atom_group == g],
+                                len(np.unique(dataset.system[frame_group == g])))
+                     for g in dict.fromkeys(frame_group.tolist())}
+    return out
 
 
 def dataset_errors(model, dataset: Dataset, precision: str = "highest", batch_structures: int = 32) -> dict[str, float]:

@@ -412,6 +412,10 @@ def _print_summary(s: dict, log) -> None:
         if m:
             log(f"[train] {split}: energy MAE {m['energy_mae_per_atom'] * 1000:.2f} meV/atom, force MAE {m['force_mae'] * 1000:.1f} meV/Å "
                 f"(RMSE {m['energy_rmse_per_atom'] * 1000:.2f} meV/atom, {m['force_rmse'] * 1000:.1f} meV/Å; {m['frames']} frames, {m['systems']} systems)")
+            groups = m.get("groups") or {}
+            for group, g in groups.items() if len(groups) > 1 else ():  # molecules, clusters, condensed, model_md
+                log(f"[train]   {group}: energy MAE {g['energy_mae_per_atom'] * 1000:.2f} meV/atom, force MAE "
+                    f"{g['force_mae'] * 1000:.1f} meV/Å on {g['fitted_atoms']} fitted atoms ({g['frames']} frames, {g['systems']} systems)")
     log(f"[train] checkpoint {s['checkpoint']}; log {pathlib.Path(s['checkpoint']).with_name('log.json')}")
 
 
