@@ -341,7 +341,14 @@ def run(tasks: list[Task], settings: Settings, teacher="gfn2", workers: int = 1,
         import multiprocessing
 
         with multiprocessing.get_context("spawn").Pool(workers) as pool:
-            boxes = dict(pool.map(_build_worker, [(s, settings) for s in specs], chunksize=1))  # shared boxes, once
+            building = pool.map_async(_build_worker, [(s, settings) for s in specs], chunksize=1)  # shared boxes, once
+            try:
+                boxes = dict(building.get(timeout=None if deadline is None else max(0.0, deadline - time.perf_counter())))
+            except multiprocessing.TimeoutError:
+                log(f"[condensed] budget of {budget_s:.0f} s reached while building the boxes", flush=True)
+                pool.terminate()
+                return dataset(False)
+            log(f"[condensed] {len(boxes)} boxes built in {time.perf_counter() - t0:.0f} s", flush=True)
             jobs = [(i, _with_box(t, boxes), settings, name, factory) for i, t in enumerate(tasks)]
             stream = pool.imap_unordered(_worker, jobs, chunksize=1)
             for _ in jobs:
