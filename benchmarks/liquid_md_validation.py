@@ -124,15 +124,21 @@ def check_settings(args) -> None:
 # ----------------------------------------------------------------------------- running stages
 class NeighborLog:
     """A :mod:`mlff_jax.neighbors` list factory that records every allocation (``md.run``
-    reallocates through it after an overflow)."""
+    reallocates through it after an overflow) and keeps the latest list.
+
+    Stages start from the latest list rather than a fresh one: its shapes (capacity, bins) are
+    part of the compiled program, so a new allocation per stage could compile the same chunk again.
+    A list from earlier positions is still correct: ``update`` rebuilds it once an atom has moved
+    more than skin / 2 from where it was built.
+    """
 
     def __init__(self, fns):
-        self.fns, self.allocations = fns, []
+        self.fns, self.allocations, self.latest = fns, [], None
 
     def allocate(self, positions):
-        nbrs = self.fns.allocate(positions)
-        self.allocations.append({"capacity": int(nbrs.capacity), "max_neighbors": int(nbrs.max_neighbors)})
-        return nbrs
+        self.latest = self.fns.allocate(positions)
+        self.allocations.append({"capacity": int(self.latest.capacity), "max_neighbors": int(self.latest.max_neighbors)})
+        return self.latest
 
     def update(self, positions, nbrs):
         return self.fns.update(positions, nbrs)
@@ -158,9 +164,10 @@ def guard_record(error, start_step: int) -> dict:
 
 
 def run_stage(chunk, state, num_calls: int, neighbors: NeighborLog | None = None, keep_atoms=None):
-    """Runs ``num_calls`` compiled calls of ``chunk`` with ``md.run``; a tripped guard ends the stage
-    and is recorded. Returns (state, record, series): the state after the last completed call (the
-    start if none), a JSON-ready record, and the per-frame series (step relative to the stage start,
+    """Runs ``num_calls`` compiled calls of ``chunk`` with ``md.run`` (from ``neighbors``' latest
+    list, if any); a tripped guard ends the stage and is recorded. Returns (state, record, series):
+    the state at the end of the stage (its start if a guard tripped), a JSON-ready record, and the
+    per-frame series (step relative to the stage start,
     time_fs, potential and kinetic energy eV, temperature K, and positions [F, len(keep_atoms), 3] Å
     if ``keep_atoms`` is given; ``last_positions`` [N, 3] Å of the last frame)."""
     import jax
@@ -187,7 +194,7 @@ def run_stage(chunk, state, num_calls: int, neighbors: NeighborLog | None = None
     start_energy = float(jax.device_get(md.total_energy(state)))
     start_temperature = float(jax.device_get(md_guards.temperature(md.kinetic_energy(state.velocities, state.masses), num_atoms)))
     allocations = len(neighbors.allocations) if neighbors is not None else 0
-    neighbor = neighbors.allocate(state.positions) if neighbors is not None else None
+    neighbor = None if neighbors is None else (neighbors.latest if neighbors.latest is not None else neighbors.allocate(state.positions))
     guard, t0 = None, time.perf_counter()
     try:
         state, _ = md.run(chunk, state, num_calls, neighbor=neighbor, neighbor_fn=neighbors, on_chunk=on_chunk, on_guards=summaries.append)
@@ -210,7 +217,8 @@ def run_stage(chunk, state, num_calls: int, neighbors: NeighborLog | None = None
         "temperature_max_K_every_step": float(np.max(series["max_temperature"])) if steps_done else None,
         "closest_pair_A": float(np.min(series["min_pair"])) if steps_done else None,
         "reallocations": int(sum(s["reallocations"] for s in summaries)),
-        "neighbor_allocations": neighbors.allocations[allocations:] if neighbors is not None else None,
+        "neighbor_capacity": int(neighbor.capacity) if neighbors is not None else None,  # of the list the stage started with
+        "neighbor_allocations": neighbors.allocations[allocations:] if neighbors is not None else None,  # reallocations in the stage
         "wall_s": round(wall, 3), "us_per_step_after_first_call": per_step,
     }
     if chunk.conserves_energy:
@@ -285,6 +293,7 @@ def liquid_water(model, args, dtype, cache: dict) -> dict:
                  "cutoff_A": model.config.cutoff, "skin_A": SKIN_A, "capacity_multiplier": CAPACITY_MULTIPLIER, "structure": {}}
     out["message_implementation"] = model.message_implementation(len(box))
     log = NeighborLog(neighbors.neighbor_list_fn(model.config.cutoff, skin=SKIN_A, cell=cell, capacity_multiplier=CAPACITY_MULTIPLIER))
+    out["neighbor_allocations"] = log.allocations  # every one, relaxation included (filled in as they happen)
     potential = md.model_potential(model, z)
     out["structure"]["packed"] = water_structure(box.positions, z, cell)
     positions, out["relax"] = relax_periodic(potential, box.positions.astype(dtype), log, args.relax_steps)
