@@ -173,7 +173,7 @@ def test_main_on_a_tiny_box_writes_every_field(tmp_path):
     assert len(data["model"]["sha256"]) == 64 and data["model"]["file"] == "default.safetensors"
     assert set(data["targets"]) == {"water_nve_drift", "water_nvt_stable", "water_rdf_first_peak", "ethanol_vacuum_stable", "water_hexamer_vacuum_stable"}
     water = data["water"]
-    assert water["atoms"] == 96 and water["relax"]["max_force_end_eV_A"] < water["relax"]["max_force_start_eV_A"]
+    assert water["atoms"] == 96 and water["relax"]["max_force_last_step_eV_A"] < water["relax"]["max_force_first_step_eV_A"]
     for stage, steps in (("equilibration", 100), ("nve", 100), ("nvt", 200)):
         record = water[stage]
         assert record["guard"] is None and record["steps_done"] == steps, (stage, record)
