@@ -135,8 +135,8 @@ class NeighborLog:
     def __init__(self, fns):
         self.fns, self.allocations, self.latest = fns, [], None
 
-    def allocate(self, positions):
-        self.latest = self.fns.allocate(positions)
+    def allocate(self, positions, **kwargs):
+        self.latest = self.fns.allocate(positions, **kwargs)
         self.allocations.append({"capacity": int(self.latest.capacity), "max_neighbors": int(self.latest.max_neighbors)})
         return self.latest
 

@@ -321,6 +321,34 @@ def trajectory_chunk(step_fn, frame_interval: int, frames_per_chunk: int, *, nei
     return guarded_chunk
 
 
+def _capacity(neighbor) -> int | None:
+    capacity = getattr(neighbor, "capacity", None)
+    if capacity is None and hasattr(neighbor, "idx"):  # a jax-md list
+        capacity = neighbor.idx.shape[-1]
+    return None if capacity is None else int(capacity)
+
+
+def _reallocate(neighbor_fn, start_positions, end_positions, old, attempt: int):
+    """A larger list after an overflow, to redo the chunk from ``start_positions``.
+
+    Measured where the overflowed chunk ENDED (when the overflow is real crowding, as in a liquid that
+    densifies, the start of the chunk does not show it: a list measured there has the old size and
+    overflows again), built there, and valid from the start too, because ``update`` rebuilds it once
+    an atom has moved more than skin / 2 from where it was built. From the second attempt on, every
+    row also gets ``attempt`` quarters of the old capacity on top, so no two attempts can be the same.
+    """
+    end = np.asarray(end_positions)
+    positions = end_positions if np.all(np.isfinite(end)) else start_positions
+    old_capacity = _capacity(old)
+    extra = 0 if attempt == 0 or old_capacity is None else attempt * max(1, old_capacity // 4)
+    if extra:
+        try:
+            return neighbor_fn.allocate(positions, extra_capacity=extra)
+        except TypeError:  # an allocate(positions) without extra_capacity
+            pass
+    return neighbor_fn.allocate(positions)
+
+
 def run(chunk, state: MDState, num_chunks: int, neighbor=None, neighbor_fn=None, on_chunk=None, max_reallocations: int | None = None,
         on_guards=None):
     """Runs ``num_chunks`` chunks from ``state``; the host syncs once per chunk.
@@ -328,7 +356,8 @@ def run(chunk, state: MDState, num_chunks: int, neighbor=None, neighbor_fn=None,
     Args:
       chunk: from :func:`trajectory_chunk` (its guards are checked after every chunk).
       neighbor: a neighbour list for the potential, or None.
-      neighbor_fn: has ``allocate(positions)``; used to grow the list after an overflow. Without
+      neighbor_fn: has ``allocate(positions[, extra_capacity=...])``; used to grow the list after an
+        overflow (measured where the overflowed chunk ended, larger on every further attempt). Without
         it an overflow raises :class:`~mlff_jax.md_guards.SimulationError`.
       on_chunk: called with each chunk's :class:`Frames` (as NumPy arrays), e.g. to write them.
       max_reallocations: reallocations allowed per chunk (default: the chunk's
@@ -362,7 +391,7 @@ def run(chunk, state: MDState, num_chunks: int, neighbor=None, neighbor_fn=None,
                 raise SimulationError(index, steps, "neighbour list overflow", True, hint="no neighbor_fn was given to reallocate it")
             if attempt == max_reallocations:
                 raise SimulationError(index, steps, "neighbour list overflow", True, hint=f"still overflowing after {max_reallocations} reallocations")
-            neighbor = neighbor_fn.allocate(state.positions)
+            neighbor = _reallocate(neighbor_fn, state.positions, new_state.positions, neighbor, attempt)
         last_step = int(frames.step[-1])
         if guards is not None:
             summary = md_guards.check(frames.guards, guards, chunk=index, steps=(first_step, last_step), num_atoms=state.positions.shape[0],

@@ -230,3 +230,22 @@ def test_no_guard_trips_in_2000_steps_of_a_periodic_box(default_model):
                        on_guards=summaries.append)
     assert int(frames.step[-1]) == 2000
     assert 0.5 < min(s["min_pair_distance"] for s in summaries) < 1.2  # measured on the list: a bonded pair (C-H, O-H)
+
+
+def test_overflow_from_crowding_mid_chunk_is_cured_by_one_reallocation():
+    """A cluster pulled together during a chunk: the list measured at the chunk's START is as small
+    as the one that overflowed, so the reallocation must measure where the chunk ended."""
+    neighbors = pytest.importorskip("mlff_jax.neighbors")
+    atoms = example("water10")
+    start = (atoms.positions - atoms.positions.mean(0)) * 2.5  # spread out; pulled to ~1.3x within the chunk
+    fns = neighbors.neighbor_list_fn(5.0, skin=0.2, capacity_multiplier=1.0)
+    spring = lambda r, neighbor=None: 0.05 * jnp.sum(r**2)  # noqa: E731  (eV/Å^2, 1 amu: period 202 fs; 65 steps scale by 0.53)
+    init_fn, step_fn = md.nve(spring, 0.5)
+    first = fns.allocate(start)
+    state = init_fn(start, np.ones(30), velocities=np.zeros((30, 3)), neighbor=first)
+    chunk = md.trajectory_chunk(step_fn, 65, 1, neighbor_update=fns.update, guards=md.Guards(max_temperature=1e30, max_reallocations=1))
+    _, overflowed, _, overflow = chunk(state, first, md.total_energy(state))
+    assert bool(overflow), "the test needs a chunk that overflows"
+    assert fns.allocate(start).capacity == first.capacity  # the start does not show the crowding
+    final, _ = md.run(chunk, state, 1, neighbor=first, neighbor_fn=fns)  # one reallocation must be enough
+    assert np.all(np.isfinite(np.asarray(final.positions)))
