@@ -68,6 +68,7 @@ class BoxSpec:
     molecules: int
     box: int
     solute: str | None = None
+    seed: int = 0  # the run's seed: boxes of different seeds are different systems (and names)
 
     @property
     def kind(self) -> str:
@@ -75,7 +76,8 @@ class BoxSpec:
 
     @property
     def name(self) -> str:
-        return f"carved:{self.kind}:{self.molecules}:box{self.box}"
+        box = f"box{self.box}" if self.seed == 0 else f"s{self.seed}box{self.box}"
+        return f"carved:{self.kind}:{self.molecules}:{box}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -131,12 +133,12 @@ def default_recipe(settings: Settings, boxes: int = 8, clusters_per_box: int = 2
     from its own box of 64 waters and one solute, centred on the solute); the streams interleaved."""
     streams = []
     for liquid, molecules in DEFAULT_LIQUIDS:
-        specs = [BoxSpec(liquid, molecules, b) for b in range(boxes)]
+        specs = [BoxSpec(liquid, molecules, b, seed=settings.seed) for b in range(boxes)]
         streams.append([Task(s.name, s.kind, s, None, int(_cluster_rng(settings, s.name, k).integers(molecules)), k)
                         for k in range(clusters_per_box) for s in specs])
     solvated = []
     for j in range(boxes * clusters_per_box if solutes else 0):
-        s = BoxSpec("water", 64, j // len(solutes), solutes[j % len(solutes)])
+        s = BoxSpec("water", 64, j // len(solutes), solutes[j % len(solutes)], seed=settings.seed)
         solvated.append(Task(s.name, s.kind, s, None, None, 0))
     return _interleave(streams + [solvated])
 
