@@ -1,0 +1,269 @@
+"""Host overhead of one small-molecule call: what ``model.energy_and_forces(R, Z)`` costs on top of
+the compiled program, and what ``MLFFCalculator`` costs on top of that.
+
+    PYTHONPATH=$PWD python3 benchmarks/bench_host_overhead.py --out benchmarks/results/host_overhead_<machine>.json
+
+Per system (ethanol, 9 atoms; a 20-water cluster, 60 atoms), float32, student-427k by default:
+
+- ``host_call``: ``model.energy_and_forces(R, Z)`` with NumPy float64 positions in, NumPy out;
+- ``device_resident_call``: the same compiled program (an ahead-of-time ``Compiled`` of the
+  model's packed all-pairs function) called on an already padded, already transferred input, with
+  ``block_until_ready()`` on its output: the floor a host call can reach;
+- ``overhead`` = host_call - device_resident_call (the issue's target: <= 30 µs);
+- ``calculator_call``: ``atoms.get_forces()`` after moving the atoms (so ASE recomputes), and
+  ``calculator_extra`` = calculator_call - host_call (target: <= 50 µs);
+- ``stages``: the host call's Python stages timed one by one with ``perf_counter`` (validation,
+  float64 centring, packing, dispatch + wait, device -> host), to see where the time goes;
+- ``null_program``: the same three calls with the model's compiled programs replaced by programs
+  that do no arithmetic (same input, same output shape). On a CPU the model itself takes
+  milliseconds per call, and on a shared machine its spread hides a difference of tens of µs;
+  without it, host_call - device_resident_call is the host work alone (validation, centring,
+  packing, dispatch, both transfers, unpacking), measured to a few µs.
+
+The three calls are interleaved round by round (load drift hits them alike); differences are
+medians of per-round differences. Medians of ``--repeats`` rounds after ``--warmup``, wall time (``perf_counter``) and CPU time of this
+process (``process_time``; the machine may be shared, and CPU time is less sensitive to other load).
+The load average is recorded. Times are of the machine it runs on: CPU figures are not GPU figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+DEFAULT_CHECKPOINT = "tests/data/upstream/checkpoints/student-427k.model.pt"
+
+
+def timed(fn, repeats: int, warmup: int, setup=None) -> dict:
+    """Median wall and CPU µs of fn() (``setup()`` runs untimed before each call)."""
+    wall, cpu = [], []
+    for i in range(warmup + repeats):
+        if setup is not None:
+            setup()
+        w0, c0 = time.perf_counter(), time.process_time()
+        fn()
+        w1, c1 = time.perf_counter(), time.process_time()
+        if i >= warmup:
+            wall.append(w1 - w0)
+            cpu.append(c1 - c0)
+    return {"wall_us": float(np.median(wall)) * 1e6, "cpu_us": float(np.median(cpu)) * 1e6}
+
+
+def interleaved(fns: dict, repeats: int, warmup: int, setups: dict) -> dict:
+    """Each round calls every fn once in turn, so that the machine's load (shared, drifting) hits
+    all of them alike; returns per fn the median wall and CPU µs and the per-round samples."""
+    samples = {name: ([], []) for name in fns}
+    for i in range(warmup + repeats):
+        for name, fn in fns.items():
+            if name in setups:
+                setups[name]()
+            w0, c0 = time.perf_counter(), time.process_time()
+            fn()
+            w1, c1 = time.perf_counter(), time.process_time()
+            if i >= warmup:
+                samples[name][0].append(w1 - w0)
+                samples[name][1].append(c1 - c0)
+    return {name: (np.array(w) * 1e6, np.array(c) * 1e6) for name, (w, c) in samples.items()}
+
+
+def paired_difference(a, b) -> float:
+    """Median over rounds of a - b (µs): the difference of two interleaved measurements."""
+    return float(np.median(a - b))
+
+
+def systems():
+    from ase.build import molecule
+
+    from systems import water_cluster
+
+    ethanol = molecule("CH3CH2OH")
+    cluster_r, cluster_z = water_cluster(20, seed=0)
+    return {"ethanol_9": (ethanol.positions.copy(), ethanol.numbers.copy()), "water_cluster_60": (np.asarray(cluster_r, np.float64), np.asarray(cluster_z))}
+
+
+def device_resident(model, positions, numbers):
+    """(fn, description): a call of the host path's compiled program on device-resident padded input."""
+    import jax
+
+    from mlff_jax import evaluation
+
+    n = len(numbers)
+    n_pad = evaluation.bucket_size(n)
+    centred = evaluation.prepare_positions(positions, np.zeros(n, np.int64), 1)
+    if hasattr(evaluation, "pack_molecules"):
+        packed = evaluation.pack_molecules(centred, numbers, np.zeros(n, np.int64), n_pad, np.dtype(model.dtype), model.config.cutoff)
+    else:  # the layout before the fast path: [N_pad, 5] x, y, z, Z, structure (-1: padding)
+        packed = np.zeros((n_pad, 5), np.dtype(model.dtype))
+        packed[:n, :3] = centred
+        packed[n:, 0] = 1e3 + 10.0 * model.config.cutoff * np.arange(n_pad - n)
+        packed[:, 3] = 1
+        packed[:n, 3] = numbers
+        packed[:, 4] = -1
+        packed[:n, 4] = 0
+    params = jax.device_put(model.params)
+    packed = jax.device_put(packed)
+    compiled = jax.jit(model._packed_energy_and_forces, static_argnames=("num_structures", "method")).lower(
+        params, packed, num_structures=1, method="analytic").compile()  # fmt: skip
+    return lambda: compiled(params, packed).block_until_ready()
+
+
+def null_program_model(model):
+    """A fresh copy of ``model`` whose compiled host programs do no model arithmetic: they return
+    the output's shape ([B + 3N]: zeros, then the packed coordinates) from the same packed input.
+    Host call, device-resident call and calculator then differ only by the host work around the
+    program, without the model's compute (milliseconds on a CPU, and noisy on a shared machine)."""
+    import jax
+    import jax.numpy as jnp
+
+    fresh = model.with_untrained_elements(model.allow_untrained_elements)  # a new object: its own caches
+
+    def null(params, packed, num_structures, method="analytic"):
+        return jnp.concatenate([jnp.zeros(num_structures, packed.dtype), jnp.reshape(packed[:, :3], (-1,))])
+
+    fresh._packed_energy_and_forces = null
+    fresh._jitted = jax.jit(null, static_argnames=("num_structures", "method"))
+    return fresh
+
+
+def measure(model, calc, positions, numbers, repeats, warmup, budget_s) -> dict:
+    """Host call, device-resident call and calculator call, interleaved; overheads as paired differences."""
+    from ase import Atoms
+
+    model.energy_and_forces(positions, numbers)  # compile
+    resident = device_resident(model, positions, numbers)
+    per_call = timed(lambda: model.energy_and_forces(positions, numbers), 3, 1)["wall_us"] * 1e-6
+    repeats = max(10, min(repeats, int(budget_s / (3 * per_call))))  # a 60-atom call takes ~0.1 s on a CPU
+    atoms = Atoms(numbers=numbers, positions=positions)
+    atoms.calc = calc
+    moves = np.random.default_rng(0).normal(scale=1e-3, size=(repeats + warmup + 1, len(numbers), 3))
+    step = iter(range(len(moves)))
+
+    def move():  # a new geometry each call, as in MD or an optimisation, so ASE recomputes
+        atoms.positions = positions + moves[next(step)]
+
+    runs = interleaved({"host_call": lambda: model.energy_and_forces(positions, numbers), "device_resident_call": resident,
+                        "calculator_call": atoms.get_forces}, repeats, warmup, {"calculator_call": move})  # fmt: skip
+    r = {"num_atoms": len(numbers), "repeats": repeats}
+    for key, (wall, cpu) in runs.items():
+        r[key] = {"wall_us": float(np.median(wall)), "cpu_us": float(np.median(cpu))}
+    host, dev, calc_run = runs["host_call"], runs["device_resident_call"], runs["calculator_call"]
+    r["overhead_wall_us"] = paired_difference(host[0], dev[0])
+    r["overhead_cpu_us"] = paired_difference(host[1], dev[1])
+    r["calculator_extra_wall_us"] = paired_difference(calc_run[0], host[0])
+    r["calculator_extra_cpu_us"] = paired_difference(calc_run[1], host[1])
+    return r
+
+
+def report(name, r) -> None:
+    print(f"{name} ({r['repeats']} rounds): host {r['host_call']['wall_us']:.0f} µs, device-resident {r['device_resident_call']['wall_us']:.0f} µs, "
+          f"overhead {r['overhead_wall_us']:.1f} µs (cpu {r['overhead_cpu_us']:.1f}); calculator {r['calculator_call']['wall_us']:.0f} µs, "
+          f"extra {r['calculator_extra_wall_us']:.1f} µs (cpu {r['calculator_extra_cpu_us']:.1f})")
+
+
+def stage_times(model, positions, numbers, repeats, warmup) -> dict:
+    """The host call's stages one at a time (µs, wall medians), as the code under test does them:
+    the one-molecule fast path (``model._molecule_fast_path``) where it exists, else the general
+    path (``_validate``, ``prepare_positions``, packing, the jitted call)."""
+    from mlff_jax import evaluation
+
+    n = len(numbers)
+    n_pad = evaluation.bucket_size(n)
+    out = {}
+    if hasattr(model, "_molecule_fast_path"):
+        model.energy_and_forces(positions, numbers)
+        executable, template, _ = model._molecule_plans[(n, "analytic")]
+
+        def checks():
+            sums = np.add.reduce(positions, axis=0)
+            return np.isfinite(sums).all() and model._allowed_z.take(numbers, mode="clip").all(), sums
+
+        out["checks"] = timed(checks, repeats, warmup)["wall_us"]
+        sums = checks()[1]
+
+        def centre_and_pack():
+            packed = template.copy()
+            packed[:n, :3] = positions - sums / n
+            packed[:n, 3] = numbers
+            return packed
+
+        out["centre_and_pack"] = timed(centre_and_pack, repeats, warmup)["wall_us"]
+        packed = centre_and_pack()
+
+        def call():
+            return executable(model.params, packed)
+    else:
+        out["validate"] = timed(lambda: model._validate(positions, numbers, None), repeats, warmup)["wall_us"]
+        zeros = np.zeros(n, np.int64)
+        out["prepare_positions"] = timed(lambda: evaluation.prepare_positions(positions, zeros, 1), repeats, warmup)["wall_us"]
+        centred = evaluation.prepare_positions(positions, zeros, 1)
+
+        def pack():
+            packed = np.zeros((n_pad, 5), np.dtype(model.dtype))
+            packed[:n, :3] = centred
+            packed[n:, 0] = 1e3 + 10.0 * model.config.cutoff * np.arange(n_pad - n)
+            packed[:, 3] = 1
+            packed[:n, 3] = numbers
+            packed[:, 4] = -1
+            packed[:n, 4] = 0
+            return packed
+
+        out["pack"] = timed(pack, repeats, warmup)["wall_us"]
+        packed = pack()
+
+        def call():
+            return model._jitted(model.params, packed, num_structures=1, method="analytic")
+
+    # dispatch + wait, then the same with the device -> host copy (np.asarray of a fresh output)
+    out["dispatch_and_wait"] = timed(lambda: call().block_until_ready(), repeats, warmup)["wall_us"]
+    out["dispatch_wait_and_copy"] = timed(lambda: np.asarray(call()), repeats, warmup)["wall_us"]
+    result = np.asarray(call())
+    out["unpack"] = timed(lambda: (result[0], result[1:].reshape(n_pad, 3)[:n]), repeats, warmup)["wall_us"]
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", default=DEFAULT_CHECKPOINT)
+    parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--repeats", type=int, default=300)
+    parser.add_argument("--warmup", type=int, default=20)
+    parser.add_argument("--null-repeats", type=int, default=3000, help="rounds with the null program (cheap calls)")
+    parser.add_argument("--budget-s", type=float, default=60.0, help="rough time per system (fewer rounds for slow calls)")
+    parser.add_argument("--label", default="", help="recorded as is (e.g. 'before', 'after')")
+    parser.add_argument("--out", default=None)
+    args = parser.parse_args()
+
+    import jax
+
+    import mlff_jax
+    from common import environment, write_json
+
+    load_at_start = os.getloadavg()
+    model = mlff_jax.load(args.checkpoint, dtype=args.dtype)
+    calc = mlff_jax.MLFFCalculator(model)
+    results = {}
+    for name, (positions, numbers) in systems().items():
+        r = measure(model, calc, positions, numbers, args.repeats, args.warmup, args.budget_s)
+        r["stages_wall_us"] = stage_times(model, positions, numbers, min(r["repeats"], 200), args.warmup)
+        null_model = null_program_model(model)
+        r["null_program"] = measure(null_model, mlff_jax.MLFFCalculator(null_model), positions, numbers, args.null_repeats, args.warmup, args.budget_s)
+        results[name] = r
+        report(name, r)
+        print("   stages (µs):", {k: round(v, 1) for k, v in r["stages_wall_us"].items()})
+        report("   null program", r["null_program"])
+    payload = {"benchmark": "host_overhead", "label": args.label, "checkpoint": args.checkpoint, "dtype": args.dtype, "repeats": args.repeats,
+               "warmup": args.warmup, "load_average_at_start": load_at_start, "load_average_at_end": os.getloadavg(), "environment": environment(), "backend": jax.default_backend(),
+               "results": results}  # fmt: skip
+    if args.out:
+        write_json(args.out, payload)
+
+
+if __name__ == "__main__":
+    main()
