@@ -2,9 +2,11 @@
 results as the general path, and the same clear errors for bad input."""
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import tolerances as tol
 from mlff_jax.evaluation import bucket_size
 
 
@@ -102,6 +104,9 @@ def test_fast_path_in_float32_casts_the_float64_centred_coordinates_as_the_gener
         (lambda r, z: (r, z + 0.5), "atomic_numbers must be integers"),
         (lambda r, z: (np.asarray(1.0), z), r"positions must have shape \[N, 3\] with N >= 1, got \[\]"),
         (lambda r, z: (r.reshape(-1), z), r"positions must have shape \[N, 3\]"),
+        (lambda r, z: (r, z.reshape(-1, 1)), r"atomic_numbers must have shape \[N\]"),
+        (lambda r, z: (r, z.astype(np.uint8) * 0), r"unknown element: atomic number\(s\) \[0\]"),
+        (lambda r, z: (r, np.frombuffer(z.astype("<i8").tobytes(), ">i8")), r"unknown element"),  # the cached bytes, other values
     ],
 )
 def test_bad_input_after_a_good_call_of_its_size_still_raises_the_clear_error(fresh_model, molecules, change, message):
@@ -138,69 +143,116 @@ def test_clear_caches_drops_the_compiled_host_programs(fresh_model, molecules):
     assert e_after == e_before
 
 
-# ---------------------------------------------------------------------- the ASE calculator on top
-def _calculator_atoms(model, molecules):
-    from ase import Atoms
-
-    from mlff_jax import MLFFCalculator
-
+def test_bad_periodic_input_after_a_good_molecule_call_still_raises_the_clear_error(fresh_model, molecules):
     (r1, z1), _, _ = molecules
-    atoms = Atoms(numbers=z1, positions=r1)
-    atoms.calc = MLFFCalculator(model)
-    return atoms
+    fresh_model.energy_and_forces(r1, z1)
+    cases = [
+        (dict(cell=np.eye(2)), r"cell must have shape \[3, 3\]"),
+        (dict(pbc=True), r"has periodic directions but no cell"),
+        (dict(cell=np.diag([10.0, 10.0, 0.0]), pbc=True), r"cell vector 2 is zero but direction 2 is periodic"),
+        (dict(cell=[[10.0, 0, 0], [20.0, 0, 0], [0, 0, 10.0]], pbc=True), r"singular"),
+        (dict(cell=np.full((3, 3), np.nan)), "cell contains NaN or inf"),
+    ]
+    for kwargs, message in cases:
+        with pytest.raises(ValueError, match=message):
+            fresh_model.energy_and_forces(r1, z1, **kwargs)
 
 
-def test_calculator_gives_the_host_calls_results(fresh_model, molecules):
-    atoms = _calculator_atoms(fresh_model, molecules)
-    energy, forces = fresh_model.energy_and_forces(atoms.positions, atoms.numbers)
-    assert atoms.get_potential_energy() == float(energy)
-    assert np.array_equal(atoms.get_forces(), np.asarray(forces, np.float64))
+# ---------------------------------------------------------------------- never a stale result
+def test_arrays_changed_in_place_between_calls_give_the_new_results(fresh_model, molecules):
+    (r1, z1), _, _ = molecules
+    positions, numbers = r1.copy(), z1.copy()
+    fresh_model.energy_and_forces(positions, numbers)
+    positions[0] += 0.05
+    hydrogen, heavy = np.flatnonzero(numbers == 1)[0], np.flatnonzero(numbers != 1)[0]
+    numbers[[hydrogen, heavy]] = numbers[[heavy, hydrogen]]  # two atoms swap elements, same array object
+    moved = fresh_model.energy_and_forces(positions, numbers)
+    general = fresh_model.energy_and_forces(positions.tolist(), numbers.tolist())
+    assert moved[0] == general[0] and np.array_equal(moved[1], general[1])
+    numbers[0] = 5  # an untrained element written into the array the cached plan checked
+    with pytest.raises(ValueError, match=r"untrained element: B \(Z=5\)"):
+        fresh_model.energy_and_forces(positions, numbers)
 
 
-@pytest.mark.parametrize(
-    "change",
-    ["none", "positions", "tiny_move", "numbers", "cell", "pbc", "magmoms"],
-)
-def test_calculator_detects_changes_as_ase_does(fresh_model, molecules, change):
-    from ase.calculators.calculator import compare_atoms
-
-    atoms = _calculator_atoms(fresh_model, molecules)
-    atoms.get_forces()
-    edits = {
-        "none": lambda a: None,
-        "positions": lambda a: a.positions.__setitem__((0, 0), a.positions[0, 0] + 1e-9),
-        "tiny_move": lambda a: a.positions.__setitem__((0, 0), a.positions[0, 0] + 1e-17),
-        "numbers": lambda a: a.numbers.__setitem__(0, 1 if a.numbers[0] != 1 else 6),
-        "cell": lambda a: a.set_cell(np.eye(3) * 20.0),
-        "pbc": lambda a: a.set_pbc([True, False, False]),
-        "magmoms": lambda a: a.set_initial_magnetic_moments(np.ones(len(a))),
-    }
-    edits[change](atoms)
-    expected = compare_atoms(atoms.calc.atoms, atoms, tol=1e-15)
-    assert sorted(atoms.calc.check_state(atoms)) == sorted(expected)
-    assert (expected == []) == (change in ("none", "tiny_move"))
+def test_results_of_a_call_do_not_change_with_later_calls(fresh_model, molecules):
+    (r1, z1), _, _ = molecules
+    energy, forces = fresh_model.energy_and_forces(r1, z1)
+    kept = forces.copy()
+    for step in range(3):
+        fresh_model.energy_and_forces(r1 + 0.02 * (step + 1), z1)
+    assert np.array_equal(forces, kept) and energy == fresh_model.energy_and_forces(r1, z1)[0]
 
 
-def test_calculator_recomputes_only_when_the_atoms_change(fresh_model, molecules, monkeypatch):
-    atoms = _calculator_atoms(fresh_model, molecules)
-    calls = []
-    host_call = fresh_model.energy_and_forces
-    monkeypatch.setattr(fresh_model, "energy_and_forces", lambda *a, **k: calls.append(1) or host_call(*a, **k))
-    first = atoms.get_forces()
-    atoms.get_potential_energy()
-    atoms.get_forces()
-    assert len(calls) == 1
-    atoms.positions = atoms.positions + 0.01
-    moved = atoms.get_forces()
-    assert len(calls) == 2 and not np.array_equal(moved, first)
-    assert np.array_equal(atoms.calc.atoms.positions, atoms.positions) and atoms.calc.atoms is not atoms
+@pytest.mark.parametrize("layout", ["int32", "int8", "big_endian", "fortran_positions", "strided_positions"])
+def test_other_integer_dtypes_and_memory_layouts_give_the_same_results(fresh_model, molecules, layout):
+    (r1, z1), _, _ = molecules
+    reference = fresh_model.energy_and_forces(r1, z1)
+    positions, numbers = r1, z1
+    if layout in ("int32", "int8"):
+        numbers = z1.astype(layout)
+    elif layout == "big_endian":
+        numbers = z1.astype(">i8")
+    elif layout == "fortran_positions":
+        positions = np.asfortranarray(r1)
+    else:
+        positions = np.repeat(r1, 2, axis=0)[::2]
+    result = fresh_model.energy_and_forces(positions, numbers)
+    assert result[0] == reference[0] and np.array_equal(result[1], reference[1])
 
 
-def test_direct_calculate_call_keeps_a_copy_of_the_atoms(fresh_model, molecules):
-    atoms = _calculator_atoms(fresh_model, molecules)
-    other = atoms.copy()
-    other.positions += 0.05
-    atoms.calc.calculate(other, ["energy", "forces"])
-    assert atoms.calc.atoms is not other and np.array_equal(atoms.calc.atoms.positions, other.positions)
-    energy, _ = fresh_model.energy_and_forces(other.positions, other.numbers)
-    assert atoms.calc.results["energy"] == float(energy)
+def test_padding_atoms_contribute_nothing_to_the_host_calls_energy_and_forces(fresh_model, molecules):
+    """The host call pads to its bucket (padding atoms far apart, masked); the traced energy of the
+    unpadded molecule is the reference."""
+    assert any(bucket_size(len(z)) > len(z) for _, z in molecules)  # padding there is
+    for r, z in molecules:
+        energy, forces = fresh_model.energy_and_forces(r, z)
+        centred = r - r.mean(axis=0)
+        e_ref, grad = jax.value_and_grad(fresh_model.energy_fn)(jnp.asarray(centred), jnp.asarray(z))
+        assert abs(float(energy) - float(e_ref)) <= tol.ROUNDOFF_F64
+        np.testing.assert_allclose(forces, -np.asarray(grad), rtol=0, atol=tol.ROUNDOFF_F64)
+
+
+def test_new_parameter_values_are_used_by_the_compiled_program(fresh_model, molecules):
+    (r1, z1), _, _ = molecules
+    before = fresh_model.energy_and_forces(r1, z1)
+    scaled = jax.tree_util.tree_map(lambda x: x * 1.01, fresh_model.params)
+    fresh_model.params = scaled
+    after = fresh_model.energy_and_forces(r1, z1)
+    expected = fresh_model._same_model(scaled).energy_and_forces(r1, z1)
+    assert after[0] != before[0]
+    assert after[0] == expected[0] and np.array_equal(after[1], expected[1])
+
+
+def test_parameters_of_another_layout_get_a_program_compiled_for_them(fresh_model, molecules):
+    """Compressed tables have another pytree than the exact filter networks: the cached program
+    cannot take them, and the call compiles one that does (as jit would have traced anew)."""
+    (r1, z1), _, (r3, z3) = molecules
+    fresh_model.energy_and_forces(r1, z1)
+    fresh_model.energy_and_forces(r3, z3, batch=np.zeros(len(z3), int))
+    compressed = fresh_model.compress()
+    fresh_model.params = compressed.params
+    for call in (lambda m: m.energy_and_forces(r1, z1), lambda m: m.energy_and_forces(r3, z3, batch=np.zeros(len(z3), int))):
+        got, expected = call(fresh_model), call(compressed)
+        assert np.array_equal(got[0], expected[0]) and np.array_equal(got[1], expected[1])
+
+
+def test_a_float32_model_gives_a_fresh_models_results_after_x64_is_switched(load_model, molecules):
+    (r1, z1), _, _ = molecules
+    model = load_model("ultra-tiny-21k", "float32").with_untrained_elements(False)
+    model.energy_and_forces(r1, z1)  # compiled with x64 on (the test session's setting)
+    with jax.enable_x64(False):
+        got = model.energy_and_forces(r1, z1)
+        expected = model._same_model(model.params).energy_and_forces(r1, z1)  # compiled with x64 off
+    assert got[0] == expected[0] and np.array_equal(got[1], expected[1])
+
+
+def test_changing_allow_untrained_elements_on_the_model_applies_to_the_next_call(fresh_model, molecules):
+    (r1, z1), _, _ = molecules
+    z = z1.copy()
+    z[0] = 5  # boron: outside the trained set
+    fresh_model.allow_untrained_elements = True
+    energy, _ = fresh_model.energy_and_forces(r1, z)
+    assert np.isfinite(energy)
+    fresh_model.allow_untrained_elements = False
+    with pytest.raises(ValueError, match=r"untrained element: B \(Z=5\)"):
+        fresh_model.energy_and_forces(r1, z)
