@@ -3,17 +3,19 @@ the compiled program, and what ``MLFFCalculator`` costs on top of that.
 
     PYTHONPATH=$PWD python3 benchmarks/bench_host_overhead.py --out benchmarks/results/host_overhead_<machine>.json
 
-Per system (ethanol, 9 atoms; a 20-water cluster, 60 atoms), float32, student-427k by default:
+Per model (``--checkpoints``, default the upstream-shaped 427K and 77K students) and molecule of 3-60
+atoms (water, ethanol, benzene, clusters of 7 and 20 waters), float32:
 
 - ``host_call``: ``model.energy_and_forces(R, Z)`` with NumPy float64 positions in, NumPy out;
-- ``device_resident_call``: the same compiled program (an ahead-of-time ``Compiled`` of the
-  model's packed all-pairs function) called on an already padded, already transferred input, with
+- ``device_resident_call``: the same compiled program (the model's own cached executable for this
+  size bucket) called on an already padded, already transferred input, with
   ``block_until_ready()`` on its output: the floor a host call can reach;
-- ``overhead`` = host_call - device_resident_call (the issue's target: <= 30 µs);
+- ``overhead`` = host_call - device_resident_call (the target: <= 30 µs);
 - ``calculator_call``: ``atoms.get_forces()`` after moving the atoms (so ASE recomputes), and
-  ``calculator_extra`` = calculator_call - host_call (target: <= 50 µs);
-- ``stages``: the host call's Python stages timed one by one with ``perf_counter`` (validation,
-  float64 centring, packing, dispatch + wait, device -> host), to see where the time goes;
+  ``calculator_extra`` = calculator_call - host_call (the target: <= 50 µs);
+- ``ratios``: host / device-resident, calculator / host and calculator / device-resident (medians);
+- ``stages``: the host call's Python stages timed one by one with ``perf_counter`` (checks,
+  centring and packing, dispatch + wait, device -> host), to see where the time goes;
 - ``null_program``: the same three calls with the model's compiled programs replaced by programs
   that do no arithmetic (same input, same output shape). On a CPU the model itself takes
   milliseconds per call, and on a shared machine its spread hides a difference of tens of µs;
@@ -21,14 +23,17 @@ Per system (ethanol, 9 atoms; a 20-water cluster, 60 atoms), float32, student-42
   packing, dispatch, both transfers, unpacking), measured to a few µs.
 
 The three calls are interleaved round by round (load drift hits them alike); differences are
-medians of per-round differences. Medians of ``--repeats`` rounds after ``--warmup``, wall time (``perf_counter``) and CPU time of this
+medians of per-round differences. Medians of ``--repeats`` rounds after ``--warmup`` (fewer where
+a call is slow: ``--budget-s`` per system), wall time (``perf_counter``) and CPU time of this
 process (``process_time``; the machine may be shared, and CPU time is less sensitive to other load).
-The load average is recorded. Times are of the machine it runs on: CPU figures are not GPU figures.
+The JSON records the device, versions, command and load average. Times are of the machine it runs
+on: CPU figures are not GPU figures.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 import time
@@ -38,7 +43,10 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-DEFAULT_CHECKPOINT = "tests/data/upstream/checkpoints/student-427k.model.pt"
+CHECKPOINTS = {
+    "student-427k": "tests/data/upstream/checkpoints/student-427k.model.pt",
+    "tiny-77k": "tests/data/upstream/checkpoints/tiny-77k.model.pt",
+}
 
 
 def timed(fn, repeats: int, warmup: int, setup=None) -> dict:
@@ -79,17 +87,23 @@ def paired_difference(a, b) -> float:
 
 
 def systems():
+    """Molecules of 3 to 60 atoms: {name: (positions [N, 3] float64 Å, atomic numbers [N])}."""
     from ase.build import molecule
 
     from systems import water_cluster
 
-    ethanol = molecule("CH3CH2OH")
-    cluster_r, cluster_z = water_cluster(20, seed=0)
-    return {"ethanol_9": (ethanol.positions.copy(), ethanol.numbers.copy()), "water_cluster_60": (np.asarray(cluster_r, np.float64), np.asarray(cluster_z))}
+    out = {}
+    for name, formula in (("water_3", "H2O"), ("ethanol_9", "CH3CH2OH"), ("benzene_12", "C6H6")):
+        atoms = molecule(formula)
+        out[name] = (atoms.positions.copy(), atoms.numbers.copy())
+    for waters in (7, 20):
+        r, z = water_cluster(waters, seed=0)
+        out[f"water_cluster_{3 * waters}"] = (np.asarray(r, np.float64), np.asarray(z))
+    return out
 
 
 def device_resident(model, positions, numbers):
-    """(fn, description): a call of the host path's compiled program on device-resident padded input."""
+    """A call of the host path's compiled program on device-resident padded input (block until ready)."""
     import jax
 
     from mlff_jax import evaluation
@@ -109,8 +123,11 @@ def device_resident(model, positions, numbers):
         packed[:n, 4] = 0
     params = jax.device_put(model.params)
     packed = jax.device_put(packed)
-    compiled = jax.jit(model._packed_energy_and_forces, static_argnames=("num_structures", "method")).lower(
-        params, packed, num_structures=1, method="analytic").compile()  # fmt: skip
+    if hasattr(model, "_executable"):  # the very program the host call runs
+        compiled = model._executable(n_pad, 1, "analytic")
+    else:
+        compiled = jax.jit(model._packed_energy_and_forces, static_argnames=("num_structures", "method")).lower(
+            params, packed, num_structures=1, method="analytic").compile()  # fmt: skip
     return lambda: compiled(params, packed).block_until_ready()
 
 
@@ -158,6 +175,8 @@ def measure(model, calc, positions, numbers, repeats, warmup, budget_s) -> dict:
     r["overhead_cpu_us"] = paired_difference(host[1], dev[1])
     r["calculator_extra_wall_us"] = paired_difference(calc_run[0], host[0])
     r["calculator_extra_cpu_us"] = paired_difference(calc_run[1], host[1])
+    h, d, c = r["host_call"]["wall_us"], r["device_resident_call"]["wall_us"], r["calculator_call"]["wall_us"]
+    r["ratios"] = {"host_over_device_resident": h / d, "calculator_over_host": c / h, "calculator_over_device_resident": c / d}
     return r
 
 
@@ -178,19 +197,23 @@ def stage_times(model, positions, numbers, repeats, warmup) -> dict:
     out = {}
     if hasattr(model, "_molecule_fast_path"):
         model.energy_and_forces(positions, numbers)
-        executable, template, _ = model._molecule_plans[(n, "analytic")]
+        plan = model._molecule_plans[(n, "analytic")]
+        cached_z = hasattr(plan, "z_bytes")  # the plan holds its checked atomic numbers: no per-call element check
+        executable, template = (plan.executable, plan.packed) if cached_z else plan[:2]
 
         def checks():
+            same_z = numbers.dtype == plan.z_dtype and numbers.tobytes() == plan.z_bytes if cached_z else model._allowed_z.take(numbers, mode="clip").all()
             sums = np.add.reduce(positions, axis=0)
-            return np.isfinite(sums).all() and model._allowed_z.take(numbers, mode="clip").all(), sums
+            return math.isfinite(sum(sums.tolist())) and same_z, sums
 
         out["checks"] = timed(checks, repeats, warmup)["wall_us"]
         sums = checks()[1]
 
         def centre_and_pack():
             packed = template.copy()
-            packed[:n, :3] = positions - sums / n
-            packed[:n, 3] = numbers
+            np.subtract(positions, sums / n, out=packed[:n, :3])
+            if not cached_z:
+                packed[:n, 3] = numbers
             return packed
 
         out["centre_and_pack"] = timed(centre_and_pack, repeats, warmup)["wall_us"]
@@ -230,12 +253,14 @@ def stage_times(model, positions, numbers, repeats, warmup) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoint", default=DEFAULT_CHECKPOINT)
+    parser.add_argument("--checkpoints", default="student-427k,tiny-77k", help=f"comma list of {', '.join(CHECKPOINTS)} or checkpoint paths")
+    parser.add_argument("--systems", default="all", help="comma list of: " + ", ".join(systems()))
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--repeats", type=int, default=300)
     parser.add_argument("--warmup", type=int, default=20)
     parser.add_argument("--null-repeats", type=int, default=3000, help="rounds with the null program (cheap calls)")
     parser.add_argument("--budget-s", type=float, default=60.0, help="rough time per system (fewer rounds for slow calls)")
+    parser.add_argument("--no-stages", action="store_true", help="skip the per-stage timings")
     parser.add_argument("--label", default="", help="recorded as is (e.g. 'before', 'after')")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
@@ -245,24 +270,28 @@ def main() -> None:
     import mlff_jax
     from common import environment, write_json
 
-    load_at_start = os.getloadavg()
-    model = mlff_jax.load(args.checkpoint, dtype=args.dtype)
-    calc = mlff_jax.MLFFCalculator(model)
-    results = {}
-    for name, (positions, numbers) in systems().items():
-        r = measure(model, calc, positions, numbers, args.repeats, args.warmup, args.budget_s)
-        r["stages_wall_us"] = stage_times(model, positions, numbers, min(r["repeats"], 200), args.warmup)
-        null_model = null_program_model(model)
-        r["null_program"] = measure(null_model, mlff_jax.MLFFCalculator(null_model), positions, numbers, args.null_repeats, args.warmup, args.budget_s)
-        results[name] = r
-        report(name, r)
-        print("   stages (µs):", {k: round(v, 1) for k, v in r["stages_wall_us"].items()})
-        report("   null program", r["null_program"])
-    payload = {"benchmark": "host_overhead", "label": args.label, "checkpoint": args.checkpoint, "dtype": args.dtype, "repeats": args.repeats,
-               "warmup": args.warmup, "load_average_at_start": load_at_start, "load_average_at_end": os.getloadavg(), "environment": environment(), "backend": jax.default_backend(),
-               "results": results}  # fmt: skip
-    if args.out:
-        write_json(args.out, payload)
+    chosen = systems() if args.systems == "all" else {k: v for k, v in systems().items() if k in args.systems.split(",")}
+    payload = {"benchmark": "host_overhead", "label": args.label, "checkpoints": args.checkpoints, "dtype": args.dtype, "repeats": args.repeats,
+               "warmup": args.warmup, "load_average_at_start": os.getloadavg(), "environment": environment(), "backend": jax.default_backend(),
+               "device": jax.devices()[0].device_kind, "results": {}}  # fmt: skip
+    for checkpoint in args.checkpoints.split(","):
+        model = mlff_jax.load(CHECKPOINTS.get(checkpoint, checkpoint), dtype=args.dtype)
+        calc = mlff_jax.MLFFCalculator(model)
+        results = payload["results"][checkpoint] = {}
+        for name, (positions, numbers) in chosen.items():
+            r = measure(model, calc, positions, numbers, args.repeats, args.warmup, args.budget_s)
+            if not args.no_stages:
+                r["stages_wall_us"] = stage_times(model, positions, numbers, min(r["repeats"], 200), args.warmup)
+            null_model = null_program_model(model)
+            r["null_program"] = measure(null_model, mlff_jax.MLFFCalculator(null_model), positions, numbers, args.null_repeats, args.warmup, args.budget_s)
+            results[name] = r
+            report(f"{checkpoint} {name}", r)
+            if "stages_wall_us" in r:
+                print("   stages (µs):", {k: round(v, 1) for k, v in r["stages_wall_us"].items()})
+            report("   null program", r["null_program"])
+            payload["load_average_at_end"] = os.getloadavg()
+            if args.out:  # after every system: a run cut short keeps what it measured
+                write_json(args.out, payload)
 
 
 if __name__ == "__main__":
