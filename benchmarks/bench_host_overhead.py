@@ -14,8 +14,10 @@ atoms (water, ethanol, benzene, clusters of 7 and 20 waters), float32:
 - ``calculator_call``: ``atoms.get_forces()`` after moving the atoms (so ASE recomputes), and
   ``calculator_extra`` = calculator_call - host_call (the target: <= 50 µs);
 - ``ratios``: host / device-resident, calculator / host and calculator / device-resident (medians);
-- ``stages``: the host call's Python stages timed one by one with ``perf_counter`` (checks,
-  centring and packing, dispatch + wait, device -> host), to see where the time goes;
+- ``stages``: the host call's stages timed one by one with ``perf_counter`` (checks, centring and
+  packing, the program on device-resident input, the program on the NumPy input (adds the host ->
+  device copy), the same with the device -> host copy of its output, unpacking), with the model
+  and with the null program below, to see where the time goes;
 - ``null_program``: the same three calls with the model's compiled programs replaced by programs
   that do no arithmetic (same input, same output shape). On a CPU the model itself takes
   milliseconds per call, and on a shared machine its spread hides a difference of tens of µs;
@@ -243,7 +245,14 @@ def stage_times(model, positions, numbers, repeats, warmup) -> dict:
         def call():
             return model._jitted(model.params, packed, num_structures=1, method="analytic")
 
-    # dispatch + wait, then the same with the device -> host copy (np.asarray of a fresh output)
+    # dispatch + wait on device-resident input, then on the NumPy input (+ its host -> device
+    # copy), then the same with the device -> host copy (np.asarray of a fresh output)
+    import jax
+
+    resident_params, resident_packed = jax.device_put(model.params), jax.device_put(packed)
+    program = executable if hasattr(model, "_molecule_fast_path") else None
+    if program is not None:
+        out["device_resident_dispatch_and_wait"] = timed(lambda: program(resident_params, resident_packed).block_until_ready(), repeats, warmup)["wall_us"]
     out["dispatch_and_wait"] = timed(lambda: call().block_until_ready(), repeats, warmup)["wall_us"]
     out["dispatch_wait_and_copy"] = timed(lambda: np.asarray(call()), repeats, warmup)["wall_us"]
     result = np.asarray(call())
@@ -284,11 +293,15 @@ def main() -> None:
                 r["stages_wall_us"] = stage_times(model, positions, numbers, min(r["repeats"], 200), args.warmup)
             null_model = null_program_model(model)
             r["null_program"] = measure(null_model, mlff_jax.MLFFCalculator(null_model), positions, numbers, args.null_repeats, args.warmup, args.budget_s)
+            if not args.no_stages:  # the host call's stages around a program that costs nothing: where the overhead goes
+                r["null_program"]["stages_wall_us"] = stage_times(null_model, positions, numbers, 2000, args.warmup)
             results[name] = r
             report(f"{checkpoint} {name}", r)
             if "stages_wall_us" in r:
                 print("   stages (µs):", {k: round(v, 1) for k, v in r["stages_wall_us"].items()})
             report("   null program", r["null_program"])
+            if "stages_wall_us" in r["null_program"]:
+                print("   null program stages (µs):", {k: round(v, 1) for k, v in r["null_program"]["stages_wall_us"].items()})
             payload["load_average_at_end"] = os.getloadavg()
             if args.out:  # after every system: a run cut short keeps what it measured
                 write_json(args.out, payload)
