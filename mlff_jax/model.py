@@ -111,9 +111,10 @@ class PaiNNStudent:
         self.implementation, self.interpret = implementation, bool(interpret)
         self.params = painn.cast_params(params, DTYPES[dtype])
         self._jitted = jax.jit(self._packed_energy_and_forces, static_argnames=("num_structures", "method"))
-        # Ahead-of-time compiled host programs, by (atoms bucket, structures bucket, method): called
-        # positionally, they skip jit's per-call signature hashing. dtype, precision and
-        # implementation are fixed per model, so they need no place in the key.
+        # Ahead-of-time compiled host programs, by (atoms bucket, structures bucket, method), called
+        # positionally: the store is the model's own, so a plan can hold its program and the store
+        # can be emptied when the params change layout. dtype, precision and implementation are
+        # fixed per model, so they need no place in the key.
         self._executables = _HostProgramCache()
         # Structure and dtypes of the params they were compiled for: assigning params of another
         # layout (e.g. compressed tables) drops them all, and the next call compiles anew.
