@@ -20,8 +20,8 @@ What is counted, per device plane of the trace:
   the CUDA launch API calls (``cuLaunchKernel``, ``cuGraphLaunch``, ...) as ``host_launch_calls``:
   with command buffers (CUDA graphs) one graph launch runs many kernels;
 - on a CPU (no device plane): the XLA CPU runtime's thunks on the host plane (one event per
-  executed operation; bookkeeping events and "end: ..." markers are skipped), reported as
-  ``kernels``. CPU counts show the method works and how many operations a step runs; the launch
+  executed operation, the events that carry an ``hlo_op``; a loop's own thunk counts once per
+  loop), reported as ``kernels``. CPU counts show the method works and how many operations a step runs; the launch
   target is a GPU figure.
 
 The issue's target is ``2 * num_interactions + 4`` kernel launches per MD step; each row records it.
@@ -52,8 +52,6 @@ CHECKPOINTS = {
 # would count every kernel twice).
 DERIVED_LINES = {"XLA Modules", "XLA Ops", "Async XLA Ops", "Steps", "TensorFlow Ops", "TensorFlow Name Scope", "Launch Stats", "Source code",
                  "SparseCore Ops", "SparseCore Modules"}  # fmt: skip
-# Host events of the XLA CPU runtime that are not operations.
-CPU_BOOKKEEPING = re.compile(r"^(end: |ThreadpoolListener|ThunkExecutor|TfrtCpu|PjRt|Execute|XlaCpu|CpuExecutable)")
 HOST_LAUNCH_API = re.compile(r"^cu(da)?(LaunchKernel|LaunchKernelEx|LaunchCooperativeKernel|GraphLaunch|LaunchHostFunc)(_v\d+)?(_ptsz)?$")
 
 
@@ -100,18 +98,17 @@ def count_trace(path: str) -> dict:
     if not device_planes and jax.default_backend() != "cpu":
         raise RuntimeError(f"{path} has no GPU device plane (planes: {[p.name for p in data.planes]}): "
                            "the profiler could not trace the device (is CUPTI, libcupti.so, loadable?)")  # fmt: skip
-    if not device_planes:  # CPU: the runtime's thunks, on the XLA client's threads of the host plane
+    if not device_planes:  # CPU: the runtime's thunks, whichever thread ran them (they carry their HLO op)
         source = "cpu-thunks"
         for plane in data.planes:
             if plane.name != "/host:CPU":
                 continue
             for line in plane.lines:
-                if "CpuClient" not in line.name and "XLA" not in line.name:
-                    continue
                 for event in line.events:
-                    if not CPU_BOOKKEEPING.match(event.name):
+                    op = _stats(event).get("hlo_op")
+                    if op is not None:
                         counts["kernels"] += 1
-                        names[event.name] += 1
+                        names[str(op)] += 1
     return dict(counts, names=names, source=source)
 
 
