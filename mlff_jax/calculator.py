@@ -7,13 +7,15 @@ optimisation) compiles once.
 
 from __future__ import annotations
 
+import copy
 import functools
 import os
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from ase import Atoms
 from ase.calculators.calculator import Calculator, PropertyNotImplementedError, all_changes
 
 from mlff_jax import painn
@@ -31,6 +33,66 @@ def resolve_model(model_or_path, dtype: str = "float32", **load_kwargs) -> PaiNN
     from mlff_jax.api import load  # the package's facade (mlff_jax/__init__.py) imports this module lazily
 
     return load(model_or_path, dtype=dtype, **load_kwargs)
+
+
+# The arrays ASE's change detection compares (``all_changes`` less cell and pbc); others, such as
+# momenta, do not count as changes.
+_COMPARED_ARRAYS = ("positions", "numbers", "initial_charges", "initial_magmoms")
+
+
+def _same(a: np.ndarray, b: np.ndarray) -> bool:
+    """Identical shape, dtype and bytes (a few hundred ns for small arrays, against ~10 µs for
+    ``np.array_equal``); anything else counts as different, and the caller looks closer."""
+    return a.shape == b.shape and a.dtype == b.dtype and a.tobytes() == b.tobytes()
+
+
+def _close(a: np.ndarray, b: np.ndarray, tol: float) -> bool:
+    """``np.allclose(a, b, rtol=0, atol=tol)`` as ASE's ``compare_atoms`` applies it, identical
+    bytes first (the common answer when nothing moved). A NaN counts as a change, as in ASE,
+    except where the bytes are identical (the model refuses NaN positions anyway)."""
+    if _same(a, b):
+        return True
+    return a.shape == b.shape and bool(np.abs(a - b).max() <= tol)
+
+
+class _Snapshot(NamedTuple):
+    """What ``Atoms.copy()`` copies (ASE 3.2x), without building the copy (~25 µs on a CPU, per
+    call): the calculator compares and evaluates these arrays, and builds the Atoms only when
+    someone reads ``calc.atoms``."""
+
+    arrays: dict
+    cell: np.ndarray
+    pbc: np.ndarray
+    info: dict
+    celldisp: np.ndarray
+    constraints: list
+
+    @classmethod
+    def of(cls, atoms: Atoms) -> "_Snapshot":
+        constraints = copy.deepcopy(atoms.constraints) if atoms.constraints else []
+        return cls({name: a.copy() for name, a in atoms.arrays.items()}, atoms.cell.array.copy(), atoms.pbc.copy(), dict(atoms.info),
+                   atoms.get_celldisp(), constraints)  # fmt: skip
+
+    def to_atoms(self) -> Atoms:
+        """The Atoms that ``Atoms.copy()`` would have returned (the same steps)."""
+        atoms = Atoms(cell=self.cell, pbc=self.pbc, info=self.info, celldisp=self.celldisp)
+        atoms.arrays = self.arrays
+        atoms.constraints = self.constraints
+        return atoms
+
+    def changes(self, atoms: Atoms, tol: float, excluded) -> list[str]:
+        """ASE's ``compare_atoms(self, atoms, tol, excluded)``: the names of what differs."""
+        changes = []
+        if "cell" not in excluded and not _close(self.cell, atoms.cell.array, tol):
+            changes.append("cell")
+        if "pbc" not in excluded and not (_same(self.pbc, atoms.pbc) or np.array_equal(self.pbc, atoms.pbc)):
+            changes.append("pbc")
+        arrays = atoms.arrays
+        for name in _COMPARED_ARRAYS:
+            old, new = self.arrays.get(name), arrays.get(name)
+            if (old is not None or new is not None) and name not in excluded and (old is None or new is None or not _close(old, new, tol)):
+                changes.append(name)
+        return changes
 
 
 class MLFFCalculator(Calculator):
@@ -59,24 +121,59 @@ class MLFFCalculator(Calculator):
         self._periodic = None  # PeriodicEvaluator, created on the first periodic structure
 
     # ------------------------------------------------------------------ ASE interface
-    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
-        super().calculate(atoms, properties, system_changes)
-        atoms = self.atoms
-        if np.any(atoms.pbc):
-            if self._periodic is None:
-                from mlff_jax.calculator_periodic import PeriodicEvaluator
+    # ASE keeps a copy of the last calculation's atoms in ``calc.atoms``. For plain ``ase.Atoms``
+    # this calculator keeps a _Snapshot of them instead and builds ``calc.atoms`` from it on demand:
+    # change detection and evaluation read the snapshot's arrays.
+    @property
+    def atoms(self):
+        if self._atoms is None and self._snapshot is not None:
+            self._atoms, self._snapshot = self._snapshot.to_atoms(), None  # from now on, ASE's own logic
+        return self._atoms
 
-                self._periodic = PeriodicEvaluator(self.model, self.skin)
-            self.results.update(self._periodic(atoms, want_energies="energies" in properties))
-            return
+    @atoms.setter
+    def atoms(self, atoms) -> None:
+        self._atoms, self._snapshot = atoms, None
+
+    def _remember(self, atoms) -> None:
+        if type(atoms) is Atoms:
+            self._atoms, self._snapshot = None, _Snapshot.of(atoms)
+        else:  # a subclass may copy itself differently
+            self.atoms = atoms.copy()
+
+    def check_state(self, atoms, tol=1e-15):
+        """ASE's change detection (``compare_atoms``: which of cell, pbc, positions, numbers,
+        initial charges and magnetic moments differ by more than ``tol``, less
+        ``ignored_changes``), against the snapshot of the last calculation when there is one."""
+        if self._snapshot is None:
+            return super().check_state(atoms, tol)
+        return self._snapshot.changes(atoms, tol, self.ignored_changes)
+
+    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
+        # Calculator.calculate would copy the atoms whole and stat its directory, which this
+        # calculator never writes to.
+        if atoms is not None:
+            self._remember(atoms)
+        snapshot = self._snapshot
+        if snapshot is None or snapshot.pbc.any():
+            atoms = self.atoms
+            if atoms.pbc.any():
+                if self._periodic is None:
+                    from mlff_jax.calculator_periodic import PeriodicEvaluator
+
+                    self._periodic = PeriodicEvaluator(self.model, self.skin)
+                self.results.update(self._periodic(atoms, want_energies="energies" in properties))
+                return
+            positions, numbers = atoms.positions, atoms.numbers
+        else:  # the calculator's own copies: the caller may change its atoms in place afterwards
+            positions, numbers = snapshot.arrays["positions"], snapshot.arrays["numbers"]
         if "stress" in properties:
             raise PropertyNotImplementedError("stress needs a periodic cell (atoms.pbc is all False)")
-        energy, forces = self.model.energy_and_forces(atoms.positions, atoms.numbers)
+        energy, forces = self.model.energy_and_forces(positions, numbers)
         self.results["energy"] = float(energy)
         self.results["free_energy"] = float(energy)
         self.results["forces"] = np.asarray(forces, np.float64)
         if "energies" in properties:
-            self.results["energies"] = atomic_energies(self.model, atoms.positions, atoms.numbers)
+            self.results["energies"] = atomic_energies(self.model, positions, numbers)
 
     # ------------------------------------------------------------------ batches
     def calculate_batch(self, atoms_list: Sequence) -> list[dict]:

@@ -123,6 +123,31 @@ def batched_energy_and_forces(params, config, precision: str, implementation: st
     return energies, -grad
 
 
+# ----------------------------------------------------------------------------- host packing
+def packed_template(num_atoms: int, num_padded: int, dtype, cutoff: float) -> np.ndarray:
+    """The packed input [num_padded, 5] of a host call before its atoms are written: rows
+    num_atoms.. are padding atoms (far apart on a line, Z = 1, structure -1: no edges, zero
+    energy); rows ..num_atoms are zeros with structure 0. A host call copies it and fills x, y, z, Z.
+    """
+    packed = np.zeros((num_padded, 5), dtype)
+    packed[num_atoms:, 0] = 1e3 + 10.0 * cutoff * np.arange(num_padded - num_atoms)
+    packed[num_atoms:, 3] = 1
+    packed[num_atoms:, 4] = -1
+    return packed
+
+
+def pack_molecules(positions, atomic_numbers, batch, num_padded: int, dtype, cutoff: float) -> np.ndarray:
+    """One array [num_padded, 5] in ``dtype`` for the host call's program: x, y, z (Å), atomic
+    number, structure index (-1 for padding). positions [N, 3] (prepared, float64), atomic_numbers
+    and batch [N] int. Structure indices travel as floats: exact below 2^24 in float32."""
+    n = positions.shape[0]
+    packed = packed_template(n, num_padded, dtype, cutoff)
+    packed[:n, :3] = positions
+    packed[:n, 3] = atomic_numbers
+    packed[:n, 4] = batch
+    return packed
+
+
 # ----------------------------------------------------------------------------- host coordinates
 def prepare_positions(positions, batch, num_structures: int, cell=None, pbc=None) -> np.ndarray:
     """Positions [N, 3] float64 Å of the same structures, placed where float32 differences are exact

@@ -8,7 +8,8 @@ already static there) and run the same pure function.
 
 from __future__ import annotations
 
-from typing import Any
+import math
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -27,6 +28,50 @@ __all__ = ["ALL_PAIRS_MAX_ATOMS", "ALL_PAIRS_MAX_ATOMS_BY_PLATFORM", "PaiNNStude
 
 def _is_traced(*arrays) -> bool:
     return any(isinstance(a, jax.core.Tracer) for a in arrays)
+
+
+class _HostProgramCache(dict):
+    """A dict of compiled programs that ``jax.clear_caches()`` empties too, like jit's own caches
+    (a long process, e.g. a test session, frees compiled programs that way)."""
+
+    def __init__(self):
+        super().__init__()
+        try:  # JAX's registry of caches is private: without it, the cache simply lives with its model.
+            from jax._src import util as jax_util
+
+            jax_util.register_cache(self, "mlff_jax host programs")
+        except (ImportError, AttributeError):
+            pass
+
+    __hash__ = object.__hash__  # registered in a WeakKeyDictionary: hashed by identity
+    __eq__ = object.__eq__
+
+    def cache_clear(self) -> None:
+        self.clear()
+
+    def cache_info(self) -> str:
+        return f"{len(self)} compiled host programs"
+
+    def cache_keys(self) -> list:
+        return list(self.keys())
+
+
+class _MoleculePlan(NamedTuple):
+    """What a host call of one molecule of N atoms reuses: the compiled program, the packed input
+    [num_padded, 5] with padding and atomic numbers written (only x, y, z change per call), and the
+    atomic numbers it holds (dtype and bytes), checked once when they were new."""
+
+    executable: Any
+    packed: np.ndarray
+    num_padded: int
+    z_dtype: np.dtype
+    z_bytes: bytes
+
+
+def _params_signature(params) -> tuple:
+    """Structure, shapes and dtypes of a params pytree: what a compiled program is specific to."""
+    leaves, treedef = jax.tree_util.tree_flatten(params)
+    return treedef, tuple((np.shape(x), x.dtype if hasattr(x, "dtype") else np.result_type(x)) for x in leaves)
 
 
 class PaiNNStudent:
@@ -60,13 +105,24 @@ class PaiNNStudent:
             )
         self.config = config
         self.name = name
-        self.allow_untrained_elements = bool(allow_untrained_elements)
         self.dtype = dtype
         self.precision = precision
         implementation_lib.check(implementation, interpret)
         self.implementation, self.interpret = implementation, bool(interpret)
         self.params = painn.cast_params(params, DTYPES[dtype])
         self._jitted = jax.jit(self._packed_energy_and_forces, static_argnames=("num_structures", "method"))
+        # Ahead-of-time compiled host programs, by (atoms bucket, structures bucket, method), called
+        # positionally: the store is the model's own, so a plan can hold its program and the store
+        # can be emptied when the params change layout. dtype, precision and implementation are
+        # fixed per model, so they need no place in the key.
+        self._executables = _HostProgramCache()
+        # Structure and dtypes of the params they were compiled for: assigning params of another
+        # layout (e.g. compressed tables) drops them all, and the next call compiles anew.
+        self._compiled_params_signature = None
+        # One molecule of N atoms (the latency-bound case), by (N, method): _MoleculePlan, or None
+        # where the neighbour-list path applies.
+        self._molecule_plans = _HostProgramCache()
+        self.allow_untrained_elements = allow_untrained_elements  # also sets the host path's element table
         self._neighbor_specs = periodic.SpecCache()
 
     def __repr__(self) -> str:
@@ -97,6 +153,29 @@ class PaiNNStudent:
         is never checked, so call this once on the host before."""
         if not self.allow_untrained_elements:
             elements_lib.check_trained_elements(atomic_numbers, self.config.elements, self._display_name())
+
+    @property
+    def allow_untrained_elements(self) -> bool:
+        return self._allow_untrained_elements
+
+    @allow_untrained_elements.setter
+    def allow_untrained_elements(self, allowed: bool) -> None:
+        # The host path's table of allowed elements, and the atomic numbers its plans checked, follow.
+        self._allow_untrained_elements = bool(allowed)
+        self._allowed_z = self._allowed_elements_table()
+        self._molecule_plans.clear()
+
+    def _allowed_elements_table(self) -> np.ndarray:
+        """[max_z + 2] bool: which atomic numbers a host call accepts (1..max_z, and trained unless
+        allow_untrained_elements). Index 0 and the last entry are False, so a lookup with
+        ``mode="clip"`` also refuses Z < 1 and Z > max_z: the whole element check is one ``take``."""
+        table = np.zeros(self.config.max_z + 2, bool)
+        table[1 : self.config.max_z + 1] = True
+        if not self.allow_untrained_elements and self.config.elements is not None:
+            trained = np.zeros_like(table)
+            trained[[z for z in self.config.elements if 0 < z <= self.config.max_z]] = True
+            table &= trained
+        return table
 
     def _display_name(self) -> str:
         return repr(self.name) if self.name else f"PaiNNStudent(hidden_dim={self.config.hidden_dim}, num_interactions={self.config.num_interactions})"
@@ -202,6 +281,10 @@ class PaiNNStudent:
         call is traced at the given shapes instead, and neither validated nor checked for untrained
         elements (call :meth:`check_elements` on the host first).
         """
+        if batch is None and cell is None and pbc is None and devices is None:
+            result = self._molecule_fast_path(positions, atomic_numbers, method)
+            if result is not None:
+                return result
         evaluation.check_method(method)
         if _is_traced(positions, atomic_numbers, batch):
             if cell is not None or pbc is not None:
@@ -229,20 +312,102 @@ class PaiNNStudent:
         # Structure indices travel as floats: exact below 2^24 (float32).
         if num_structures > 2**24:
             raise ValueError(f"at most 2^24 structures per call, got {num_structures}: split the batch")
-        packed = np.zeros((n_pad, 5), DTYPES[self.dtype])
-        packed[:n, :3] = positions
-        # Padding atoms sit far apart on a line; they have no edges anyway (mask), so any finite place works.
-        packed[n:, 0] = 1e3 + 10.0 * self.config.cutoff * np.arange(n_pad - n)
-        packed[:, 3] = 1
-        packed[:n, 3] = atomic_numbers
-        packed[:, 4] = -1
-        packed[:n, 4] = batch
+        packed = evaluation.pack_molecules(positions, atomic_numbers, batch, n_pad, DTYPES[self.dtype], self.config.cutoff)
         # One host->device and one device->host transfer; slicing off the padding happens in NumPy.
-        out = np.asarray(self._jitted(self.params, packed, num_structures=b_pad, method=method))
+        out = self._run_program(self._executable(n_pad, b_pad, method), packed)
+        if out is None:  # the params changed layout since compiling: compiled again for them
+            out = self._run_program(self._executable(n_pad, b_pad, method), packed)
         energies, forces = out[:b_pad], out[b_pad:].reshape(n_pad, 3)
         if single:
             return energies[0], forces[:n]
         return energies[:num_structures], forces[:n]
+
+    def _executable(self, num_padded: int, structures_padded: int, method: str):
+        """The compiled all-pairs host program for packed input [num_padded, 5] and
+        ``structures_padded`` structures, compiled ahead of time on first use, then reused."""
+        key = (num_padded, structures_padded, method)
+        executable = self._executables.get(key)
+        if executable is None:
+            signature = _params_signature(self.params)
+            if signature != self._compiled_params_signature:  # every cached program is for the same params layout
+                self._forget_programs()
+                self._compiled_params_signature = signature
+            packed = jax.ShapeDtypeStruct((num_padded, 5), DTYPES[self.dtype])
+            executable = self._jitted.lower(self.params, packed, num_structures=structures_padded, method=method).compile()
+            self._executables[key] = executable
+        return executable
+
+    def _forget_programs(self) -> None:
+        self._executables.clear()
+        self._molecule_plans.clear()
+
+    def _run_program(self, executable, packed: np.ndarray) -> np.ndarray | None:
+        """The program's output [B + 3N] on ``self.params`` as NumPy, or None (and every cached
+        program dropped) when ``self.params`` no longer has the structure and dtypes the program
+        was compiled for: a compiled program refuses them, where jit would have traced anew."""
+        try:
+            return np.asarray(executable(self.params, packed))
+        except TypeError:
+            if _params_signature(self.params) == self._compiled_params_signature:
+                raise  # not the params: a genuine error
+            self._forget_programs()
+            return None
+
+    def _molecule_fast_path(self, positions, atomic_numbers, method):
+        """``energy_and_forces(R, Z)`` of one molecule, or None to take the general path.
+
+        The same computation as the general path (validation, float64 centring, padding, the
+        same compiled program), with every per-call decision made once per (N, method) and the
+        checks vectorised; the element check runs once per new atomic-numbers array (compared by
+        dtype and bytes: exact). Anything unusual (other types or dtypes, NaN, an unknown or
+        untrained element, a periodic-size molecule) returns None: the general path then raises
+        its own clear error or handles the case, so errors and results are the same either way.
+        """
+        if type(positions) is not np.ndarray or type(atomic_numbers) is not np.ndarray or method not in evaluation.METHODS:
+            return None
+        shape = positions.shape
+        if len(shape) != 2 or shape[1] != 3 or positions.dtype != np.float64 or atomic_numbers.shape != shape[:1]:
+            return None
+        n = shape[0]
+        plan = self._molecule_plans.get((n, method))
+        if plan is None or atomic_numbers.dtype != plan.z_dtype or atomic_numbers.tobytes() != plan.z_bytes:
+            plan = self._molecule_plan(n, method, atomic_numbers)
+            if plan is None:
+                return None
+        # Column sums: their total is finite iff every coordinate is (a NaN or inf anywhere reaches
+        # it; a sum of finite values that overflows only sends the call to the general path).
+        sums = np.add.reduce(positions, axis=0)
+        if not math.isfinite(sum(sums.tolist())):
+            return None
+        packed = plan.packed.copy()  # a fresh buffer: another thread's call may be using the previous one
+        # Centroid at the origin in float64, then the cast on writing: bit for bit evaluation.prepare_positions.
+        np.subtract(positions, sums / n, out=packed[:n, :3])
+        out = self._run_program(plan.executable, packed)
+        if out is None:
+            return None
+        return out[0], out[1:].reshape(plan.num_padded, 3)[:n]
+
+    def _molecule_plan(self, n: int, method: str, atomic_numbers: np.ndarray):
+        """The fast path's plan for n atoms and these (integer, allowed) atomic numbers, made and
+        cached, or None: not an all-pairs size, or atomic numbers the general path must judge."""
+        key = (n, method)
+        plan = self._molecule_plans.get(key)
+        if plan is None and (key in self._molecule_plans or n == 0 or evaluation.uses_neighbor_list(n, None, None)):
+            self._molecule_plans.setdefault(key, None)
+            return None
+        if atomic_numbers.dtype.kind != "i" or not self._allowed_z.take(atomic_numbers, mode="clip").all():
+            return None
+        if plan is None:
+            n_pad = bucket_size(n)
+            executable = self._executable(n_pad, 1, method)
+            template = evaluation.packed_template(n, n_pad, DTYPES[self.dtype], self.config.cutoff)
+        else:
+            executable, template, n_pad = plan.executable, plan.packed, plan.num_padded
+        packed = template.copy()
+        packed[:n, 3] = atomic_numbers
+        # One immutable record, replaced whole: a thread never sees a half-updated plan.
+        plan = self._molecule_plans[key] = _MoleculePlan(executable, packed, n_pad, atomic_numbers.dtype, atomic_numbers.tobytes())
+        return plan
 
     def energy_forces_stress(self, positions, atomic_numbers, batch=None, cell=None, pbc=None, method: str = "analytic"):
         """Energy, forces and stress of a periodic structure (or a batch), host call.
