@@ -392,7 +392,7 @@ def compile_only_compressed(rows, failures, compile_ptx, captured, implementatio
         args, ct = cast(args64, dtype), cast(ct64, dtype)
         block = kp.default_block_atoms(n, dtype, "highest")
         cfg = kp.KernelConfig(num_atoms=n, cutoff=5.0, block_atoms=block, num_warps=kp.default_num_warps(block),
-                              table_intervals=args["block"]["filter_table"]["values"].shape[0] - 1)  # fmt: skip
+                              table_intervals=args["block"]["filter_table"]["coefficients"].shape[0])  # fmt: skip
         row = dict(check="compile", system="water-1k", H=128, implementation="pallas", compressed=True, dtype=dtype, precision="highest",
                    launch=dict(block_atoms=block, num_warps=cfg.num_warps), default=True)  # fmt: skip
         captured.clear()
@@ -509,7 +509,7 @@ def triton_interpret(rows, failures):
             row = dict(check="triton-interpret", system=kind, N=int(n), C=int(c), H=hidden, implementation="triton", dtype=dtype, precision="highest",
                        compressed=compressed)  # fmt: skip
             try:
-                table = a["block"]["filter_table"]["values"].shape[0] - 1 if compressed else 0
+                table = a["block"]["filter_table"]["coefficients"].shape[0] if compressed else 0
                 cfg = kp.KernelConfig(num_atoms=n, cutoff=5.0, block_atoms=16, k_chunk=16, slot_splits=3, table_intervals=table)
                 p = kp.pack(nbr, a["distances"], a["directions"], a["block"], a["centers"], a["widths"], cfg)
                 n_pad, h_pad, _ = kp.padded_sizes(n, hidden, num_rbf, 16)
@@ -519,12 +519,12 @@ def triton_interpret(rows, failures):
                 grid = (n_pad // 16, cfg.slot_splits)
                 zeros = lambda shape: _HostBuffer(np.zeros(shape, s_pad.dtype))
                 ds, dv = zeros((3, *s_pad.shape)), zeros((3, *v_pad.shape))
-                filter_args = (p.table_values, p.table_slopes) if compressed else (p.w1, p.b1, p.w2, p.b2, p.centers, p.widths)
+                filter_args = (p.table_coefficients,) if compressed else (p.w1, p.b1, p.w2, p.b2, p.centers, p.widths)
                 inputs = (p.neighbors, p.distances, p.directions, s_pad, v_pad, *filter_args)
                 (kt._forward_table_kernel if compressed else kt._forward_kernel)[grid](*map(_HostBuffer, inputs), ds, dv, **consts)
                 outs = [zeros((3, *s_pad.shape)), zeros((3, *v_pad.shape)), zeros(p.distances.shape), zeros(p.directions.shape)]
                 if compressed:
-                    inputs = (p.neighbors, p.distances, p.directions, s_pad, v_pad, gs_pad, gv_pad, p.table_values, p.table_slopes)
+                    inputs = (p.neighbors, p.distances, p.directions, s_pad, v_pad, gs_pad, gv_pad, p.table_coefficients)
                 else:
                     inputs = (p.neighbors, p.distances, p.directions, s_pad, v_pad, gs_pad, gv_pad, p.w1, p.b1, p.w2, p.b2,
                               jnp.transpose(p.w2, (0, 2, 1)), p.centers, p.widths)  # fmt: skip
