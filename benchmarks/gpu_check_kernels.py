@@ -4,6 +4,8 @@ then the full model against the upstream reference set. Prints a PASS/FAIL table
 error text of every failure; writes JSON to benchmarks/results/.
 
     python benchmarks/gpu_check_kernels.py                  # on the GPU machine (~2-4 min)
+    python benchmarks/gpu_check_kernels.py --models-only    # only float32 exact and compressed models vs
+                                                            # upstream float64 (kernel model and public API)
     python benchmarks/gpu_check_kernels.py --compile-only   # anywhere: lower every kernel to Triton
                                                             # IR, and to PTX if jax's CUDA plugin imports
 
@@ -182,32 +184,76 @@ def reference_batch(up: pathlib.Path, name: str):
 
 
 def check_models(implementations, rows, failures):
-    """Float32 kernel model on every upstream reference structure (one batch), each precision mode:
-    the force error of the fast modes is the number users need."""
+    """Float32 kernel model on every upstream reference structure (one batch), each precision mode,
+    exact and compressed (default table, ``model.compress()``): the force error of the fast modes and
+    of the tables is the number users need. Then the compressed model through the public API as a
+    user runs it (:func:`check_compressed_api`)."""
+    from mlff_jax.compress import compress_params
+
     up = ks.upstream_dir()
     if up is None:
         print("SKIP model checks: upstream checkpoints not found (set MLFF_JAX_UPSTREAM)")
         return
     for name in ("tiny-77k",) if INTERPRET else ("tiny-77k", "student-427k"):
         config, params, _ = ks.load_params(name, "float32")
+        tables = cast(compress_params(params, config), "float32")  # built in float64, cast: what compress() gives
         R, Z, batch, E, F = reference_batch(up, name)
         nbr, shifts = layout.all_pairs_dense(R, config.cutoff, batch=batch)
         sizes = np.bincount(batch)
         for impl in ["xla"] + list(implementations):
-            for precision in ("highest", "tf32x3", "tf32", "bf16"):
+            # tables have no matmul: the precision modes do not apply to them
+            cases = [(False, p) for p in ("highest", "tf32x3", "tf32", "bf16")] + [(True, "highest")]
+            for compressed, precision in cases:
                 row = dict(check="model", system=f"{name} reference set", N=len(Z), C=int(nbr.shape[1]), H=config.hidden_dim,
-                           implementation=impl, dtype="float32", precision=precision, launch="default")  # fmt: skip
+                           implementation=impl, compressed=compressed, dtype="float32", precision=precision, launch="default")  # fmt: skip
                 try:
                     f = jax.jit(functools.partial(energy_and_forces_kernel, config=config, num_structures=len(E), implementation=impl,
                                                   precision=precision, interpret=INTERPRET and impl == "pallas"))  # fmt: skip
                     energies, forces = jax.block_until_ready(f(
-                        params, positions=jnp.asarray(R, jnp.float32), atomic_numbers=jnp.asarray(Z), neighbors_idx=jnp.asarray(nbr),
-                        shifts=jnp.asarray(shifts, jnp.float32), atom_mask=jnp.ones(len(Z), bool), batch=jnp.asarray(batch)))  # fmt: skip
+                        tables if compressed else params, positions=jnp.asarray(R, jnp.float32), atomic_numbers=jnp.asarray(Z),
+                        neighbors_idx=jnp.asarray(nbr), shifts=jnp.asarray(shifts, jnp.float32), atom_mask=jnp.ones(len(Z), bool),
+                        batch=jnp.asarray(batch)))  # fmt: skip
                     row["force_error_eV_A"] = float(np.abs(np.asarray(forces, np.float64) - F).max())
                     row["energy_error_eV_per_atom"] = float((np.abs(np.asarray(energies, np.float64) - E) / sizes).max())
                     ok = row["force_error_eV_A"] <= PARITY_F32_FORCES and row["energy_error_eV_per_atom"] <= PARITY_F32_ENERGY_PER_ATOM
                     row["status"] = "PASS" if ok else ("FAIL" if precision in ("highest", "tf32x3") else "INFO")
                     if row["status"] == "FAIL":
+                        failures.append((row, "float32 parity with upstream float64 not reached"))
+                except Exception as err:  # noqa: BLE001
+                    row["status"] = "ERROR"
+                    failures.append((row, "".join(traceback.format_exception(err))[-4000:]))
+                rows.append(row)
+                print_row(row)
+    check_compressed_api(up, implementations, rows, failures)
+
+
+def check_compressed_api(up, implementations, rows, failures):
+    """``mlff_jax.load(..., dtype="float32").compress()`` with JAX's 64-bit mode OFF (as a GPU user
+    runs it; tables are still built in float64), one ``energy_and_forces`` call per reference
+    structure, exact and compressed, each implementation: the worst force error vs upstream float64."""
+    import mlff_jax
+
+    for name in ("tiny-77k",) if INTERPRET else ("tiny-77k", "student-427k"):
+        ref = np.load(up / "reference" / f"{name}.npz")
+        structures = sorted({k.split("__")[0] for k in ref.files} - {"batch"})
+        for impl in ["xla"] + list(implementations):
+            for compressed in (False, True):
+                row = dict(check="api", system=f"{name} reference set, per structure", implementation=impl, compressed=compressed,
+                           dtype="float32", precision="highest", launch="default")  # fmt: skip
+                try:
+                    with jax.enable_x64(False):
+                        model = mlff_jax.load(up / "checkpoints" / f"{name}.model.pt", dtype="float32", implementation=impl,
+                                              interpret=INTERPRET and impl == "pallas")  # fmt: skip
+                        model = model.compress() if compressed else model
+                        worst_f = worst_e = 0.0
+                        for s in structures:
+                            energy, forces = model.energy_and_forces(ref[s + "__R"], ref[s + "__Z"])
+                            worst_f = max(worst_f, float(np.abs(np.asarray(forces, np.float64) - ref[s + "__F_f64"]).max()))
+                            worst_e = max(worst_e, abs(float(energy) - float(ref[s + "__E_f64"])) / len(ref[s + "__Z"]))
+                    row["force_error_eV_A"], row["energy_error_eV_per_atom"] = worst_f, worst_e
+                    ok = worst_f <= PARITY_F32_FORCES and worst_e <= PARITY_F32_ENERGY_PER_ATOM
+                    row["status"] = "PASS" if ok else "FAIL"
+                    if not ok:
                         failures.append((row, "float32 parity with upstream float64 not reached"))
                 except Exception as err:  # noqa: BLE001
                     row["status"] = "ERROR"
@@ -392,7 +438,7 @@ def compile_only_compressed(rows, failures, compile_ptx, captured, implementatio
         args, ct = cast(args64, dtype), cast(ct64, dtype)
         block = kp.default_block_atoms(n, dtype, "highest")
         cfg = kp.KernelConfig(num_atoms=n, cutoff=5.0, block_atoms=block, num_warps=kp.default_num_warps(block),
-                              table_intervals=args["block"]["filter_table"]["values"].shape[0] - 1)  # fmt: skip
+                              table_intervals=args["block"]["filter_table"]["coefficients"].shape[0])  # fmt: skip
         row = dict(check="compile", system="water-1k", H=128, implementation="pallas", compressed=True, dtype=dtype, precision="highest",
                    launch=dict(block_atoms=block, num_warps=cfg.num_warps), default=True)  # fmt: skip
         captured.clear()
@@ -509,7 +555,7 @@ def triton_interpret(rows, failures):
             row = dict(check="triton-interpret", system=kind, N=int(n), C=int(c), H=hidden, implementation="triton", dtype=dtype, precision="highest",
                        compressed=compressed)  # fmt: skip
             try:
-                table = a["block"]["filter_table"]["values"].shape[0] - 1 if compressed else 0
+                table = a["block"]["filter_table"]["coefficients"].shape[0] if compressed else 0
                 cfg = kp.KernelConfig(num_atoms=n, cutoff=5.0, block_atoms=16, k_chunk=16, slot_splits=3, table_intervals=table)
                 p = kp.pack(nbr, a["distances"], a["directions"], a["block"], a["centers"], a["widths"], cfg)
                 n_pad, h_pad, _ = kp.padded_sizes(n, hidden, num_rbf, 16)
@@ -519,12 +565,12 @@ def triton_interpret(rows, failures):
                 grid = (n_pad // 16, cfg.slot_splits)
                 zeros = lambda shape: _HostBuffer(np.zeros(shape, s_pad.dtype))
                 ds, dv = zeros((3, *s_pad.shape)), zeros((3, *v_pad.shape))
-                filter_args = (p.table_values, p.table_slopes) if compressed else (p.w1, p.b1, p.w2, p.b2, p.centers, p.widths)
+                filter_args = (p.table_coefficients,) if compressed else (p.w1, p.b1, p.w2, p.b2, p.centers, p.widths)
                 inputs = (p.neighbors, p.distances, p.directions, s_pad, v_pad, *filter_args)
                 (kt._forward_table_kernel if compressed else kt._forward_kernel)[grid](*map(_HostBuffer, inputs), ds, dv, **consts)
                 outs = [zeros((3, *s_pad.shape)), zeros((3, *v_pad.shape)), zeros(p.distances.shape), zeros(p.directions.shape)]
                 if compressed:
-                    inputs = (p.neighbors, p.distances, p.directions, s_pad, v_pad, gs_pad, gv_pad, p.table_values, p.table_slopes)
+                    inputs = (p.neighbors, p.distances, p.directions, s_pad, v_pad, gs_pad, gv_pad, p.table_coefficients)
                 else:
                     inputs = (p.neighbors, p.distances, p.directions, s_pad, v_pad, gs_pad, gv_pad, p.w1, p.b1, p.w2, p.b2,
                               jnp.transpose(p.w2, (0, 2, 1)), p.centers, p.widths)  # fmt: skip
@@ -552,6 +598,7 @@ def main():
     parser.add_argument("--quick", action="store_true", help="default launch settings only")
     parser.add_argument("--interpret", action="store_true", help="smoke-test this script on CPU (Pallas interpret mode, small systems)")
     parser.add_argument("--skip-models", action="store_true", help="kernel blocks only")
+    parser.add_argument("--models-only", action="store_true", help="the model checks only: float32 exact and compressed vs upstream float64")
     parser.add_argument("--implementations", default=None, help="kernel implementations to check (default: pallas, and triton if jax-triton imports)")
     parser.add_argument("--out", default=None, help="JSON path (default: benchmarks/results/gpu_check_kernels_<tag>_<time>.json)")
     args = parser.parse_args()
@@ -576,7 +623,8 @@ def main():
         if jax.default_backend() != "gpu" and not INTERPRET:
             sys.exit("no GPU: run with --compile-only, --triton-interpret or --interpret, or on the GPU machine")
         impls = args.implementations.split(",") if args.implementations else available_implementations()
-        check_blocks(impls, rows, failures, quick=args.quick)
+        if not args.models_only:
+            check_blocks(impls, rows, failures, quick=args.quick)
         if not args.skip_models:
             check_models(impls, rows, failures)
     counts = {s: sum(r["status"] == s for r in rows) for s in ("PASS", "FAIL", "ERROR", "INFO")}

@@ -26,7 +26,7 @@ from mlff_jax import painn
 from mlff_jax.analytic_graph import ops_for
 from mlff_jax.config import PaiNNConfig
 from mlff_jax.graph import Edges
-from mlff_jax.radial_table import tabulated_filter
+from mlff_jax.radial_table import tabulated_filter, tabulated_filter_slope
 
 HIGHEST = jax.lax.Precision.HIGHEST
 
@@ -109,25 +109,6 @@ def filter_forward(block, rbf, within, precision):
     """(W, pre): W = Linear2(SiLU(pre)) * within, pre = Linear1(e). [U, 3H], [U, H]."""
     pre = painn.dense(rbf, block["filter_in"], precision)
     return painn.dense(jax.nn.silu(pre), block["filter_out"], precision) * within[:, None], pre
-
-
-def table_slope(table, d, cutoff: float):
-    """dW/dd [U, 3H] of the cubic Hermite table (:func:`mlff_jax.radial_table.tabulated_filter`):
-    dW/dd = (h00' V_i + h10' h S_i + h01' V_i+1 + h11' h S_i+1) / h, with h00' = 6t^2 - 6t,
-    h10' = 3t^2 - 4t + 1, h01' = -6t^2 + 6t, h11' = 3t^2 - 2t; 0 where d is clamped (outside [0, rc])."""
-    values, slopes = table["values"], table["slopes"]
-    intervals = values.shape[0] - 1
-    h = cutoff / intervals
-    x_raw = d / h
-    x = jnp.clip(x_raw, 0.0, float(intervals))
-    i = jnp.clip(jnp.floor(x).astype(jnp.int32), 0, intervals - 1)
-    t = (x - i)[:, None]
-    t2 = t * t
-    dh00, dh10 = 6 * t2 - 6 * t, 3 * t2 - 4 * t + 1
-    dh01, dh11 = -6 * t2 + 6 * t, 3 * t2 - 2 * t
-    dw_dt = dh00 * values[i] + dh10 * (h * slopes[i]) + dh01 * values[i + 1] + dh11 * (h * slopes[i + 1])
-    inside = (x_raw > 0.0) & (x_raw < intervals)
-    return jnp.where(inside[:, None], dw_dt / h, 0.0)
 
 
 def with_envelope(w_net, envelope):
@@ -314,7 +295,7 @@ def _backward_edges(ops, graph, geom, rbf, block, bt: BlockTape, gs, gv, first_b
             w = with_envelope(w_net, geom_c.envelope)
         dgs, dgv, gw, gdir = ops.message_backward(graph_c, gs, gv, bt.s_in, bt.v_in, w, geom_c.direction, first_block)
         if table:
-            slope = table_slope(block["filter_table"], geom_c.d, cutoff)
+            slope = tabulated_filter_slope(block["filter_table"], geom_c.d, cutoff)
             return dgs, dgv, gdir, None, jnp.where(geom_c.within, jnp.sum(gw * slope, axis=-1), 0.0)
         g_d = None
         if geom_c.envelope is not None:  # W = env(d) W_net: dE/dd += env' (dE/dW . W_net), dE/dW_net = env dE/dW

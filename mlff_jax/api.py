@@ -63,8 +63,8 @@ def save(model: PaiNNStudent, path: str | os.PathLike, overwrite: bool = False) 
     if os.path.exists(path) and not overwrite:
         raise FileExistsError(f"{path} exists: pass overwrite=True to replace it")
     flat = painn.flatten(model.params)
-    tables = [v for k, v in flat.items() if k.endswith("filter_table/values")]
-    extra = {"filter_table_rows": str(tables[0].shape[0])} if tables else None
+    tables = [v for k, v in flat.items() if k.endswith("filter_table/coefficients")]
+    extra = {"filter_table_intervals": str(tables[0].shape[0])} if tables else None
     write_checkpoint(path, model.config, flat, extra_metadata=extra)
 
 

@@ -182,11 +182,11 @@ class PaiNNStudent:
 
     def compress(self, spacing: float | None = None) -> "PaiNNStudent":
         """A copy whose radial filter networks are replaced by exact-derivative cubic Hermite tables
-        (see :mod:`mlff_jax.compress`; default spacing from the measured error curve)."""
+        (see :mod:`mlff_jax.compress`; default spacing from the measured error curve). The tables are
+        built in float64 whatever the model's dtype and JAX's 64-bit setting, then cast to the dtype."""
         from mlff_jax.compress import DEFAULT_SPACING, compress_params
 
-        float64_params = painn.cast_params(self.params, jnp.float64 if jax.config.jax_enable_x64 else jnp.float32)
-        tables = compress_params(float64_params, self.config, DEFAULT_SPACING if spacing is None else spacing)
+        tables = compress_params(self.params, self.config, DEFAULT_SPACING if spacing is None else spacing)
         return self._same_model(tables)
 
     # ----------------------------------------------------------------- message-passing implementation

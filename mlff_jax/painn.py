@@ -213,10 +213,11 @@ def cast_params(params: Params, dtype) -> Params:
     return jax.tree_util.tree_map(lambda x: jnp.asarray(x, dtype), params)
 
 
-def param_shapes(config: PaiNNConfig, table_rows: int | None = None) -> dict[str, tuple[int, ...]]:
+def param_shapes(config: PaiNNConfig, table_intervals: int | None = None) -> dict[str, tuple[int, ...]]:
     """Expected shape of every leaf, keyed by '/'-joined path (used by converters and checks).
 
-    table_rows: rows (grid points) of compressed radial filter tables, if the model has them.
+    table_intervals: grid intervals G of compressed radial filter tables (mlff_jax.compress), if the
+    model has them.
     """
     h, k = config.hidden_dim, config.num_rbf
     shapes = {
@@ -233,9 +234,8 @@ def param_shapes(config: PaiNNConfig, table_rows: int | None = None) -> dict[str
             shapes[f"interactions_{t}/mixing_matrix"] = (3, 3)
         elif config.vector_mixing == "channels":
             shapes[f"interactions_{t}/channel_mixing"] = (h, h)
-        if table_rows is not None:
-            shapes[f"interactions_{t}/filter_table/values"] = (table_rows, 3 * h)
-            shapes[f"interactions_{t}/filter_table/slopes"] = (table_rows, 3 * h)
+        if table_intervals is not None:
+            shapes[f"interactions_{t}/filter_table/coefficients"] = (table_intervals, 4, 3 * h)
     for i, (fan_in, fan_out) in enumerate([(h, h // 2), (h // 2, h // 4), (h // 4, 1)]):
         shapes[f"readout/dense_{i}/kernel"] = (fan_in, fan_out)
         shapes[f"readout/dense_{i}/bias"] = (fan_out,)

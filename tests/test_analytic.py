@@ -151,7 +151,7 @@ def test_every_layout_matches_autodiff(reference, load_model):
 
 def test_compressed_model_analytic_forces_match_autodiff_of_the_table(reference, load_model):
     """Blocks with a filter table (model.compress()): the sweep differentiates the cubic Hermite
-    interpolant by hand (table_slope) and must equal autodiff of the same compressed energy."""
+    interpolant by hand (tabulated_filter_slope) and must equal autodiff of the same compressed energy."""
     ref, model = reference("ultra-tiny-21k"), load_model("ultra-tiny-21k", "float64")
     compressed = model.compress()
     for s in ("000_CH3CHO", "062_water10"):

@@ -186,6 +186,7 @@ def _our_file(tmp_path, metadata_change):
         (lambda m: m.update(config=json.dumps({"hidden_dim": "wide", "num_interactions": 2, "num_rbf": 10})), "not a valid model config"),
         (lambda m: m.update(config=json.dumps({**json.loads(m["config"]), "elements": ["Au"]})), "PaiNNConfig.elements"),
         (lambda m: m.update(filter_table_rows="-5"), "filter_table_rows"),
+        (lambda m: m.update(filter_table_intervals="0"), "filter_table_intervals"),
         (lambda m: m.update(config=json.dumps({**json.loads(m["config"]), "num_interactions": 10**9})), "num_interactions=1000000000 is implausible"),
     ],
 )

@@ -15,7 +15,7 @@ from mlff_jax import painn
 from mlff_jax.compress import build_filter_table
 from mlff_jax.radial_table import tabulated_filter
 from test_kernels_message_passing import (
-    CUTOFF, DIFF_ARGS, INTERPRET, NUM_ATOMS, NUM_PADDING, _abstract_gpu, assert_close, loss_and_grads, make_system, run,
+    CUTOFF, DIFF_ARGS, HIDDEN, INTERPRET, NUM_ATOMS, NUM_PADDING, _abstract_gpu, assert_close, loss_and_grads, make_system, run,
 )  # fmt: skip
 
 TABLE_SPACING = 0.01  # Å: 250 intervals over the test's 2.5 Å cutoff
@@ -27,7 +27,7 @@ def compressed(system):
     dtype = args["s"].dtype
     block64 = jax.tree.map(lambda x: jnp.asarray(x, jnp.float64), args["block"])
     rbf = {"centers": jnp.asarray(args["centers"], jnp.float64), "widths": jnp.asarray(args["widths"], jnp.float64)}
-    table = jax.tree.map(lambda x: x.astype(dtype), build_filter_table(block64, rbf, CUTOFF, TABLE_SPACING))
+    table = jax.tree.map(lambda x: jnp.asarray(x, dtype), build_filter_table(block64, rbf, CUTOFF, TABLE_SPACING))
     return nbr, dict(args, block=dict(args["block"], filter_table=table))
 
 
@@ -72,7 +72,7 @@ def test_table_kernel_differs_from_the_network_kernel(table64):
     """The kernel really reads the table: a table of a different network gives other messages."""
     nbr, args = table64
     table = args["block"]["filter_table"]
-    shifted = dict(args, block=dict(args["block"], filter_table={"values": table["values"] + 1.0, "slopes": table["slopes"]}))
+    shifted = dict(args, block=dict(args["block"], filter_table={"coefficients": table["coefficients"].at[:, 0].add(1.0)}))
     ds, _ = run("pallas", nbr, args)
     ds_shifted, _ = run("pallas", nbr, shifted)
     assert np.abs(np.asarray(ds_shifted - ds)).max() > 0.1
@@ -81,9 +81,10 @@ def test_table_kernel_differs_from_the_network_kernel(table64):
 def test_table_kernel_matches_compressed_reference_to_float32_roundoff(table32, table64, table_grads64):
     """Float32 kernel vs the float64 compressed reference, values and gradients, at the float32 floor.
 
-    Compared with float64 rather than with the XLA float32 path: dW/dd of a Hermite interpolant
-    cancels (V_i+1 - V_i over a 0.01 Å interval), and XLA's float32 autodiff of it sits at 1.3e-5
-    relative on the distance cotangent here, the kernel at 2.4e-6.
+    Both paths evaluate dW/dd from the stored coefficients (c1 + t(2 c2 + 3t c3)) / h, which holds no
+    difference of nearly equal numbers, so the kernel agrees with XLA's float32 gradients as well as
+    with float64 (distance cotangent: 2e-7 relative for both; with node values stored in float32,
+    XLA's autodiff of the interpolant cancelled to 1.3e-5 here and the kernel sat at 2.4e-6).
     """
     nbr, args = table32
     for actual, desired, xla in zip(run("pallas", nbr, args), run("xla", *table64), run("xla", nbr, args)):
@@ -92,9 +93,11 @@ def test_table_kernel_matches_compressed_reference_to_float32_roundoff(table32, 
         assert_close(actual, xla, rel=tol.KERNEL_VS_REFERENCE_F32)
     value_p, grads_p = loss_and_grads("pallas", nbr, args)
     value64, grads64 = table_grads64["xla"]
+    _, grads32 = loss_and_grads("xla", nbr, args)
     assert_close(value_p, value64, rel=tol.KERNEL_VS_REFERENCE_F32)
     for name in ("s", "v", "distances", "directions"):
         assert_close(grads_p[name], grads64[name], rel=tol.KERNEL_VS_REFERENCE_F32, err_msg=name)
+        assert_close(grads_p[name], grads32[name], rel=tol.KERNEL_VS_REFERENCE_F32, err_msg=name)
 
 
 @pytest.mark.parametrize("name", DIFF_ARGS)
@@ -128,9 +131,11 @@ def test_table_kernel_slot_splits_change_nothing_but_roundoff(table32):
         assert_close(actual, desired, rel=tol.KERNEL_VS_REFERENCE_F32)
 
 
-def test_malformed_table_raises_value_error(table64):
+@pytest.mark.parametrize("table", [{"coefficients": jnp.zeros((5, 7))}, {"coefficients": jnp.zeros((5, 3, 3 * HIDDEN))},
+                                   {"values": jnp.zeros((6, 3 * HIDDEN)), "slopes": jnp.zeros((6, 3 * HIDDEN))}])  # fmt: skip
+def test_malformed_table_raises_value_error(table64, table):
     nbr, args = table64
-    bad = dict(args, block=dict(args["block"], filter_table={"values": jnp.zeros((5, 7)), "slopes": jnp.zeros((5, 7))}))
+    bad = dict(args, block=dict(args["block"], filter_table=table))
     with pytest.raises(ValueError, match="filter_table"):
         run("pallas", nbr, bad)
 

@@ -290,8 +290,9 @@ def test_compressed_tables_hold_the_enveloped_filter_within_tolerance():
     config = PaiNNConfig(**SMALL, **SMOOTH)
     params = make_params(config, seed=14)
     compressed = compress_params(params, config)
-    table = compressed["interactions_0"]["filter_table"]
-    assert np.all(np.asarray(table["values"])[-1] == 0.0) and np.all(np.asarray(table["slopes"])[-1] == 0.0)
+    last = np.asarray(compressed["interactions_0"]["filter_table"]["coefficients"])[-1]  # [4, 3H]: c0..c3 of the last interval
+    np.testing.assert_allclose(last.sum(axis=0), 0.0, rtol=0, atol=tol.ROUNDOFF_F64)  # W(rc) = c0 + c1 + c2 + c3
+    np.testing.assert_allclose(last[1] + 2 * last[2] + 3 * last[3], 0.0, rtol=0, atol=tol.ROUNDOFF_F64)  # h W'(rc)
     positions, numbers = molecule(seed=15, n=10)
     args = inputs(positions, numbers)
     energy, forces = analytic_energy_forces(params, config, *args)

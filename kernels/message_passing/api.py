@@ -49,11 +49,15 @@ def _backend(name: str):
 def _filter_params(block):
     try:
         filt = {"filter_in": dict(block["filter_in"]), "filter_out": dict(block["filter_out"])}
-        if "filter_table" in block:  # compressed model: the kernels read the table, not the network
-            filt["filter_table"] = {"values": block["filter_table"]["values"], "slopes": block["filter_table"]["slopes"]}
-        return filt
     except (KeyError, TypeError) as err:
         raise ValueError(f"block must hold 'filter_in' and 'filter_out' Dense parameters ({{'kernel', 'bias'}}): {err}") from err
+    if "filter_table" in block:  # compressed model: the kernels read the table, not the network
+        table = block["filter_table"]
+        if not isinstance(table, dict) or "coefficients" not in table:
+            raise ValueError("filter_table must be {'coefficients': [G, 4, 3H]} (as mlff_jax.compress builds it), "
+                             f"got {sorted(table) if isinstance(table, dict) else type(table).__name__}")  # fmt: skip
+        filt["filter_table"] = {"coefficients": table["coefficients"]}
+    return filt
 
 
 def check_inputs(s, v, neighbors, distances, directions, filt, centers, widths) -> None:
@@ -82,9 +86,9 @@ def check_inputs(s, v, neighbors, distances, directions, filt, centers, widths) 
     if w2.shape != (h, 3 * h) or filt["filter_out"]["bias"].shape != (3 * h,):
         raise ValueError(f"filter_out must be Dense H -> 3H = {h} -> {3 * h}, got kernel {w2.shape}")
     if "filter_table" in filt:
-        values, slopes = filt["filter_table"]["values"], filt["filter_table"]["slopes"]
-        if values.ndim != 2 or values.shape[0] < 2 or values.shape[1] != 3 * h or slopes.shape != values.shape:
-            raise ValueError(f"filter_table values and slopes must both be [G + 1, 3H] with G >= 1, 3H = {3 * h}; got {values.shape} and {slopes.shape}")
+        coefficients = filt["filter_table"]["coefficients"]
+        if coefficients.ndim != 3 or coefficients.shape[0] < 1 or coefficients.shape[1:] != (4, 3 * h):
+            raise ValueError(f"filter_table coefficients must be [G, 4, 3H] with G >= 1, 3H = {3 * h}; got {coefficients.shape}")
     for name, x in (("s", s), ("v", v), ("distances", distances), ("directions", directions)):
         if not jnp.issubdtype(x.dtype, jnp.floating):
             raise ValueError(f"{name} must be floating point, got {x.dtype}")
@@ -122,7 +126,7 @@ def message_block(
       neighbors: [N, C] int32 senders of each receiver's slots, N for an empty slot.
       distances: [N, C] Å; directions: [N, C, 3] unit vectors (``layout.slot_geometry``).
       block: the block's parameters (``filter_in``: Dense K -> H, ``filter_out``: Dense H -> 3H; a
-        compressed block's ``filter_table`` {values, slopes} [G + 1, 3H], when present, is used
+        compressed block's ``filter_table`` {coefficients} [G, 4, 3H], when present, is used
         instead of the network, inside the kernels too: :mod:`.pallas_table`).
       rbf_centers, rbf_widths: [K] Å.
       cutoff: rc in Å (slots with d > rc contribute zero).
@@ -180,7 +184,7 @@ def message_block(
         interpret=bool(interpret),
         k_chunk=k_chunk,
         slot_splits=slot_splits,
-        table_intervals=filt["filter_table"]["values"].shape[0] - 1 if "filter_table" in filt else 0,
+        table_intervals=filt["filter_table"]["coefficients"].shape[0] if "filter_table" in filt else 0,
         envelope=None if "filter_table" in filt else envelope,
     )
     _backend(implementation)  # fail early (ValueError) if the backend cannot be imported

@@ -75,8 +75,7 @@ def pack(neighbors, distances, directions, block, centers, widths, cfg: KernelCo
     d = pad_to(jnp.where(valid, distances, cfg.cutoff), (n_pad, c_pad), cfg.cutoff).T
     u = jnp.transpose(pad_to(jnp.where(valid[..., None], directions, 0.0), (n_pad, c_pad, 3)), (2, 1, 0))
     if cfg.table_intervals:
-        values, slopes = pack_table(block["filter_table"], cfg.cutoff, h_pad)
-        return Packed(nbr, d, u, None, None, None, None, None, None, table_values=values, table_slopes=slopes)
+        return Packed(nbr, d, u, None, None, None, None, None, None, table_coefficients=pack_table(block["filter_table"], h_pad))
     w2 = block["filter_out"]["kernel"].reshape(h, 3, h).transpose(1, 0, 2)
     return Packed(
         neighbors=nbr,

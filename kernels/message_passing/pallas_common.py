@@ -97,7 +97,7 @@ def default_k_chunk(dtype, precision: str, h_pad: int) -> int:
 @dataclasses.dataclass(frozen=True)
 class Packed:
     """Kernel-layout arrays (see module docstring); shapes: B = block rows, C slots. A compressed block
-    has the two table arrays instead of the filter network's (w1 .. widths are then None)."""
+    has the table instead of the filter network's (w1 .. widths are then None)."""
 
     neighbors: jax.Array  # [C_pad, Np] int32 (C_pad: C rounded up to a multiple of slot_splits)
     distances: jax.Array  # [C_pad, Np]
@@ -108,8 +108,7 @@ class Packed:
     b2: jax.Array  # [3, 1, Hp]
     centers: jax.Array  # [1, Kp]
     widths: jax.Array  # [1, Kp]
-    table_values: jax.Array | None = None  # [3, G + 1, Hp] (Ws, Wv1, Wv2 parts of W(d_i))
-    table_slopes: jax.Array | None = None  # [3, G + 1, Hp] spacing * dW/dd(d_i), as radial_table scales them
+    table_coefficients: jax.Array | None = None  # [3, 4G, Hp] (Ws, Wv1, Wv2 parts; row 4i + k: c_k of interval i)
 
 
 def pad_to(x, shape, value=0):

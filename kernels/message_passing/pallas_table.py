@@ -1,14 +1,14 @@
 """Pallas kernels (Triton lowering) for a COMPRESSED message block: the filter from its table.
 
 A compressed model (``model.compress()``, :mod:`mlff_jax.compress`) stores each block's filter
-W(d) = (Ws, Wv1, Wv2) as a cubic Hermite table: values W(d_i) and slopes W'(d_i) on G + 1 grid
-points d_i = i·h, h = rc / G. These kernels are the kernels of :mod:`.pallas` (same grid, loop over
-slots, gathers, slot splits, gather-only backward; read its docstring) with the filter network
-replaced by four row gathers of the table per slot and part:
+W(d) = (Ws, Wv1, Wv2) as a C¹ piecewise cubic: four coefficients per interval of a uniform grid
+d_i = i·h, h = rc / G (:mod:`mlff_jax.radial_table`). These kernels are the kernels of :mod:`.pallas`
+(same grid, loop over slots, gathers, slot splits, gather-only backward; read its docstring) with the
+filter network replaced by four row gathers of the table per slot and part:
 
     x = clip(d / h, 0, G), i = min(floor(x), G - 1), t = x - i
-    W(d)  = h00(t) V_i + h10(t) S_i + h01(t) V_{i+1} + h11(t) S_{i+1}        (S = h · W', packed)
-    W'(d) = (h00'(t) V_i + h10'(t) S_i + h01'(t) V_{i+1} + h11'(t) S_{i+1}) / h
+    W(d)  = c0 + t (c1 + t (c2 + t c3))                     (rows 4i .. 4i + 3 of the packed table)
+    W'(d) = (c1 + t (2 c2 + 3 t c3)) / h
 
 exactly the interpolant of :func:`mlff_jax.radial_table.tabulated_filter` (the XLA compressed path)
 and its derivative. No matmul is left: the backward's distance cotangent is
@@ -16,9 +16,10 @@ g_d = Σ_h (g_Ws ⊙ Ws' + g_Wv1 ⊙ Wv1' + g_Wv2 ⊙ Wv2'), with g_W built from
 
 Where the table lives: it is one whole-array input read by gathers, i.e. in global memory and
 served by the L2 cache. For the 427K model (H = 128) at the default spacing 0.004 Å (G = 1250) a
-block's table is 2 x 1251 x 384 float32 = 3.8 MB (values and slopes): 17x the 227 KiB of shared
-memory an H100 block may use, so it cannot be staged there, but 1/13 of the H100's 50 MB L2, which
-keeps it resident across all programs of a launch (only one block's table is live per launch).
+block's table is 1250 x 4 x 384 float32 = 7.7 MB: 34x the 227 KiB of shared memory an H100 block
+may use, so it cannot be staged there, but 1/6.5 of the H100's 50 MB L2, which keeps it resident
+across all programs of a launch (only one block's table is live per launch). The four rows an edge
+reads are adjacent (one 2 KB span per part for H = 128).
 """
 
 from __future__ import annotations
@@ -44,21 +45,16 @@ from .pallas_common import (
 )
 
 
-def pack_table(table, cutoff: float, h_pad: int):
-    """{values, slopes} [G + 1, 3H] -> (values [3, G + 1, Hp], spacing * slopes [3, G + 1, Hp])."""
-    values, slopes = table["values"], table["slopes"]
-    rows, three_h = values.shape
+def pack_table(table, h_pad: int):
+    """{coefficients} [G, 4, 3H] -> [3, 4G, Hp]: part p (Ws, Wv1, Wv2), row 4i + k = c_k of interval i."""
+    coefficients = table["coefficients"]
+    intervals, four, three_h = coefficients.shape
     hidden = three_h // 3
-    spacing = cutoff / (rows - 1)
-
-    def split(x):
-        return pad_to(jnp.transpose(x.reshape(rows, 3, hidden), (1, 0, 2)), (3, rows, h_pad))
-
-    # spacing * slope is rounded exactly as radial_table rounds h * slopes[i]: same interpolant bit for bit.
-    return split(values), split(spacing * slopes)
+    parts = jnp.transpose(coefficients.reshape(intervals, four, 3, hidden), (2, 0, 1, 3)).reshape(3, four * intervals, hidden)
+    return pad_to(parts, (3, four * intervals, h_pad))
 
 
-def table_filter(d, within, values_ref, slopes_ref, cfg: KernelConfig, derivative: bool):
+def table_filter(d, within, coef_ref, cfg: KernelConfig, derivative: bool):
     """W(d) as three masked [B, Hp] tiles, and with ``derivative`` also dW/dd (masked).
 
     d: [B] Å (one slot of every receiver of the block); within: [B, 1] bool.
@@ -68,27 +64,23 @@ def table_filter(d, within, values_ref, slopes_ref, cfg: KernelConfig, derivativ
     x = jnp.clip(d / spacing, 0.0, float(intervals))
     i = jnp.clip(jnp.floor(x).astype(jnp.int32), 0, intervals - 1)
     t = (x - i)[:, None]
-    t2 = t * t
-    t3 = t2 * t
-    basis = (2 * t3 - 3 * t2 + 1, t3 - 2 * t2 + t, -2 * t3 + 3 * t2, t3 - t2)
-    slopes_basis = (6 * t2 - 6 * t, 3 * t2 - 4 * t + 1, -6 * t2 + 6 * t, 3 * t2 - 2 * t)
+    row = 4 * i
     w, dw = [], []
     for p in range(3):
-        rows = (values_ref[p, i, :], slopes_ref[p, i, :], values_ref[p, i + 1, :], slopes_ref[p, i + 1, :])
-        w.append(jnp.where(within, basis[0] * rows[0] + basis[1] * rows[1] + basis[2] * rows[2] + basis[3] * rows[3], 0.0))
+        c0, c1, c2, c3 = (coef_ref[p, row + k, :] for k in range(4))
+        w.append(jnp.where(within, c0 + t * (c1 + t * (c2 + t * c3)), 0.0))
         if derivative:
-            slope = slopes_basis[0] * rows[0] + slopes_basis[1] * rows[1] + slopes_basis[2] * rows[2] + slopes_basis[3] * rows[3]
-            dw.append(jnp.where(within, slope / spacing, 0.0))
+            dw.append(jnp.where(within, (c1 + t * (2 * c2 + t * (3 * c3))) / spacing, 0.0))
     return (w, dw) if derivative else w
 
 
-def _forward_kernel(nbr_ref, d_ref, u_ref, s_ref, v_ref, values_ref, slopes_ref, ds_ref, dv_ref, *, cfg, capacity):
+def _forward_kernel(nbr_ref, d_ref, u_ref, s_ref, v_ref, coef_ref, ds_ref, dv_ref, *, cfg, capacity):
     def body(k, carry):
         idx, _, within, any_within = read_slot(nbr_ref, d_ref, k, cfg.num_atoms, cfg.cutoff)
 
         def accumulate(carry):
             ds, dv0, dv1, dv2 = carry
-            ws, wv1, wv2 = table_filter(d_ref[k, :], within, values_ref, slopes_ref, cfg, derivative=False)
+            ws, wv1, wv2 = table_filter(d_ref[k, :], within, coef_ref, cfg, derivative=False)
             ds = ds + s_ref[idx, :] * ws
             dv = [acc + v_ref[i, idx, :] * wv1 + u_ref[i, k, :][:, None] * wv2 for i, acc in enumerate((dv0, dv1, dv2))]
             return (ds, *dv)
@@ -99,7 +91,7 @@ def _forward_kernel(nbr_ref, d_ref, u_ref, s_ref, v_ref, values_ref, slopes_ref,
 
 
 def _backward_kernel(
-    nbr_ref, d_ref, u_ref, s_ref, v_ref, gs_ref, gv_ref, gs_own_ref, gv_own_ref, values_ref, slopes_ref,
+    nbr_ref, d_ref, u_ref, s_ref, v_ref, gs_ref, gv_ref, gs_own_ref, gv_own_ref, coef_ref,
     gs_out_ref, gv_out_ref, gd_ref, gu_ref, *, cfg, capacity,
 ):  # fmt: skip
     def body(k, carry):
@@ -107,7 +99,7 @@ def _backward_kernel(
 
         def slot_gradients(carry):
             acc_s, acc_v0, acc_v1, acc_v2 = carry
-            (ws, wv1, wv2), (dws, dwv1, dwv2) = table_filter(d_ref[k, :], within, values_ref, slopes_ref, cfg, derivative=True)
+            (ws, wv1, wv2), (dws, dwv1, dwv2) = table_filter(d_ref[k, :], within, coef_ref, cfg, derivative=True)
             # (ii) reverse edge: sender cotangents gathered from the neighbours' rows.
             acc_s = acc_s + gs_ref[idx, :] * ws
             acc_v = [acc + gv_ref[i, idx, :] * wv1 for i, acc in enumerate((acc_v0, acc_v1, acc_v2))]
@@ -129,13 +121,13 @@ def forward_table(packed: Packed, s_pad, v_pad, cfg: KernelConfig):
     """(ds [Np, Hp], dv [3, Np, Hp]) of a compressed block (as ``pallas.forward``)."""
     n_pad, h_pad = s_pad.shape
     sp = block_specs(packed, h_pad, cfg)
-    table_spec = whole(packed.table_values.shape)
-    in_specs = [sp["slots"], sp["slots"], sp["slot_vectors"], whole((n_pad, h_pad)), whole((3, n_pad, h_pad)), table_spec, table_spec]
+    table_spec = whole(packed.table_coefficients.shape)
+    in_specs = [sp["slots"], sp["slots"], sp["slot_vectors"], whole((n_pad, h_pad)), whole((3, n_pad, h_pad)), table_spec]
     out_specs, out_shape = feature_outputs(sp, n_pad, h_pad, cfg, s_pad.dtype)
     kernel = functools.partial(_forward_kernel, cfg=cfg, capacity=sp["capacity"])
     p = packed
     ds, dv = launch(kernel, "painn_message_table_fwd", out_shape, in_specs, out_specs, n_pad, cfg,
-                     p.neighbors, p.distances, p.directions, s_pad, v_pad, p.table_values, p.table_slopes)  # fmt: skip
+                     p.neighbors, p.distances, p.directions, s_pad, v_pad, p.table_coefficients)  # fmt: skip
     return sum_splits(ds), sum_splits(dv)
 
 
@@ -144,13 +136,13 @@ def backward_table(packed: Packed, s_pad, v_pad, gs_pad, gv_pad, cfg: KernelConf
     n_pad, h_pad = s_pad.shape
     c_pad = packed.neighbors.shape[0]
     sp = block_specs(packed, h_pad, cfg)
-    table_spec = whole(packed.table_values.shape)
+    table_spec = whole(packed.table_coefficients.shape)
     in_specs = [sp["slots"], sp["slots"], sp["slot_vectors"], whole((n_pad, h_pad)), whole((3, n_pad, h_pad)),
-                whole((n_pad, h_pad)), whole((3, n_pad, h_pad)), sp["rows"], sp["vector_rows"], table_spec, table_spec]  # fmt: skip
+                whole((n_pad, h_pad)), whole((3, n_pad, h_pad)), sp["rows"], sp["vector_rows"], table_spec]  # fmt: skip
     out_specs, out_shape = backward_outputs(sp, n_pad, h_pad, c_pad, cfg, s_pad.dtype)
     kernel = functools.partial(_backward_kernel, cfg=cfg, capacity=sp["capacity"])
     p = packed
     g_s, g_v, g_d, g_u = launch(kernel, "painn_message_table_bwd", out_shape, in_specs, out_specs, n_pad, cfg,
                                  p.neighbors, p.distances, p.directions, s_pad, v_pad, gs_pad, gv_pad, gs_pad, gv_pad,
-                                 p.table_values, p.table_slopes)  # fmt: skip
+                                 p.table_coefficients)  # fmt: skip
     return sum_splits(g_s), sum_splits(g_v), g_d, g_u

@@ -86,7 +86,7 @@ def message_block_reference(
       s: [N, H] scalar features; v: [N, 3, H] vector features.
       neighbors: [N, C] int, sentinel N; distances: [N, C] Å; directions: [N, C, 3].
       block: this block's parameters (uses ``filter_in`` Dense K -> H, ``filter_out`` Dense H -> 3H,
-        or, when present, ``filter_table`` {values, slopes} [G + 1, 3H] instead).
+        or, when present, ``filter_table`` {coefficients} [G, 4, 3H] instead).
       rbf_centers, rbf_widths: [K] Å; cutoff: rc in Å.
       precision, tensor_cores: float32 matmul mode (see :func:`matmul`).
       envelope: None (upstream) or "polynomial": the network's filter is multiplied by env(d)

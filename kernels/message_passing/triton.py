@@ -231,10 +231,10 @@ def _backward_kernel(
 
 
 # ----------------------------------------------------------------------------- compressed blocks
-# The filter from its cubic Hermite table (see ``pallas_table``: same formulas, same packed layout
-# [3, G + 1, H] of values and spacing-scaled slopes). No matmul is left in these kernels.
+# The filter from its table (see ``pallas_table``: same formulas, same packed layout [3, 4G, H], row
+# 4i + k holding coefficient c_k of interval i). No matmul is left in these kernels.
 @triton.jit
-def _hermite(d, G: tl.constexpr, SPACING: tl.constexpr):
+def _interval(d, G: tl.constexpr, SPACING: tl.constexpr):
     """Interval index i [B] and local coordinate t [B, 1] of d [B] (as ``radial_table``)."""
     x = tl.minimum(tl.maximum(d / SPACING, 0.0), G * 1.0)
     i = tl.minimum(tl.maximum(tl.floor(x).to(tl.int32), 0), G - 1)
@@ -242,42 +242,44 @@ def _hermite(d, G: tl.constexpr, SPACING: tl.constexpr):
 
 
 @triton.jit
-def _table_part(values_ptr, slopes_ptr, lo, b0, b1, b2, b3, H: tl.constexpr):
-    return b0 * tl.load(values_ptr + lo) + b1 * tl.load(slopes_ptr + lo) + b2 * tl.load(values_ptr + lo + H) + b3 * tl.load(slopes_ptr + lo + H)
+def _table_value(coef_ptr, lo, t, H: tl.constexpr):
+    c0, c1, c2, c3 = tl.load(coef_ptr + lo), tl.load(coef_ptr + lo + H), tl.load(coef_ptr + lo + 2 * H), tl.load(coef_ptr + lo + 3 * H)
+    return c0 + t * (c1 + t * (c2 + t * c3))
 
 
 @triton.jit
-def _table_filter(d, m, values_ptr, slopes_ptr, G: tl.constexpr, SPACING: tl.constexpr, H: tl.constexpr):
+def _table_derivative(coef_ptr, lo, t, H: tl.constexpr, SPACING: tl.constexpr):
+    c1, c2, c3 = tl.load(coef_ptr + lo + H), tl.load(coef_ptr + lo + 2 * H), tl.load(coef_ptr + lo + 3 * H)
+    return (c1 + t * (2 * c2 + t * (3 * c3))) / SPACING
+
+
+@triton.jit
+def _table_filter(d, m, coef_ptr, G: tl.constexpr, SPACING: tl.constexpr, H: tl.constexpr):
     """(Ws, Wv1, Wv2) [B, H] at d [B], masked by m [B, 1]."""
-    i, t = _hermite(d, G, SPACING)
-    lo = i[:, None] * H + tl.arange(0, H)[None, :]
-    t2 = t * t
-    t3 = t2 * t
-    b0, b1, b2, b3 = 2 * t3 - 3 * t2 + 1, t3 - 2 * t2 + t, -2 * t3 + 3 * t2, t3 - t2
-    part = (G + 1) * H
-    ws = _table_part(values_ptr, slopes_ptr, lo, b0, b1, b2, b3, H)
-    wv1 = _table_part(values_ptr + part, slopes_ptr + part, lo, b0, b1, b2, b3, H)
-    wv2 = _table_part(values_ptr + 2 * part, slopes_ptr + 2 * part, lo, b0, b1, b2, b3, H)
+    i, t = _interval(d, G, SPACING)
+    lo = (4 * i)[:, None] * H + tl.arange(0, H)[None, :]
+    part = 4 * G * H
+    ws = _table_value(coef_ptr, lo, t, H)
+    wv1 = _table_value(coef_ptr + part, lo, t, H)
+    wv2 = _table_value(coef_ptr + 2 * part, lo, t, H)
     return tl.where(m, ws, 0.0), tl.where(m, wv1, 0.0), tl.where(m, wv2, 0.0)
 
 
 @triton.jit
-def _table_slope(d, m, values_ptr, slopes_ptr, G: tl.constexpr, SPACING: tl.constexpr, H: tl.constexpr):
+def _table_slope(d, m, coef_ptr, G: tl.constexpr, SPACING: tl.constexpr, H: tl.constexpr):
     """d(Ws, Wv1, Wv2)/dd [B, H] at d [B], masked by m [B, 1]."""
-    i, t = _hermite(d, G, SPACING)
-    lo = i[:, None] * H + tl.arange(0, H)[None, :]
-    t2 = t * t
-    b0, b1, b2, b3 = 6 * t2 - 6 * t, 3 * t2 - 4 * t + 1, -6 * t2 + 6 * t, 3 * t2 - 2 * t
-    part = (G + 1) * H
-    dws = _table_part(values_ptr, slopes_ptr, lo, b0, b1, b2, b3, H) / SPACING
-    dwv1 = _table_part(values_ptr + part, slopes_ptr + part, lo, b0, b1, b2, b3, H) / SPACING
-    dwv2 = _table_part(values_ptr + 2 * part, slopes_ptr + 2 * part, lo, b0, b1, b2, b3, H) / SPACING
+    i, t = _interval(d, G, SPACING)
+    lo = (4 * i)[:, None] * H + tl.arange(0, H)[None, :]
+    part = 4 * G * H
+    dws = _table_derivative(coef_ptr, lo, t, H, SPACING)
+    dwv1 = _table_derivative(coef_ptr + part, lo, t, H, SPACING)
+    dwv2 = _table_derivative(coef_ptr + 2 * part, lo, t, H, SPACING)
     return tl.where(m, dws, 0.0), tl.where(m, dwv1, 0.0), tl.where(m, dwv2, 0.0)
 
 
 @triton.jit
 def _forward_table_kernel(
-    nbr_ptr, d_ptr, u_ptr, s_ptr, v_ptr, values_ptr, slopes_ptr,
+    nbr_ptr, d_ptr, u_ptr, s_ptr, v_ptr, coef_ptr,
     ds_ptr, dv_ptr,
     N_PAD: tl.constexpr, CAPACITY: tl.constexpr, SLOTS: tl.constexpr, NUM_ATOMS: tl.constexpr, CUTOFF: tl.constexpr,
     BLOCK: tl.constexpr, H: tl.constexpr, G: tl.constexpr, SPACING: tl.constexpr,
@@ -300,7 +302,7 @@ def _forward_table_kernel(
         within = valid & (d <= CUTOFF)
         if tl.max(within.to(tl.int32), axis=0) > 0:
             gather = tl.where(valid, nbr, 0)[:, None] * H + hc[None, :]
-            ws, wv1, wv2 = _table_filter(d, within[:, None], values_ptr, slopes_ptr, G, SPACING, H)
+            ws, wv1, wv2 = _table_filter(d, within[:, None], coef_ptr, G, SPACING, H)
             ds += tl.load(s_ptr + gather) * ws
             u0 = tl.load(u_ptr + j * N_PAD + rows)[:, None]
             u1 = tl.load(u_ptr + (CAPACITY + j) * N_PAD + rows)[:, None]
@@ -317,7 +319,7 @@ def _forward_table_kernel(
 
 @triton.jit
 def _backward_table_kernel(
-    nbr_ptr, d_ptr, u_ptr, s_ptr, v_ptr, gs_ptr, gv_ptr, values_ptr, slopes_ptr,
+    nbr_ptr, d_ptr, u_ptr, s_ptr, v_ptr, gs_ptr, gv_ptr, coef_ptr,
     gs_out_ptr, gv_out_ptr, gd_ptr, gu_ptr,
     N_PAD: tl.constexpr, CAPACITY: tl.constexpr, SLOTS: tl.constexpr, NUM_ATOMS: tl.constexpr, CUTOFF: tl.constexpr,
     BLOCK: tl.constexpr, H: tl.constexpr, G: tl.constexpr, SPACING: tl.constexpr,
@@ -346,7 +348,7 @@ def _backward_table_kernel(
         if tl.max(within.to(tl.int32), axis=0) > 0:
             m = within[:, None]
             gather = tl.where(valid, nbr, 0)[:, None] * H + hc[None, :]
-            ws, wv1, wv2 = _table_filter(d, m, values_ptr, slopes_ptr, G, SPACING, H)
+            ws, wv1, wv2 = _table_filter(d, m, coef_ptr, G, SPACING, H)
             # (ii) the reverse edge: sender cotangents gathered from the neighbours' rows
             acc_s += tl.load(gs_ptr + gather) * ws
             acc_v0 += tl.load(gv_ptr + gather) * wv1
@@ -362,7 +364,7 @@ def _backward_table_kernel(
             u0 = tl.load(u_ptr + j * N_PAD + rows)[:, None]
             u1 = tl.load(u_ptr + (CAPACITY + j) * N_PAD + rows)[:, None]
             u2 = tl.load(u_ptr + (2 * CAPACITY + j) * N_PAD + rows)[:, None]
-            dws, dwv1, dwv2 = _table_slope(d, m, values_ptr, slopes_ptr, G, SPACING, H)
+            dws, dwv1, dwv2 = _table_slope(d, m, coef_ptr, G, SPACING, H)
             g_w = tl.load(gs_ptr + own) * tl.load(s_ptr + gather) * dws
             g_w += gv0 * (tl.load(v_ptr + gather) * dwv1 + u0 * dwv2)
             g_w += gv1 * (tl.load(v_ptr + N_PAD * H + gather) * dwv1 + u1 * dwv2)
@@ -411,7 +413,7 @@ def forward(packed: Packed, s_pad, v_pad, cfg: KernelConfig):
     splits = cfg.slot_splits
     out_shape = [jax.ShapeDtypeStruct((splits, *s_pad.shape), s_pad.dtype), jax.ShapeDtypeStruct((splits, *v_pad.shape), s_pad.dtype)]
     if cfg.table_intervals:
-        args = (p.neighbors, p.distances, p.directions, s_pad, v_pad, p.table_values, p.table_slopes)
+        args = (p.neighbors, p.distances, p.directions, s_pad, v_pad, p.table_coefficients)
         ds, dv = _launch(_forward_table_kernel, "painn_message_table_fwd_triton", args, out_shape, p, s_pad, cfg)
         return sum_splits(ds), sum_splits(dv)
     args = (p.neighbors, p.distances, p.directions, s_pad, v_pad, p.w1, p.b1, p.w2, p.b2, p.centers, p.widths)
@@ -431,7 +433,7 @@ def backward(packed: Packed, s_pad, v_pad, gs_pad, gv_pad, cfg: KernelConfig):
         jax.ShapeDtypeStruct(p.directions.shape, dtype),
     ]
     if cfg.table_intervals:
-        args = (p.neighbors, p.distances, p.directions, s_pad, v_pad, gs_pad, gv_pad, p.table_values, p.table_slopes)
+        args = (p.neighbors, p.distances, p.directions, s_pad, v_pad, gs_pad, gv_pad, p.table_coefficients)
         g_s, g_v, g_d, g_u = _launch(_backward_table_kernel, "painn_message_table_bwd_triton", args, out_shape, p, s_pad, cfg)
         return sum_splits(g_s), sum_splits(g_v), g_d, g_u
     w2t = jnp.transpose(p.w2, (0, 2, 1))

@@ -169,12 +169,11 @@ def _read_safetensors(path) -> tuple[PaiNNConfig, dict[str, np.ndarray]]:
             raise ValueError(f"{path}: tensor {name} has dtype {value.dtype}, not a number")
     if metadata.get("format") == FORMAT_NAME:
         config = _refuse_implausible(path, _config_from_metadata(path, metadata))
-        table_rows = metadata.get("filter_table_rows")
-        if table_rows is not None:
-            if not table_rows.isdigit() or not 2 <= int(table_rows) <= _MAX_ELEMENTS:
-                raise ValueError(f"{path}: metadata 'filter_table_rows' is {table_rows!r:.40}, not a row count")
-            table_rows = int(table_rows)
-        required = param_shapes(config, table_rows)
+        intervals, legacy = _table_intervals(path, metadata)
+        required = param_shapes(config, None if legacy else intervals)
+        if legacy:
+            required |= {f"interactions_{t}/filter_table/{leaf}": (intervals + 1, 3 * config.hidden_dim)
+                         for t in range(config.num_interactions) for leaf in ("values", "slopes")}  # fmt: skip
         expected = required | {k: v for k, v in optional_param_shapes(config).items() if k in tensors}
         problems = [f"  missing tensor: {p}" for p in required if p not in tensors]
         problems += [f"  unexpected tensor: {k}" for k in tensors if k not in expected]
@@ -186,8 +185,37 @@ def _read_safetensors(path) -> tuple[PaiNNConfig, dict[str, np.ndarray]]:
         if problems:
             raise ValueError(f"{path} does not match its own config:\n" + "\n".join(problems))
         _refuse_non_finite(path, tensors)
-        return config, {k: np.asarray(v, np.float64) for k, v in tensors.items()}
+        params = {k: np.asarray(v, np.float64) for k, v in tensors.items()}
+        return config, _rebuild_legacy_tables(config, params, intervals) if legacy else params
     return _from_state_dict(path, tensors, _config_json(path, metadata) if "config" in metadata else None)
+
+
+def _table_intervals(path, metadata: Mapping[str, str]) -> tuple[int | None, bool]:
+    """(grid intervals G of the compressed filter tables or None, whether the file has the older
+    table layout). Tables are [G, 4, 3H] coefficients ('filter_table_intervals'); files written
+    before held node values and slopes [G + 1, 3H] ('filter_table_rows' = G + 1)."""
+    for key, least, legacy in (("filter_table_intervals", 1, False), ("filter_table_rows", 2, True)):
+        count = metadata.get(key)
+        if count is not None:
+            if not count.isdigit() or not least <= int(count) <= _MAX_ELEMENTS:
+                raise ValueError(f"{path}: metadata {key!r} is {count!r:.40}, not a {'row' if legacy else 'interval'} count")
+            return int(count) - legacy, legacy
+    return None, False
+
+
+def _rebuild_legacy_tables(config: PaiNNConfig, params: dict[str, np.ndarray], intervals: int) -> dict[str, np.ndarray]:
+    """A file of the older table layout: its tables are rebuilt from its own filter networks on the
+    same grid, in float64 (what ``compress()`` builds now; node values saved from a float32 model were
+    rounded, and that rounding, divided by the spacing, was the largest error of float32 forces)."""
+    from mlff_jax.compress import filter_table_on_grid
+
+    rbf = {"centers": params["rbf/centers"], "widths": params["rbf/widths"]}
+    out = {k: v for k, v in params.items() if "/filter_table/" not in k}
+    for t in range(config.num_interactions):
+        block = {layer: {leaf: params[f"interactions_{t}/{layer}/{leaf}"] for leaf in ("kernel", "bias")} for layer in ("filter_in", "filter_out")}
+        table = filter_table_on_grid(block, rbf, config.cutoff, intervals, config.filter_envelope)
+        out[f"interactions_{t}/filter_table/coefficients"] = table["coefficients"]
+    return out
 
 
 def _config_from_metadata(path, metadata: Mapping[str, str]) -> PaiNNConfig:
