@@ -35,7 +35,7 @@ import zlib
 
 import numpy as np
 
-from mlff_jax.train.condensed import LIQUIDS, carve_cluster, compress_box, liquid_box, monomer, relax_box
+from mlff_jax.train.liquid_boxes import LIQUIDS, carve_cluster, compress_box, liquid_box, monomer, relax_box
 from mlff_jax.train.dataset import SPLITS, Dataset, assign_split
 
 # Solutes of the default recipe (lines of molecules.smi), one molecule each in a box of water.
