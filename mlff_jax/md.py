@@ -328,7 +328,7 @@ def _capacity(neighbor) -> int | None:
     return None if capacity is None else int(capacity)
 
 
-def _reallocate(neighbor_fn, start_positions, end_positions, old, attempt: int):
+def reallocate_after_overflow(neighbor_fn, start_positions, end_positions, old, attempt: int):
     """A larger list after an overflow, to redo the chunk from ``start_positions``.
 
     Measured where the overflowed chunk ENDED (when the overflow is real crowding, as in a liquid that
@@ -391,7 +391,7 @@ def run(chunk, state: MDState, num_chunks: int, neighbor=None, neighbor_fn=None,
                 raise SimulationError(index, steps, "neighbour list overflow", True, hint="no neighbor_fn was given to reallocate it")
             if attempt == max_reallocations:
                 raise SimulationError(index, steps, "neighbour list overflow", True, hint=f"still overflowing after {max_reallocations} reallocations")
-            neighbor = _reallocate(neighbor_fn, state.positions, new_state.positions, neighbor, attempt)
+            neighbor = reallocate_after_overflow(neighbor_fn, state.positions, new_state.positions, neighbor, attempt)
         last_step = int(frames.step[-1])
         if guards is not None:
             summary = md_guards.check(frames.guards, guards, chunk=index, steps=(first_step, last_step), num_atoms=state.positions.shape[0],

@@ -77,7 +77,7 @@ def sample_liquid(model, liquid: str, molecules: int, temperature: float, steps:
             frames, overflow = jax.device_get((frames, overflow))
             if not bool(overflow):
                 break
-            nbrs = neighbor_fn.allocate(state.positions)
+            nbrs = md.reallocate_after_overflow(neighbor_fn, state.positions, new_state.positions, nbrs, attempt)
         else:
             status, blew_up = f"neighbour list still overflowing after 2 reallocations in the chunk after step {int(state.step)}", True
             break
