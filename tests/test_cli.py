@@ -72,6 +72,7 @@ def test_md_end_to_end_writes_a_readable_trajectory_and_log_and_shows_progress(m
         assert abs(float(row["temperature_K"]) - frame.get_temperature()) < 1e-2
 
 
+@pytest.mark.slow  # one of the heaviest default tests (5-20 s on 2 cores); CI runs it with the slow ones
 def test_md_langevin_is_reproducible_from_its_seed(model_path, capsys, tmp_path):
     paths = []
     for name, seed in (("a", "3"), ("b", "3"), ("c", "4")):

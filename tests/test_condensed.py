@@ -202,6 +202,7 @@ def test_force_errors_count_fitted_atoms_only_and_are_reported_per_group():
     assert m["groups"]["condensed"]["energy_mae_per_atom"] == pytest.approx(0.1, abs=tol.ROUNDOFF_F64)
 
 
+@pytest.mark.slow  # one of the heaviest default tests (5-20 s on 2 cores); CI runs it with the slow ones
 def test_molecules_and_carved_clusters_pack_into_one_shape_and_train(tmp_path):
     import dataclasses
 

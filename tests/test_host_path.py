@@ -200,6 +200,7 @@ def test_other_integer_dtypes_and_memory_layouts_give_the_same_results(fresh_mod
     assert result[0] == reference[0] and np.array_equal(result[1], reference[1])
 
 
+@pytest.mark.slow  # one of the heaviest default tests (5-20 s on 2 cores); CI runs it with the slow ones
 def test_padding_atoms_contribute_nothing_to_the_host_calls_energy_and_forces(fresh_model, molecules):
     """The host call pads to its bucket (padding atoms far apart, masked); the traced energy of the
     unpadded molecule is the reference."""

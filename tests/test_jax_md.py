@@ -35,6 +35,7 @@ def test_energy_and_forces_equal_the_model_in_free_space(load_model):
     np.testing.assert_allclose(-grad, forces, rtol=0, atol=tol.ROUNDOFF_F64)
 
 
+@pytest.mark.slow  # one of the heaviest default tests (5-20 s on 2 cores); CI runs it with the slow ones
 def test_energy_runs_the_models_message_implementation(load_model, monkeypatch):
     """With a model set to the Pallas kernels (interpret mode), the JAX-MD energy and its forces go
     through them, on JAX-MD's Dense rows, and equal the model's XLA values in float64."""
@@ -176,6 +177,7 @@ def test_nose_hoover_conserves_its_invariant_and_langevin_runs(load_model):
     assert not np.allclose(np.asarray(state.position), atoms.positions)
 
 
+@pytest.mark.slow  # one of the heaviest default tests (5-20 s on 2 cores); CI runs it with the slow ones
 def test_fire_descent_lowers_the_energy(load_model):
     model = load_model("tiny-77k", "float64")
     atoms = example("ethanol")

@@ -441,6 +441,7 @@ def test_kernel_model_rejects_mismatched_shapes(load_model):
             energy_and_forces_kernel(model.params, model.config, num_structures=1, **dict(good, **{name: bad}))
 
 
+@pytest.mark.slow  # one of the heaviest default tests (5-20 s on 2 cores); CI runs it with the slow ones
 def test_kernel_model_adds_per_element_reference_energies(load_model):
     """Our own models may carry per-element reference energies: the kernel model adds them as the
     edge-list model does."""

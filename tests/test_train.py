@@ -89,6 +89,7 @@ def test_split_is_by_system_so_no_test_molecule_is_in_training(subset):
 
 
 # ------------------------------------------------------------------------------------------ model pieces
+@pytest.mark.slow  # one of the heaviest default tests (5-20 s on 2 cores); CI runs it with the slow ones
 def test_packed_batches_give_the_same_energies_and_forces_as_the_model(subset):
     """Cutoff-pruned per-frame edges + padding == the model's dense all-pairs evaluation, in float64."""
     ds = subset.select(np.arange(0, 120, 10))  # 12 frames of 12 molecules
@@ -110,6 +111,7 @@ def test_packed_batches_give_the_same_energies_and_forces_as_the_model(subset):
         assert np.all(np.asarray(forces)[a0:] == 0.0)  # padding atoms feel exactly no force
 
 
+@pytest.mark.slow  # one of the heaviest default tests (5-20 s on 2 cores); CI runs it with the slow ones
 def test_analytic_and_autodiff_training_forces_give_the_same_parameter_gradient(subset):
     ds = subset.select(np.arange(0, 60, 10))
     params = {**float64_params(TINY), painn.ATOM_REFERENCE: {"energies": jnp.linspace(-1.0, 1.0, TINY.max_z + 1)}}
@@ -190,6 +192,7 @@ def tiny_training(subset, tmp_path_factory):
     return tmp, tiny_run(tmp, few_systems(subset, 5, 2))
 
 
+@pytest.mark.slow  # one of the heaviest default tests (5-20 s on 2 cores); CI runs it with the slow ones
 def test_training_decreases_the_validation_error(tiny_training):
     _, log = tiny_training
     first, last = log["history"][0], log["history"][-1]
@@ -221,6 +224,7 @@ def test_fine_tuning_starts_from_the_given_checkpoint(tiny_training, subset, tmp
     assert tuned["validation"]["force_mae"] == pytest.approx(log["validation"]["force_mae"], rel=1e-4)
 
 
+@pytest.mark.slow  # one of the heaviest default tests (5-20 s on 2 cores); CI runs it with the slow ones
 def test_validation_on_a_subset_still_reports_the_best_weights_on_all_validation_frames(subset, tmp_path):
     ds = few_systems(subset, 3, 2)
     log = tiny_run(tmp_path, ds, validation_frames=3, max_steps=20, eval_every=10)

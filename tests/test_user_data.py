@@ -260,6 +260,7 @@ def weighted_batch(dataset: Dataset, config):
     return to_batch(arrays)
 
 
+@pytest.mark.slow  # one of the heaviest default tests (5-20 s on 2 cores); CI runs it with the slow ones
 def test_atoms_of_force_weight_zero_do_not_enter_the_force_loss_or_its_gradient(tmp_path):
     import jax
 
