@@ -104,6 +104,19 @@ def systems():
     return out
 
 
+def pack_before_fast_path(model, centred, numbers, n_pad):
+    """The input layout of the code before the fast path: [N_pad, 5] x, y, z, Z, structure (-1: padding)."""
+    n = len(numbers)
+    packed = np.zeros((n_pad, 5), np.dtype(model.dtype))
+    packed[:n, :3] = centred
+    packed[n:, 0] = 1e3 + 10.0 * model.config.cutoff * np.arange(n_pad - n)
+    packed[:, 3] = 1
+    packed[:n, 3] = numbers
+    packed[:, 4] = -1
+    packed[:n, 4] = 0
+    return packed
+
+
 def device_resident(model, positions, numbers):
     """A call of the host path's compiled program on device-resident padded input (block until ready)."""
     import jax
@@ -115,14 +128,8 @@ def device_resident(model, positions, numbers):
     centred = evaluation.prepare_positions(positions, np.zeros(n, np.int64), 1)
     if hasattr(evaluation, "pack_molecules"):
         packed = evaluation.pack_molecules(centred, numbers, np.zeros(n, np.int64), n_pad, np.dtype(model.dtype), model.config.cutoff)
-    else:  # the layout before the fast path: [N_pad, 5] x, y, z, Z, structure (-1: padding)
-        packed = np.zeros((n_pad, 5), np.dtype(model.dtype))
-        packed[:n, :3] = centred
-        packed[n:, 0] = 1e3 + 10.0 * model.config.cutoff * np.arange(n_pad - n)
-        packed[:, 3] = 1
-        packed[:n, 3] = numbers
-        packed[:, 4] = -1
-        packed[:n, 4] = 0
+    else:
+        packed = pack_before_fast_path(model, centred, numbers, n_pad)
     params = jax.device_put(model.params)
     packed = jax.device_put(packed)
     if hasattr(model, "_executable"):  # the very program the host call runs
@@ -230,14 +237,7 @@ def stage_times(model, positions, numbers, repeats, warmup) -> dict:
         centred = evaluation.prepare_positions(positions, zeros, 1)
 
         def pack():
-            packed = np.zeros((n_pad, 5), np.dtype(model.dtype))
-            packed[:n, :3] = centred
-            packed[n:, 0] = 1e3 + 10.0 * model.config.cutoff * np.arange(n_pad - n)
-            packed[:, 3] = 1
-            packed[:n, 3] = numbers
-            packed[:, 4] = -1
-            packed[:n, 4] = 0
-            return packed
+            return pack_before_fast_path(model, centred, numbers, n_pad)
 
         out["pack"] = timed(pack, repeats, warmup)["wall_us"]
         packed = pack()
