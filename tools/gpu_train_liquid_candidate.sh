@@ -2,9 +2,8 @@
 # The GPU call that made the first molecules+liquids candidates (benchmarks/results/train_liquid_*_r0_h100.json,
 # benchmarks/results/models/liquid_77k_r0.safetensors), as it ran on one H100 machine (16 cores):
 #   LABEL_S=250 TRAIN_MIN=4.0 bash tools/gpu_train_liquid_candidate.sh      (repo root, writes under $OUT)
-# Carried (git-ignored): .device/wheels/ (tblite, rdkit, ase, cffi, pycparser wheels for CPython 3.12),
-# .device/split.py (splits a dataset into float32 parts small enough to come back), and
-# .device/data/mol_partial.npz (molecular systems labelled beforehand on another machine by
+# Carried (git-ignored): .device/wheels/ (tblite, rdkit, ase, cffi, pycparser wheels for CPython 3.12)
+# and .device/data/mol_partial.npz (molecular systems labelled beforehand on another machine by
 # `python3 -m mlff_jax.train.data --out X.npz`: its partial file; reused, not recomputed).
 # Steps: LABEL_S seconds of labelling on the CPUs (molecules: 10 teacher processes, continuing the partial
 # file; condensed recipe: 6 processes under a budget), while the GPU runs the bundled default through
@@ -40,5 +39,5 @@ wait
 echo "training done at $(( $(date +%s) - T0 )) s"
 for shape in 77k 427k; do cp /tmp/r$shape/best.safetensors $OUT/liquid_$shape.safetensors; cp /tmp/r$shape/log.json $OUT/liquid_${shape}_log.json; grep -v "^\[train\] step" /tmp/d/train_$shape.log | tail -30; done
 cp /tmp/d/cond32.npz $OUT/cond32.npz 2>/dev/null || python3 -c "from mlff_jax.train.dataset import Dataset; Dataset.load('$COND').save('$OUT/cond32.npz', float32=True)"
-python3 .device/split.py $MOL $OUT 2
+python3 tools/split_dataset.py $MOL $OUT 2
 ls -la $OUT
