@@ -254,3 +254,31 @@ def test_model_md_of_a_tiny_water_box_writes_frames_that_carving_reads(tmp_path,
     assert "apart at step 2" in str(bad["status"]) and "kept the 0 frames" in str(bad["status"])
     with pytest.raises(ValueError, match="frame_every"):
         sample_liquid(model, "water", 8, 300.0, steps=4, frame_every=0)
+
+
+def test_split_dataset_tool_parts_rejoin_to_the_float32_dataset_and_foreign_parts_are_refused(tmp_path):
+    import importlib.util
+    import pathlib
+
+    spec = importlib.util.spec_from_file_location("split_dataset", pathlib.Path(__file__).parents[1] / "tools" / "split_dataset.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    rng = np.random.default_rng(0)
+    sizes = np.array([3, 3, 5, 5, 5])
+    dataset = Dataset(numbers=np.tile([8, 1, 1, 6, 1], 5)[: sizes.sum()], positions=rng.normal(size=(sizes.sum(), 3)),
+                      forces=rng.normal(size=(sizes.sum(), 3)), energy=rng.normal(size=5), num_atoms=sizes,
+                      system=np.array([0, 0, 1, 1, 1]), system_name=np.array(["a", "b"]), system_split=np.array([0, 2], np.int8),
+                      force_weight=rng.uniform(size=sizes.sum()))
+    dataset.save(tmp_path / "d.npz")
+    tool.split(str(tmp_path / "d.npz"), tmp_path, 2)
+    joined = tool.join([str(tmp_path / "d_part0.npz"), str(tmp_path / "d_part1.npz")])
+    assert list(joined.system_name) == ["a", "b"]
+    np.testing.assert_array_equal(joined.system, dataset.system)
+    np.testing.assert_array_equal(joined.num_atoms, dataset.num_atoms)
+    np.testing.assert_array_equal(joined.positions, dataset.positions.astype(np.float32))
+    np.testing.assert_array_equal(joined.force_weight, dataset.force_weight)
+    other = Dataset.load(tmp_path / "d_part1.npz")
+    other.system_name[:] = ["a", "c"]
+    other.save(tmp_path / "foreign.npz")
+    with pytest.raises(ValueError, match="system table differs"):
+        tool.join([str(tmp_path / "d_part0.npz"), str(tmp_path / "foreign.npz")])
