@@ -170,7 +170,7 @@ def test_main_on_a_tiny_box_writes_every_field(tmp_path):
     assert data == returned
     for key in ("device", "jax", "command", "environment", "settings", "water", "vacuum", "targets", "all_pass", "wall_s"):
         assert key in data, key
-    assert len(data["model"]["sha256"]) == 64 and data["model"]["file"] == "default.safetensors"
+    assert len(data["model"]["sha256"]) == 64 and data["model"]["file"] == "default.safetensors" and data["model"]["compressed"] is False
     assert set(data["targets"]) == {"water_nve_drift", "water_nvt_stable", "water_rdf_first_peak", "ethanol_vacuum_stable", "water_hexamer_vacuum_stable"}
     water = data["water"]
     assert water["atoms"] == 96 and water["relax"]["max_force_last_step_eV_A"] < water["relax"]["max_force_first_step_eV_A"]
