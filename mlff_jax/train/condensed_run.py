@@ -409,7 +409,5 @@ def cli(args) -> int:
     print(f"[condensed] wrote {out}: {meta['tasks_done']} of {meta['tasks_total']} tasks ({'all' if meta['finished'] else 'a prefix'}) "
           f"in {meta['seconds']} s; {json.dumps(dataset.summary())}; {fitted} of {len(dataset.numbers)} atoms fitted", flush=True)
     if args.float32_out:
-        pathlib.Path(args.float32_out).parent.mkdir(parents=True, exist_ok=True)
-        dataset.save(args.float32_out, float32=True)
-        print(f"[condensed] wrote {args.float32_out} (float32 positions and forces)")
+        dataset.save_float32_copy(args.float32_out, "condensed")
     return 0

@@ -516,10 +516,7 @@ def main(argv: list[str] | None = None) -> int:
         dataset.save(args.out)
         print(f"[data] wrote {args.out}: {json.dumps(dataset.summary())}")
     if args.float32_out:
-        pathlib.Path(args.float32_out).parent.mkdir(parents=True, exist_ok=True)
-        dataset.save(args.float32_out, float32=True)
-        print(f"[data] wrote {args.float32_out} (float32 positions and forces, "
-              f"{pathlib.Path(args.float32_out).stat().st_size / 2**20:.1f} MiB)")
+        dataset.save_float32_copy(args.float32_out, "data")
     if args.subset_out:
         subset = small_subset(dataset, "test", args.subset_frames, seed=args.seed)
         subset = Dataset(**{**dataclasses.asdict(subset), "metadata": {**dataset.metadata, "subset": f"{args.subset_frames} frames per test system"}})

@@ -172,6 +172,14 @@ class Dataset:
             **optional,
         )
 
+    def save_float32_copy(self, path, tag: str) -> None:
+        """The ``--float32-out`` of the dataset commands: :meth:`save` with ``float32`` (parent
+        folders made), and a line ``[tag] wrote PATH (float32 positions and forces, S MiB)``."""
+        path = pathlib.Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.save(path, float32=True)
+        print(f"[{tag}] wrote {path} (float32 positions and forces, {path.stat().st_size / 2**20:.1f} MiB)", flush=True)
+
     @classmethod
     def load(cls, path) -> "Dataset":
         path = pathlib.Path(path)
@@ -279,9 +287,7 @@ def main(argv: list[str] | None = None) -> int:
     merged.save(args.out)
     print(f"[dataset] wrote {args.out}: {json.dumps(merged.summary())}")
     if args.float32_out:
-        pathlib.Path(args.float32_out).parent.mkdir(parents=True, exist_ok=True)
-        merged.save(args.float32_out, float32=True)
-        print(f"[dataset] wrote {args.float32_out} (float32 positions and forces)")
+        merged.save_float32_copy(args.float32_out, "dataset")
     return 0
 
 
