@@ -173,6 +173,14 @@ def test_merge_keeps_each_parts_splits_and_force_weights_and_refuses_shared_name
     np.testing.assert_array_equal(merged.force_weight, np.concatenate([carved.force_weight, np.ones(3)]))
     np.testing.assert_array_equal(merged.positions, np.concatenate([carved.positions, molecules.positions]))
     assert Dataset.load(tmp_path / "c32.npz").metadata["stored_float32"]
+    assert main(["merge", str(tmp_path / "a.npz"), str(tmp_path / "b.npz"), "--out", str(tmp_path / "d.npz"),
+                 "--split-of", f"{tmp_path / 'a.npz'}=test"]) == 0
+    resplit = Dataset.load(tmp_path / "d.npz")
+    assert not np.all(carved.system_split == 2)  # the option changed something
+    np.testing.assert_array_equal(resplit.system_split, np.concatenate([np.full(len(carved.system_name), 2), [2]]))
+    for bad in (f"{tmp_path / 'c.npz'}=test", f"{tmp_path / 'a.npz'}=holdout"):
+        with pytest.raises(SystemExit):
+            main(["merge", str(tmp_path / "a.npz"), "--out", str(tmp_path / "e.npz"), "--split-of", bad])
     with pytest.raises(ValueError, match="is in both"):
         merge([carved, molecules, carved])
     with pytest.raises(ValueError, match="at least one"):

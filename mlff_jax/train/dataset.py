@@ -275,6 +275,9 @@ def main(argv: list[str] | None = None) -> int:
     join.add_argument("inputs", nargs="+", help="dataset .npz files")
     join.add_argument("--out", required=True, help="merged dataset .npz (float64 labels)")
     join.add_argument("--float32-out", default=None, help="also write a copy with float32 positions and forces")
+    join.add_argument("--split-of", action="append", default=[], metavar="FILE=SPLIT",
+                      help="put every system of input FILE in SPLIT (train, validation or test), e.g. clusters of a model's own "
+                           "MD labelled as a test set, then trained on by the next round; repeatable")
     show = commands.add_parser("summary", help="print a dataset's summary")
     show.add_argument("inputs", nargs="+")
     args = parser.parse_args(argv)
@@ -282,7 +285,19 @@ def main(argv: list[str] | None = None) -> int:
         for path in args.inputs:
             print(f"{path}: {json.dumps(Dataset.load(path).summary())}")
         return 0
-    merged = merge([Dataset.load(p) for p in args.inputs], [pathlib.Path(p).name for p in args.inputs])
+    splits = {}
+    for item in args.split_of:
+        path, _, split = item.rpartition("=")
+        if path not in args.inputs or split not in SPLITS:
+            parser.error(f"--split-of {item!r}: need FILE=SPLIT with FILE one of the inputs and SPLIT one of {', '.join(SPLITS)}")
+        splits[path] = SPLITS[split]
+    parts = []
+    for path in args.inputs:
+        part = Dataset.load(path)
+        if path in splits:
+            part = dataclasses.replace(part, system_split=np.full(len(part.system_name), splits[path], np.int8))
+        parts.append(part)
+    merged = merge(parts, [pathlib.Path(p).name for p in args.inputs])
     pathlib.Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     merged.save(args.out)
     print(f"[dataset] wrote {args.out}: {json.dumps(merged.summary())}")
