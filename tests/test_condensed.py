@@ -128,9 +128,10 @@ def write_frames(path, frames: int = 3, wrap: bool = True):
 def test_clusters_carved_from_md_frames_hold_whole_molecules_with_the_centre_fitted(tmp_path):
     write_frames(tmp_path / "w.npz")
     tasks = frame_tasks([load_frames(tmp_path / "w.npz")], 2, SETTINGS)
-    assert len(tasks) == 6 and {t.system for t in tasks} == {"carved-md:water:36:w"}
+    (system,) = {t.system for t in tasks}
+    assert len(tasks) == 6 and system.startswith("carved-md:water:36:w:") and len(system) == len("carved-md:water:36:w:") + 8
     ds = run(tasks, SETTINGS, "emt", workers=1, log=lambda *a, **k: None)
-    assert ds.num_frames == 6 and list(ds.system_name) == ["carved-md:water:36:w"]
+    assert ds.num_frames == 6 and list(ds.system_name) == [system]
     for i in range(ds.num_frames):
         z, r, _, _ = ds.frame(i)
         assert np.all(z.reshape(-1, 3) == [8, 1, 1])
@@ -254,7 +255,9 @@ def test_model_md_of_a_tiny_water_box_writes_frames_that_carving_reads(tmp_path,
     np.savez(tmp_path / "w.npz", **arrays)
     frames = load_frames(tmp_path / "w.npz")
     tasks = frame_tasks([frames], 1, SETTINGS)
-    assert len(tasks) == 3 and tasks[0].system == "carved-md:water:24:w"
+    assert len(tasks) == 3 and tasks[0].system.startswith("carved-md:water:24:w:")
+    moved = dict(frames, positions=frames["positions"] + 0.01)  # another trajectory in a file of the same name
+    assert frame_tasks([moved], 1, SETTINGS)[0].system != tasks[0].system
     # a run that goes wrong keeps the frames before it and says so (here: a closest-pair bound no
     # relaxed box meets, so the first frame already fails)
     bad = sample_liquid(model, "water", 8, 300.0, steps=4, frame_every=2, min_pair=3.0, log=lambda *a, **k: None)

@@ -179,7 +179,8 @@ def load_frames(path) -> dict:
 
 def frame_tasks(frame_sets: list[dict], clusters_per_frame: int, settings: Settings) -> list[Task]:
     """``clusters_per_frame`` clusters per frame around random molecules (seeded by the system name,
-    frame and cluster index). One system per frames file, ``carved-md:LIQUID:ATOMS:STEM``; within a
+    frame and cluster index). One system per frames file, ``carved-md:LIQUID:ATOMS:STEM:CRC`` (CRC: a CRC-32 of
+    the file's positions, so two sampling rounds written to files of the same name are two systems); within a
     file, cluster k of every frame before cluster k + 1; files interleaved."""
     from ase import Atoms
 
@@ -188,7 +189,9 @@ def frame_tasks(frame_sets: list[dict], clusters_per_frame: int, settings: Setti
     streams, names = [], set()
     for fs in frame_sets:
         n = fs["positions"].shape[1]
-        system = f"carved-md:{fs['liquid']}:{n}:{pathlib.Path(fs['path']).stem}"
+        # the trajectory's fingerprint: two sampling rounds with the same file name stay two systems
+        fingerprint = zlib.crc32(np.ascontiguousarray(fs["positions"], np.float64).tobytes())
+        system = f"carved-md:{fs['liquid']}:{n}:{pathlib.Path(fs['path']).stem}:{fingerprint:08x}"
         if system in names:
             raise ValueError(f"two frames files give the same system name {system!r}: rename one")
         names.add(system)
