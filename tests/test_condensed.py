@@ -57,6 +57,21 @@ def test_relaxed_box_keeps_molecules_rigid_and_apart_at_the_density():
     assert density == pytest.approx(0.792, rel=1e-9)
 
 
+def test_a_contact_scale_below_one_keeps_closer_contacts_than_the_default_and_no_closer_than_scaled():
+    from mlff_jax.train.condensed import contact_distance, relax_box
+
+    spec = BoxSpec("water", 32, 0)
+    box = build_box(spec, Settings(contact_scale=0.8))
+    distances = box.get_all_distances(mic=True)
+    other = box.arrays["molecule"][:, None] != box.arrays["molecule"][None]
+    target = np.vectorize(contact_distance)(box.numbers[:, None], box.numbers[None])
+    assert np.min(np.where(other, distances - 0.8 * target, np.inf)) > -0.05
+    assert np.min(np.where(other, distances - target, np.inf)) < -0.05  # closer than the default allows
+    for bad in (0.0, -1.0, 2.0):
+        with pytest.raises(ValueError, match="contact_scale"):
+            relax_box(box, contact_scale=bad)
+
+
 def test_task_list_interleaves_liquids_so_that_any_prefix_is_a_mix():
     from mlff_jax.train.condensed_run import DEFAULT_LIQUIDS, default_recipe
 

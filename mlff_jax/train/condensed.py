@@ -91,6 +91,9 @@ def main(argv: list[str] | None = None) -> int:
     scale.add_argument("--budget-minutes", type=float, default=None, help="stop at this wall time; keep the completed prefix")
     scale.add_argument("--partial-seconds", type=float, default=60.0, help="write OUT.partial.npz this often")
     scale.add_argument("--no-relax", action="store_true", help="recipe: keep the randomly packed boxes as they are")
+    scale.add_argument("--contact-scale", type=float, default=1.0,
+                       help="recipe: relax boxes to this fraction of the contact distances (e.g. 0.85: closer contacts, data on "
+                            "the repulsive wall; give another --seed than a run at 1.0, or the box names collide when merged)")
     scale.add_argument("--split", default="hash", choices=["hash", "train", "validation", "test"],
                        help="split of every system of this run: by name hash (default) or all in one split (e.g. the "
                        "frames of held-out liquids' MD all in test)")

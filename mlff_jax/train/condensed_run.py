@@ -57,6 +57,7 @@ class Settings:
     inner_radius: float = 4.0  # Å
     min_distance: float = 1.6  # Å, random packing; relax_box then enforces contact_distance
     relax_steps: int = 60
+    contact_scale: float = 1.0  # relax_box's contact distances scaled: < 1 keeps closer intermolecular contacts
     fractions: tuple[float, float] = (0.1, 0.1)  # validation, test
 
 
@@ -110,7 +111,7 @@ def build_box(spec: BoxSpec, settings: Settings):
     # packed at 80 % of the density (random placement at full density fails for benzene), then
     # compressed as rigid molecules and pushed apart
     box = liquid_box(monomers, counts, PACKING_FRACTION * density, rng, settings.min_distance)
-    return relax_box(compress_box(box, PACKING_FRACTION ** (1 / 3)), steps=settings.relax_steps)
+    return relax_box(compress_box(box, PACKING_FRACTION ** (1 / 3)), steps=settings.relax_steps, contact_scale=settings.contact_scale)
 
 
 def _cluster_rng(settings: Settings, system: str, index: int) -> np.random.Generator:
@@ -384,7 +385,7 @@ def _with_box(task: Task, boxes: dict) -> Task:
 def cli(args) -> int:
     """The ``--recipe`` / ``--from-frames`` runs of ``python3 -m mlff_jax.train.condensed`` (parsed there)."""
     settings = Settings(seed=args.seed, radius=args.radius, inner_radius=args.inner_radius, min_distance=args.min_distance,
-                        relax_steps=0 if args.no_relax else Settings.relax_steps)
+                        relax_steps=0 if args.no_relax else Settings.relax_steps, contact_scale=args.contact_scale)
     if args.inner_radius <= 0 or args.inner_radius > args.radius:
         raise ValueError(f"need 0 < inner_radius <= radius, got {args.inner_radius} and {args.radius}")
     if args.recipe:

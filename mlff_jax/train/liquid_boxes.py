@@ -115,12 +115,15 @@ def contact_distance(z1: int, z2: int) -> float:
     return 2.6 if z1 in POLAR and z2 in POLAR else 3.0
 
 
-def relax_box(box, steps: int = 60, max_move: float = 0.3, tolerance: float = 0.05):
+def relax_box(box, steps: int = 60, max_move: float = 0.3, tolerance: float = 0.05, contact_scale: float = 1.0):
     """The box with its molecules moved apart as rigid bodies (translations only) until no two atoms
-    of different molecules are closer than :func:`contact_distance` (to within ``tolerance`` Å), or
+    of different molecules are closer than ``contact_scale`` × :func:`contact_distance` (to within
+    ``tolerance`` Å; a scale below 1 keeps closer contacts: data on the repulsive wall), or
     ``steps`` steps have passed. Each step moves every molecule by half the overlap of each of its
     close pairs, summed, capped at ``max_move`` Å. Cheap (no teacher), deterministic. Returns a copy
     with ``info["overlap_A"]``: the largest overlap left, Å."""
+    if not 0 < contact_scale <= 1.5:
+        raise ValueError(f"contact_scale must be in (0, 1.5], got {contact_scale}")
     box = box.copy()
     cell = np.asarray(box.cell.array)
     inverse = np.linalg.inv(cell)
@@ -129,7 +132,7 @@ def relax_box(box, steps: int = 60, max_move: float = 0.3, tolerance: float = 0.
     table = np.zeros((max(z) + 1, max(z) + 1))
     for a in np.unique(z):
         for b in np.unique(z):
-            table[a, b] = contact_distance(int(a), int(b))
+            table[a, b] = contact_scale * contact_distance(int(a), int(b))
     target = table[z[:, None], z[None]]
     other = molecule[:, None] != molecule[None]
     members = [molecule == m for m in np.unique(molecule)]
