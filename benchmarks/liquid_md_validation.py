@@ -2,7 +2,7 @@
 
     python3 benchmarks/liquid_md_validation.py --model default --out benchmarks/results/liquid_md_default_h100.json
     python3 benchmarks/liquid_md_validation.py --model PATH/best.safetensors --out benchmarks/results/liquid_md_<name>_h100.json
-    # --compress: tabulated filters (forces within 1e-4 eV/A of the exact model in float32), ~3x faster MD on a GPU
+    # --compress: tabulated filters (forces within 1e-4 eV/A of the exact model in float32): faster MD on a GPU (docs/performance.md)
     # CPU smoke run (minutes): a 32-molecule box, float64, tiny lengths
     python3 benchmarks/liquid_md_validation.py --model default --dtype float64 --water-molecules 32 --equil-ps 0.05 \\
         --nve-ps 0.05 --nvt-ps 0.1 --rdf-last-ps 0.05 --frame-ps 0.01 --nve-frame-ps 0.005 --vacuum-thermalise-ps 0.01 \\
@@ -72,7 +72,7 @@ def parse_args(argv):
     p.add_argument("--dtype", default="float32", choices=("float32", "float64"))
     p.add_argument("--implementation", default="auto", help="message passing: auto, xla, pallas, triton")
     p.add_argument("--compress", action="store_true",
-                   help="tabulated radial filters (model.compress(), default spacing; float32 forces within 1e-4 eV/A of the exact model): ~3x faster on a GPU")
+                   help="tabulated radial filters (model.compress(), default spacing; float32 forces within 1e-4 eV/A of the exact model): faster on a GPU, see docs/performance.md")
     p.add_argument("--water-molecules", type=int, default=216)
     p.add_argument("--density", type=float, default=1.0, help="g/cm³")
     p.add_argument("--relax-steps", type=int, default=300, help="capped steepest-descent steps on the packed box")
