@@ -405,7 +405,7 @@ def cli(args) -> int:
         metadata["split"] = f"every system in {args.split} (--split)"
     dataset = run(tasks, settings, args.teacher, args.workers, budget, partial, args.partial_seconds, metadata)
     if args.split != "hash":
-        dataset = dataclasses.replace(dataset, system_split=np.full(len(dataset.system_name), SPLITS[args.split], np.int8))
+        dataset = dataset.all_in(args.split)
     dataset.save(out)
     partial.unlink(missing_ok=True)
     meta = dataset.metadata

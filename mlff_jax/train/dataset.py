@@ -127,6 +127,10 @@ class Dataset:
             raise ValueError(f"split must be one of {list(SPLITS)}, got {name!r}")
         return self.select(self.frame_split() == SPLITS[name])
 
+    def all_in(self, split: str) -> "Dataset":
+        """The same dataset with every system in ``split`` ("train", "validation" or "test")."""
+        return dataclasses.replace(self, system_split=np.full(len(self.system_name), SPLITS[split], np.int8))
+
     def elements(self) -> list[int]:
         return sorted(set(np.unique(self.numbers).tolist()))
 
@@ -290,13 +294,8 @@ def main(argv: list[str] | None = None) -> int:
         path, _, split = item.rpartition("=")
         if path not in args.inputs or split not in SPLITS:
             parser.error(f"--split-of {item!r}: need FILE=SPLIT with FILE one of the inputs and SPLIT one of {', '.join(SPLITS)}")
-        splits[path] = SPLITS[split]
-    parts = []
-    for path in args.inputs:
-        part = Dataset.load(path)
-        if path in splits:
-            part = dataclasses.replace(part, system_split=np.full(len(part.system_name), splits[path], np.int8))
-        parts.append(part)
+        splits[path] = split
+    parts = [Dataset.load(p).all_in(splits[p]) if p in splits else Dataset.load(p) for p in args.inputs]
     merged = merge(parts, [pathlib.Path(p).name for p in args.inputs])
     pathlib.Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     merged.save(args.out)
